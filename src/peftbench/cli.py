@@ -1,0 +1,209 @@
+"""The `peftbench` command line.
+
+The command names and options here are a contract with users and scripts: extend, don't break.
+User errors print one line on stderr and exit with code 2; an interrupted grid exits with 130
+and resumes when the same command runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from peftbench.errors import PeftbenchError
+
+app = typer.Typer(
+    help="Benchmark parameter-efficient fine-tuning methods: quality, cost and PSCP, end to end.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    add_completion=False,
+)
+out_console = Console()
+err_console = Console(stderr=True)
+
+OutOption = Annotated[Path | None, typer.Option("--out", help="Output directory (default: the config's output_dir).")]
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a config key, e.g. --set training.max_steps=50.")
+]
+
+
+class ReportFormat(str, Enum):
+    table = "table"
+    md = "md"
+    csv = "csv"
+    json = "json"
+
+
+class ListFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+class ListWhat(str, Enum):
+    methods = "methods"
+    tasks = "tasks"
+
+
+def quickstart_config_path() -> Path:
+    return Path(str(resources.files("peftbench") / "configs" / "quickstart.yaml"))
+
+
+@app.command()
+def quickstart(out: OutOption = None) -> None:
+    """Run the embedded offline grid (tiny built-in model, generated tasks, every method × 2 seeds), then report."""
+    _run(quickstart_config_path(), out, [])
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="YAML config file.")],
+    out: OutOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Train, evaluate and cost every run of CONFIG that is not done yet (re-running resumes)."""
+    _run(config, out, set_ or [])
+
+
+def _run(config: Path, out: Path | None, overrides: list[str]) -> None:
+    from peftbench.bench import run_benchmark
+    from peftbench.config import load_config
+
+    cfg = load_config(config, overrides)
+    result = run_benchmark(cfg, out_dir=out, console=err_console)
+    _print_report(result.out_dir, ReportFormat.table)
+    failed = result.counts.get("failed", 0)
+    err_console.print(
+        f"finished: {result.total} runs, {result.already_done} were already done, "
+        + ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items()))
+        + f". Report files are in {result.out_dir}."
+    )
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Option("--out", help="Results directory.")] = Path("runs/quickstart"),
+    format: Annotated[ReportFormat, typer.Option("--format", help="What to print.")] = ReportFormat.table,
+) -> None:
+    """Aggregate a results directory: print it, and write leaderboard.md, results.csv and summary.json."""
+    _print_report(out, format)
+
+
+def _print_report(out: Path, format: ReportFormat) -> None:
+    from peftbench.report import build_summary, markdown, rich_tables, runs_csv, summary_json, write_artifacts
+    from peftbench.store import Store
+
+    store = Store.open(out)
+    summary = build_summary(store)
+    write_artifacts(store, summary)
+    if format is ReportFormat.table:
+        out_console.print(rich_tables(summary))
+    elif format is ReportFormat.md:
+        sys.stdout.write(markdown(summary))
+    elif format is ReportFormat.csv:
+        sys.stdout.write(runs_csv(store.records()))
+    else:
+        sys.stdout.write(summary_json(summary) + "\n")
+
+
+@app.command()
+def pscp(
+    score: Annotated[float, typer.Option(help="Mean primary score over tasks, 0–100.")],
+    params: Annotated[float, typer.Option(help="Trainable parameters (M_p).", min=0)],
+    tflops: Annotated[float, typer.Option(help="Extra inference TFLOPs over the base model (M_f).", min=0)],
+    mem_gb: Annotated[float, typer.Option("--mem-gb", help="Peak training memory in GB (M_m).", min=0)],
+    beta: Annotated[float, typer.Option(help="β for all three costs (2 = current default, 1 = paper v1).", min=0)] = 2.0,
+    c_p: Annotated[float, typer.Option("--c-p", help="C_p", min=0)] = 5e8,
+    c_f: Annotated[float, typer.Option("--c-f", help="C_f", min=0)] = 10.0,
+    c_m: Annotated[float, typer.Option("--c-m", help="C_m", min=0)] = 94.0,
+) -> None:
+    """Print the PSCP value for one method's quality and costs."""
+    from peftbench.pscp import PSCPConstants
+    from peftbench.pscp import pscp as pscp_value
+
+    constants = PSCPConstants(c_p=c_p, c_f=c_f, c_m=c_m, beta_p=beta, beta_f=beta, beta_m=beta)
+    print(f"{pscp_value(score, params, tflops, mem_gb, constants):.2f}")
+
+
+@app.command()
+def validate(
+    config: Annotated[Path, typer.Argument(help="YAML config file.")],
+    set_: SetOption = None,
+) -> None:
+    """Check a config without running it; print the number of runs it defines."""
+    from peftbench.config import load_config
+    from peftbench.plan import plan_runs
+
+    cfg = load_config(config, set_ or [])
+    runs = plan_runs(cfg)
+    print(f"{config}: valid — {len(cfg.methods)} methods × {len(cfg.tasks)} tasks × {len(cfg.seeds)} seeds "
+          f"= {len(runs)} runs, model {cfg.model.name}")
+
+
+@app.command(name="list")
+def list_(
+    what: Annotated[ListWhat, typer.Argument(help="methods or tasks")],
+    format: Annotated[ListFormat, typer.Option("--format")] = ListFormat.table,
+) -> None:
+    """List the registered methods or tasks."""
+    from rich.table import Table
+
+    if what is ListWhat.methods:
+        from peftbench.methods import METHODS
+
+        rows = [{"name": n, "default_lr": METHODS.get(n).default_lr, "defaults": dict(METHODS.get(n).defaults),
+                 "description": METHODS.get(n).description} for n in METHODS.names()]
+        rows.append({"name": "peft:<TYPE>", "default_lr": 1e-4, "defaults": {},
+                     "description": "any other peft tuner, configured by args (e.g. peft:LOHA with r: 8)"})
+    else:
+        from peftbench.tasks import TASKS
+
+        rows = []
+        for n in TASKS.names():
+            t = TASKS.get(n)
+            rows.append({"name": n, "category": t.category, "metric": t.primary_metric,
+                         "splits": list(t.splits), "description": t.description})
+    if format is ListFormat.json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table()
+    for key in rows[0]:
+        table.add_column(key)
+    for row in rows:
+        table.add_row(*(json.dumps(v) if isinstance(v, (dict, list)) else str(v) for v in row.values()))
+    out_console.print(table)
+
+
+def main() -> None:
+    """Entry point: run the app and turn user errors into one line and exit code 2."""
+    try:
+        code = app(standalone_mode=False)
+    except PeftbenchError as exc:
+        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.TyperException as exc:  # click's usage errors (typer vendors click)
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()
+            sys.exit(2)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see: {ctx.command_path} --help)" if ctx else ""
+        err_console.print(f"error: {exc.format_message()}{hint}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (KeyboardInterrupt, typer.Abort):
+        err_console.print("interrupted: finished runs are stored; run the same command again to resume",
+                          highlight=False)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

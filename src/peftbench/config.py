@@ -1,0 +1,309 @@
+"""Typed, validated benchmark configuration: one YAML file → `BenchConfig`.
+
+Every default lives here (not in `cfg.get(key, default)` calls elsewhere), unknown keys are
+rejected, and a validation failure becomes one line naming the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from peftbench.errors import PeftbenchError
+
+TINY_MODEL = "builtin:tiny-llama"
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(StrictModel):
+    """Which base model to fine-tune. `name` is a hub id, a local directory or `builtin:tiny-llama`."""
+
+    name: str = TINY_MODEL
+    revision: str | None = Field(default=None, description="hub commit to pin (recorded in provenance)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
+    trust_remote_code: bool = False
+
+
+class MethodConfig(StrictModel):
+    """One method of the grid: a registry name (or `peft:<TYPE>`) with optional overrides."""
+
+    name: str
+    label: str | None = Field(default=None, description="id in the store and reports (default: name)")
+    learning_rate: PositiveFloat | None = Field(default=None, description="default: the method's own")
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return self.label or self.name
+
+    @model_validator(mode="after")
+    def _known_method(self) -> MethodConfig:
+        from peftbench.methods import resolve_method
+
+        try:
+            resolve_method(self.name, self.args)
+        except PeftbenchError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+class TrainingConfig(StrictModel):
+    """Shared fine-tuning protocol; PEFT-Bench's settings are the defaults."""
+
+    epochs: PositiveFloat = 10
+    max_steps: PositiveInt | None = Field(default=None, description="overrides epochs when set")
+    batch_size: PositiveInt = 4
+    gradient_accumulation_steps: PositiveInt = 1
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    weight_decay: NonNegativeFloat = 1e-5
+    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    max_grad_norm: PositiveFloat = 1.0
+    cutoff_len: PositiveInt = 2048
+    max_train_samples: PositiveInt | None = None
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    eval_steps: PositiveInt | None = Field(default=None, description="validation interval; default per epoch")
+    select_best: bool = Field(default=True, description="restore the weights of lowest validation loss")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+
+class EvaluationConfig(StrictModel):
+    batch_size: PositiveInt = 16
+    max_new_tokens: PositiveInt | None = Field(default=None, description="default: the task's own")
+    max_samples: PositiveInt | None = None
+
+
+class CostsConfig(StrictModel):
+    """PEFT-Bench's FLOP protocol: one forward pass of batch × seq_len tokens."""
+
+    flops_batch_size: PositiveInt = 1
+    flops_seq_len: PositiveInt = 512
+
+
+class PSCPConfig(StrictModel):
+    """Constants of the PSCP score (PEFT-Bench; β = 2 is the current default, v1 of the paper used 1)."""
+
+    c_p: PositiveFloat = 5e8
+    c_f: PositiveFloat = 10.0
+    c_m: PositiveFloat = 94.0
+    beta_p: NonNegativeFloat = 2.0
+    beta_f: NonNegativeFloat = 2.0
+    beta_m: NonNegativeFloat = 2.0
+
+
+class RuntimeConfig(StrictModel):
+    """Where and how a run executes; recorded as provenance, not part of a run's identity."""
+
+    threads: PositiveInt = 1
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class BenchConfig(StrictModel):
+    name: str = "peftbench"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    methods: list[MethodConfig] = Field(min_length=1)
+    tasks: list[str] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    data_dir: Path | None = Field(default=None, description="local task files: <data_dir>/<task>/<split>.jsonl")
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    costs: CostsConfig = Field(default_factory=CostsConfig)
+    pscp: PSCPConfig = Field(default_factory=PSCPConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    output_dir: Path = Path("runs/peftbench")
+    save_adapters: bool = True
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _names_to_entries(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("methods")
+    @classmethod
+    def _unique_labels(cls, value: list[MethodConfig]) -> list[MethodConfig]:
+        ids = [m.id for m in value]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"method ids must be unique, repeated: {', '.join(dupes)} (set a distinct label)")
+        return value
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, value: list[str]) -> list[str]:
+        from peftbench.tasks import TASKS
+
+        for name in value:
+            if name not in TASKS:
+                raise ValueError(TASKS.unknown_message(name))
+        if len(set(value)) != len(value):
+            raise ValueError("tasks must be unique")
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError("seeds must be unique")
+        return value
+
+
+# --- loading -------------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-5` as a float (YAML 1.1 insists on `1.0e-5`)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, *, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise PeftbenchError(f"{source}: invalid YAML{where}: {problem}") from None
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one `--set a.b.c=value` in place; the value is parsed as YAML (numbers, lists, booleans)."""
+    key, sep, raw = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise PeftbenchError(f"--set {assignment!r}: expected key=value, e.g. training.max_steps=100")
+    value = parse_yaml(raw, source=f"--set {key}") if raw.strip() else None
+    parts = key.split(".")
+    node: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise PeftbenchError(f"--set {key}: '{where}' must be an index below {len(node)}")
+            idx = int(part)
+            if isinstance(node[idx], str) and not last:
+                node[idx] = {"name": node[idx]}
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise PeftbenchError(f"--set {key}: '{'.'.join(parts[:i])}' is not a mapping or list")
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> BenchConfig:
+    """Read, override and validate a config; raises `PeftbenchError` with a one-line message."""
+    data: Any = {}
+    source = "config"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise PeftbenchError(f"config file {p} does not exist")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PeftbenchError(f"config file {p}: cannot be read as UTF-8 text ({exc})") from None
+        data = parse_yaml(text, source=source)
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise PeftbenchError(f"{source}: the top level must be a mapping of keys, got {type(data).__name__}")
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return validate_config(data, source=source)
+
+
+def validate_config(data: dict[str, Any], *, source: str = "config") -> BenchConfig:
+    try:
+        return BenchConfig.model_validate(data)
+    except ValidationError as exc:
+        raise PeftbenchError(f"{source}: {describe_validation_error(exc)}") from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """The first error as `key 'a.b[0].c': what was expected (got …)`, plus a count of the others."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    loc = tuple(first["loc"])
+    key = _dotted(loc)
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(BenchConfig, loc[:-1])
+        what = f"unknown key (expected one of: {', '.join(allowed)})" if allowed else "unknown key"
+    elif kind == "missing":
+        what = "required key is missing"
+    else:
+        msg = first["msg"].removeprefix("Value error, ")
+        got = first.get("input")
+        shown = "" if isinstance(got, (dict, list)) or kind == "value_error" else f" (got {got!r})"
+        what = f"{msg}{shown}"
+    more = f" [and {len(errors) - 1} more error(s)]" if len(errors) > 1 else ""
+    return f"key '{key}': {what}{more}" if key else f"{what}{more}"
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith("function-"):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            return []
+        current = _inner_model(current.model_fields[part].annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _inner_model(annotation: Any) -> Any:
+    """The BaseModel inside `X`, `list[X]`, `X | None`, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) in (list, Union) or type(annotation).__name__ == "UnionType":
+        for arg in get_args(annotation):
+            found = _inner_model(arg)
+            if found is not None:
+                return found
+    return None

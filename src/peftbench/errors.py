@@ -1,0 +1,10 @@
+"""User-facing errors.
+
+Anything the user can fix (a config key, a missing file, an unknown name) raises `PeftbenchError`;
+the CLI prints its message as one line on stderr and exits with code 2. Everything else is a bug
+and keeps its traceback.
+"""
+
+
+class PeftbenchError(Exception):
+    """An error caused by the user's input, reported as one line and exit code 2."""

@@ -1,0 +1,15 @@
+"""LayerNorm tuning (Zhao et al., 2023): train the normalisation layers, peft's defaults."""
+
+from peft import LNTuningConfig
+
+from peftbench.methods.base import PeftMethod, register
+
+
+@register
+class LNTuning(PeftMethod):
+    name = "ln_tuning"
+    description = "Train the (RMS/Layer)Norm weights, peft's default targets"
+    default_lr = 5e-5
+    config_cls = LNTuningConfig
+    target_keys = ("target_modules",)
+    defaults = {}

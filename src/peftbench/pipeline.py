@@ -1,0 +1,235 @@
+"""One run, top to bottom: fresh base → apply method → train → save → evaluate → cost.
+
+`execute_run` computes and returns a `RunOutcome`; it never touches the store, so an executor
+(local loop, Ray task, Slurm job) decides where results go. `RunContext` holds what is shared by
+all runs of one process: the model source, tokenizer, task data, base-model FLOPs, provenance.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from peftbench.config import BenchConfig
+from peftbench.costs import GB, count_parameters, forward_flops, peak_memory
+from peftbench.evaluation import generate, score
+from peftbench.modeling import ModelSource, load_model, load_tokenizer, model_revision, pick_device
+from peftbench.plan import RunSpec
+from peftbench.tasks import Row, TaskSpec, get_task, load_rows
+from peftbench.tasks.prompts import encode_example, render_prompt
+from peftbench.training import train
+from peftbench.utils import dir_size_bytes, pinned_threads, seed_everything
+
+PhaseFn = Callable[[str, int, int], None]
+PACKAGES = ("peftbench", "torch", "transformers", "peft", "datasets", "accelerate", "tokenizers")
+DATA_SPLIT_SEED = 0
+
+
+@dataclass
+class TaskData:
+    train: list[Row]
+    val: list[Row]
+    eval: list[Row]
+
+
+@dataclass
+class RunOutcome:
+    status: str
+    metrics: dict[str, Any] | None = None
+    costs: dict[str, Any] | None = None
+    timings: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] | None = None
+    error: str | None = None
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+
+
+class RunContext:
+    """Per-process state shared by the runs of one grid."""
+
+    def __init__(self, cfg: BenchConfig, source: ModelSource, out_dir: Path) -> None:
+        self.cfg = cfg
+        self.source = source
+        self.out_dir = out_dir
+        self.device = pick_device(cfg.runtime.device)
+        self._tasks: dict[str, TaskData] = {}
+        self._base_flops: int | None = None
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        return load_tokenizer(self.source, self.cfg.model)
+
+    def fresh_model(self) -> torch.nn.Module:
+        return load_model(self.source, self.cfg.model, self.device)
+
+    def task_data(self, task: TaskSpec) -> TaskData:
+        """Train/validation/eval rows; validation is a fixed share of train, the same for every seed."""
+        if task.name not in self._tasks:
+            rows = load_rows(task, task.train_split, self.cfg.data_dir)
+            rows = list(rows)
+            random.Random(DATA_SPLIT_SEED).shuffle(rows)
+            t = self.cfg.training
+            if t.max_train_samples:
+                rows = rows[: t.max_train_samples]
+            n_val = max(1, round(len(rows) * t.val_fraction)) if len(rows) > 1 else 0
+            eval_rows = load_rows(task, task.eval_split, self.cfg.data_dir)
+            if self.cfg.evaluation.max_samples:
+                eval_rows = eval_rows[: self.cfg.evaluation.max_samples]
+            self._tasks[task.name] = TaskData(train=rows[n_val:], val=rows[:n_val], eval=eval_rows)
+        return self._tasks[task.name]
+
+    def base_flops(self) -> int:
+        if self._base_flops is None:
+            self._base_flops = self._count_flops(self.fresh_model())
+        return self._base_flops
+
+    def _count_flops(self, model: torch.nn.Module) -> int:
+        c = self.cfg.costs
+        vocab = model.get_input_embeddings().num_embeddings
+        return forward_flops(model, batch_size=c.flops_batch_size, seq_len=c.flops_seq_len, vocab_size=vocab)
+
+    @cached_property
+    def provenance(self) -> dict[str, Any]:
+        versions = {}
+        for pkg in PACKAGES:
+            try:
+                versions[pkg] = metadata.version(pkg)
+            except metadata.PackageNotFoundError:
+                versions[pkg] = None
+        device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor()
+        return {
+            "versions": versions,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "git_commit": _git_commit(),
+            "device": self.device.type,
+            "device_name": device or platform.machine(),
+            "threads": self.cfg.runtime.threads,
+            "model_location": self.source.location,
+        }
+
+
+def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) -> RunOutcome:
+    """Train and evaluate one run. Exceptions propagate: the executor records them as a failed run."""
+    phase = phase or (lambda name, done, total: None)
+    t_start = time.perf_counter()
+    cfg = ctx.cfg
+    with pinned_threads(cfg.runtime.threads):
+        seed_everything(spec.seed)
+        task = get_task(spec.task)
+        data = ctx.task_data(task)
+        method = spec.method()
+        phase("load", 0, 1)
+        model = method.apply(ctx.fresh_model())
+        trainable, total = count_parameters(model)
+        outcome = RunOutcome(status="done")
+        peak = None
+        if method.trains:
+            tok = ctx.tokenizer
+            cutoff = cfg.training.cutoff_len
+            train_ex = [encode_example(task, r, tok, cutoff) for r in data.train]
+            val_ex = [encode_example(task, r, tok, cutoff) for r in data.val]
+            t0 = time.perf_counter()
+            with tempfile.TemporaryDirectory(prefix="peftbench-trainer-") as workdir, \
+                    peak_memory(ctx.device, model) as peak:
+                result = train(
+                    model, tok, train_ex, val_ex, cfg.training,
+                    learning_rate=spec.learning_rate, seed=spec.seed, device=ctx.device, workdir=Path(workdir),
+                    progress=lambda done, total_: phase("train", done, total_),
+                )
+            outcome.timings["train_s"] = time.perf_counter() - t0
+            outcome.timings["train_tokens_per_s"] = (
+                result.train_tokens * cfg.training.epochs / outcome.timings["train_s"]
+                if not cfg.training.max_steps else None
+            )
+            outcome.training = asdict(result)
+            if result.diverged:
+                outcome.status = "diverged"
+                outcome.error = (
+                    f"non-finite loss or gradient at step {result.diverged_step} "
+                    f"(last finite loss {result.last_finite_loss})"
+                )
+                outcome.timings["total_s"] = time.perf_counter() - t_start
+                return outcome
+
+        adapter_bytes = _save_adapter(method, model, ctx.out_dir / "adapters" / spec.run_id, cfg.save_adapters)
+
+        phase("eval", 0, len(data.eval))
+        t0 = time.perf_counter()
+        prompts = [render_prompt(task, r, ctx.tokenizer) for r in data.eval]
+        outputs = generate(
+            model, ctx.tokenizer, prompts,
+            batch_size=cfg.evaluation.batch_size,
+            max_new_tokens=cfg.evaluation.max_new_tokens or task.max_new_tokens,
+            progress=lambda done, total_: phase("eval", done, total_),
+        )
+        scores = score(task, data.eval, outputs)
+        outcome.timings["eval_s"] = time.perf_counter() - t0
+
+        phase("costs", 0, 1)
+        t0 = time.perf_counter()
+        base_flops = ctx.base_flops()
+        adapted_flops = ctx._count_flops(model)
+        outcome.timings["costs_s"] = time.perf_counter() - t0
+        outcome.metrics = {
+            "score": scores.primary,
+            "primary_metric": task.primary_metric,
+            **scores.metrics,
+            "invalid_rate": scores.invalid_rate,
+            "n_eval": scores.n,
+        }
+        outcome.costs = {
+            "trainable_params": trainable,
+            "total_params": total,
+            "adapter_bytes": adapter_bytes,
+            "base_flops": base_flops,
+            "adapted_flops": adapted_flops,
+            "extra_tflops": (adapted_flops - base_flops) / 1e12,
+            "flops_protocol": f"FlopCounterMode forward, batch {cfg.costs.flops_batch_size} x "
+            f"{cfg.costs.flops_seq_len} tokens, {cfg.model.attn_implementation} attention",
+            "peak_train_mem_gb": peak.peak_bytes / GB if peak else 0.0,
+            "peak_train_mem_source": peak.source if peak else "no training",
+            "model_revision": model_revision(model) or ctx.source.revision,
+        }
+        outcome.predictions = scores.records
+        outcome.timings["total_s"] = time.perf_counter() - t_start
+        if not math.isfinite(scores.primary):
+            outcome.status, outcome.error = "failed", "the evaluation split is empty"
+        return outcome
+
+
+def _save_adapter(method: Any, model: torch.nn.Module, target: Path, keep: bool) -> int:
+    """Save what was trained (its size on disk is a cost); keep it under adapters/ if configured."""
+    with tempfile.TemporaryDirectory(prefix="peftbench-adapter-") as tmp:
+        path = Path(tmp) / "adapter"
+        method.save(model, path)
+        size = dir_size_bytes(path)
+        if keep:
+            if target.exists():
+                shutil.rmtree(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(path), str(target))
+    return size
+
+
+def _git_commit() -> str | None:
+    """The peftbench checkout's commit, when it runs from a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None

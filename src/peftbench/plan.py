@@ -1,0 +1,68 @@
+"""Expanding a config into runs: methods × tasks × seeds, each with a content-addressed id.
+
+A run's id hashes everything that can change its result (model, resolved method arguments and
+learning rate, task, data location, training/evaluation/cost protocol, seed) and nothing that
+cannot (output directory, thread count, PSCP constants), so re-running a config resumes it and
+changing any result-relevant setting starts new runs beside the old ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from peftbench.config import BenchConfig, MethodConfig
+from peftbench.methods import Method, resolve_method
+
+IDENTITY_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    run_id: str
+    method_id: str
+    task: str
+    seed: int
+    method_cfg: MethodConfig
+    identity: dict[str, Any]
+
+    @property
+    def learning_rate(self) -> float:
+        return self.identity["method"]["learning_rate"]
+
+    def method(self) -> Method:
+        return resolve_method(self.method_cfg.name, self.method_cfg.args)
+
+
+def run_identity(cfg: BenchConfig, method_cfg: MethodConfig, task: str, seed: int) -> dict[str, Any]:
+    method = resolve_method(method_cfg.name, method_cfg.args)
+    lr = method_cfg.learning_rate if method_cfg.learning_rate is not None else method.default_lr
+    return {
+        "version": IDENTITY_VERSION,
+        "model": cfg.model.model_dump(mode="json"),
+        "method": {"id": method_cfg.id, "name": method_cfg.name, "args": method.args, "learning_rate": lr},
+        "task": task,
+        "data_dir": str(cfg.data_dir) if cfg.data_dir else None,
+        "training": cfg.training.model_dump(mode="json"),
+        "evaluation": cfg.evaluation.model_dump(mode="json"),
+        "costs": cfg.costs.model_dump(mode="json"),
+        "seed": seed,
+    }
+
+
+def run_id(identity: dict[str, Any]) -> str:
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def plan_runs(cfg: BenchConfig) -> list[RunSpec]:
+    """All runs of the grid in a stable order: method-major, then task, then seed."""
+    runs = []
+    for method_cfg in cfg.methods:
+        for task in cfg.tasks:
+            for seed in cfg.seeds:
+                identity = run_identity(cfg, method_cfg, task, seed)
+                runs.append(RunSpec(run_id(identity), method_cfg.id, task, seed, method_cfg, identity))
+    return runs

@@ -1,0 +1,224 @@
+"""The run store: one SQLite database per output directory, the single source of truth.
+
+Each run is one row keyed by a hash of its resolved configuration and seed, so re-running a
+config finds its finished runs and skips them. Rows move pending → running → done / failed /
+diverged; a claim records its owner (host:pid), and a `running` row whose owner process is gone
+(killed, crashed) is reclaimed by the next run. WAL mode lets readers (reports) work while a
+grid is writing. Predictions live beside the database as JSONL, written before the row is
+marked done, so a done row always has its predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+DB_NAME = "peftbench.db"
+STATUSES = ("pending", "running", "done", "failed", "diverged")
+FINAL = ("done", "diverged")
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id      TEXT PRIMARY KEY,
+    method      TEXT NOT NULL,
+    task        TEXT NOT NULL,
+    seed        INTEGER NOT NULL,
+    status      TEXT NOT NULL CHECK (status IN ({", ".join(repr(s) for s in STATUSES)})),
+    config      TEXT NOT NULL,
+    metrics     TEXT,
+    costs       TEXT,
+    timings     TEXT,
+    training    TEXT,
+    provenance  TEXT,
+    error       TEXT,
+    claimed_by  TEXT,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
+"""
+
+_JSON_COLUMNS = ("config", "metrics", "costs", "timings", "training", "provenance")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    method: str
+    task: str
+    seed: int
+    status: str
+    config: dict[str, Any]
+    metrics: dict[str, Any] | None
+    costs: dict[str, Any] | None
+    timings: dict[str, Any] | None
+    training: dict[str, Any] | None
+    provenance: dict[str, Any] | None
+    error: str | None
+    attempts: int
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _owner_alive(owner: str | None) -> bool:
+    """Whether the claiming process still runs; owners on other hosts are assumed alive."""
+    if not owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store:
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.path = self.out_dir / DB_NAME
+        self.predictions_dir = self.out_dir / "predictions"
+        self.adapters_dir = self.out_dir / "adapters"
+
+    @classmethod
+    def create(cls, out_dir: Path) -> Store:
+        store = cls(out_dir)
+        store.out_dir.mkdir(parents=True, exist_ok=True)
+        with store._connect() as db:
+            db.executescript(_SCHEMA)
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        return store
+
+    @classmethod
+    def open(cls, out_dir: Path) -> Store:
+        store = cls(out_dir)
+        if not store.path.is_file():
+            from peftbench.errors import PeftbenchError
+
+            raise PeftbenchError(f"no peftbench results in {out_dir} (expected {store.path})")
+        return store
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    def register(self, runs: list[tuple[str, str, str, int, dict[str, Any]]]) -> None:
+        """Add (run_id, method, task, seed, config) rows that are not there yet, as pending."""
+        now = time.time()
+        with self._connect() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO runs (run_id, method, task, seed, status, config, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)",
+                [(rid, m, t, s, json.dumps(c, sort_keys=True), now, now) for rid, m, t, s, c in runs],
+            )
+
+    def claim(self, run_id: str, owner: str | None = None) -> bool:
+        """Atomically mark a run as running for `owner`; False if it is final or owned by a live process."""
+        owner = owner or owner_id()
+        with self._connect() as db:
+            row = db.execute("SELECT status, claimed_by FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None or row[0] in FINAL:
+                return False
+            if row[0] == "running" and row[1] != owner and _owner_alive(row[1]):
+                return False
+            db.execute(
+                "UPDATE runs SET status = 'running', claimed_by = ?, attempts = attempts + 1, updated_at = ? "
+                "WHERE run_id = ?",
+                (owner, time.time(), run_id),
+            )
+        return True
+
+    def finish(
+        self,
+        run_id: str,
+        status: str,
+        *,
+        metrics: dict[str, Any] | None = None,
+        costs: dict[str, Any] | None = None,
+        timings: dict[str, Any] | None = None,
+        training: dict[str, Any] | None = None,
+        provenance: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        with self._connect() as db:
+            db.execute(
+                "UPDATE runs SET status = ?, metrics = ?, costs = ?, timings = ?, training = ?, provenance = ?, "
+                "error = ?, claimed_by = NULL, updated_at = ? WHERE run_id = ?",
+                (
+                    status,
+                    *(None if v is None else json.dumps(v, sort_keys=True)
+                      for v in (metrics, costs, timings, training, provenance)),
+                    error,
+                    time.time(),
+                    run_id,
+                ),
+            )
+
+    def release(self, run_id: str) -> None:
+        """Give a claimed run back (e.g. on Ctrl-C) so the next invocation runs it."""
+        with self._connect() as db:
+            db.execute(
+                "UPDATE runs SET status = 'pending', claimed_by = NULL, updated_at = ? "
+                "WHERE run_id = ? AND status = 'running'",
+                (time.time(), run_id),
+            )
+
+    def records(self, status: str | None = None) -> list[RunRecord]:
+        where, args = (" WHERE status = ?", (status,)) if status else ("", ())
+        return self._select(where, args)
+
+    def get(self, run_id: str) -> RunRecord | None:
+        found = self._select(" WHERE run_id = ?", (run_id,))
+        return found[0] if found else None
+
+    def _select(self, where: str, args: tuple[Any, ...]) -> list[RunRecord]:
+        db = sqlite3.connect(self.path, timeout=60)
+        try:
+            db.row_factory = sqlite3.Row
+            rows = db.execute(f"SELECT * FROM runs{where} ORDER BY method, task, seed", args).fetchall()
+        finally:
+            db.close()
+        return [_record(r) for r in rows]
+
+    def predictions_path(self, run_id: str) -> Path:
+        return self.predictions_dir / f"{run_id}.jsonl"
+
+    def adapter_path(self, run_id: str) -> Path:
+        return self.adapters_dir / run_id
+
+
+def _record(row: sqlite3.Row) -> RunRecord:
+    data = dict(row)
+    for key in _JSON_COLUMNS:
+        data[key] = json.loads(data[key]) if data[key] is not None else None
+    return RunRecord(**{k: data[k] for k in RunRecord.__dataclass_fields__})

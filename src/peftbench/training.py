@@ -1,0 +1,166 @@
+"""Fine-tuning one run with the transformers Trainer.
+
+Best-checkpoint selection keeps an in-memory copy of the *trainable* tensors at the lowest
+validation loss and restores it at the end. Trainer's own `load_best_model_at_end` would write a
+full checkpoint at every evaluation and reload it through `from_pretrained`, which BitFit's added
+biases and full fine-tuning of an 8B model make costly or fragile; snapshots of the tensors that
+actually change are exact and cheap for PEFT methods.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+from peftbench.config import TrainingConfig
+from peftbench.tasks.prompts import IGNORE_INDEX
+
+ProgressFn = Callable[[int, int], None]
+MAX_HISTORY = 200
+
+
+@dataclass
+class TrainResult:
+    steps: int = 0
+    total_steps: int = 0
+    train_loss: float | None = None
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    final_val_loss: float | None = None
+    diverged: bool = False
+    diverged_step: int | None = None
+    last_finite_loss: float | None = None
+    train_tokens: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class _Watch(TrainerCallback):
+    """Best-by-validation-loss snapshots, divergence detection, loss history and progress."""
+
+    def __init__(self, model: nn.Module, result: TrainResult, select_best: bool, progress: ProgressFn | None):
+        self.model = model
+        self.result = result
+        self.select_best = select_best
+        self.progress = progress
+        self.best: dict[str, torch.Tensor] | None = None
+        self._log_every = 1
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.result.total_steps = state.max_steps
+        self._log_every = max(1, state.max_steps // MAX_HISTORY)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.result.steps = state.global_step
+        if self.progress:
+            self.progress(state.global_step, state.max_steps)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        loss, grad_norm = logs.get("loss"), logs.get("grad_norm")
+        if loss is not None:
+            if not math.isfinite(loss) or (grad_norm is not None and not math.isfinite(grad_norm)):
+                self.result.diverged = True
+                self.result.diverged_step = state.global_step
+                control.should_training_stop = True
+                return
+            self.result.last_finite_loss = float(loss)
+            if state.global_step % self._log_every == 0:
+                self.result.history.append({"step": state.global_step, "loss": float(loss)})
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        val = (metrics or {}).get("eval_loss")
+        if val is None:
+            return
+        self.result.history.append({"step": state.global_step, "val_loss": float(val)})
+        if not math.isfinite(val):
+            return
+        if self.result.best_val_loss is None or val < self.result.best_val_loss:
+            self.result.best_val_loss = float(val)
+            self.result.best_step = state.global_step
+            if self.select_best:
+                self.best = {n: p.detach().to("cpu", copy=True) for n, p in self.model.named_parameters()
+                             if p.requires_grad}
+
+    def restore_best(self) -> None:
+        if self.best is None:
+            return
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in self.best.items():
+                params[name].copy_(value)
+
+
+def train(
+    model: nn.Module,
+    tokenizer: Any,
+    train_examples: list[dict[str, list[int]]],
+    val_examples: list[dict[str, list[int]]],
+    cfg: TrainingConfig,
+    *,
+    learning_rate: float,
+    seed: int,
+    device: torch.device,
+    workdir: Path,
+    progress: ProgressFn | None = None,
+) -> TrainResult:
+    result = TrainResult(train_tokens=sum(len(e["input_ids"]) for e in train_examples))
+    use_bf16 = cfg.precision == "bf16" or (
+        cfg.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    )
+    args = TrainingArguments(
+        output_dir=str(workdir),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=learning_rate,
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup_ratio,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or -1,
+        optim="adamw_torch",
+        max_grad_norm=cfg.max_grad_norm,
+        eval_strategy="steps" if cfg.eval_steps else "epoch",
+        eval_steps=cfg.eval_steps,
+        save_strategy="no",
+        logging_strategy="steps",
+        logging_steps=1,
+        logging_nan_inf_filter=False,
+        report_to="none",
+        disable_tqdm=True,
+        seed=seed,
+        data_seed=seed,
+        use_cpu=device.type == "cpu",
+        bf16=use_bf16,
+        fp16=cfg.precision == "fp16",
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        label_names=["labels"],
+    )
+    tokenizer.padding_side = "right"
+    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
+    watch = _Watch(model, result, cfg.select_best, progress)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_examples,
+        eval_dataset=val_examples,
+        data_collator=collator,
+        callbacks=[watch],
+    )
+    trainer.remove_callback(PrinterCallback)  # progress is ours; Trainer would print every log line
+    output = trainer.train()
+    result.train_loss = float(output.training_loss) if math.isfinite(output.training_loss) else None
+    if not result.diverged:
+        final = trainer.evaluate()  # the last interval may end between scheduled evaluations
+        result.final_val_loss = float(final["eval_loss"])
+        watch.restore_best()
+    model.eval()
+    return result
