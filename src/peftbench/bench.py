@@ -86,5 +86,5 @@ def run_benchmark(cfg: BenchConfig, *, out_dir: Path | None = None, console: Con
         f"[bold]{cfg.name}[/bold]: {len(plan)} runs ({len(cfg.methods)} methods × {len(cfg.tasks)} tasks × "
         f"{len(cfg.seeds)} seeds), {done} already finished, {len(pending)} to run → {out_dir}"
     )
-    counts = run_local(pending, ctx, store, console) if pending else {}
+    counts = run_local(pending, ctx, store, console, cfg.runtime.workers) if pending else {}
     return GridResult(out_dir=out_dir, total=len(plan), already_done=done, counts=counts)

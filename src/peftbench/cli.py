@@ -30,6 +30,9 @@ out_console = Console()
 err_console = Console(stderr=True)
 
 OutOption = Annotated[Path | None, typer.Option("--out", help="Output directory (default: the config's output_dir).")]
+WorkersOption = Annotated[
+    int | None, typer.Option("--workers", min=1, help="Worker processes running runs in parallel (runtime.workers).")
+]
 SetOption = Annotated[
     list[str] | None, typer.Option("--set", help="Override a config key, e.g. --set training.max_steps=50.")
 ]
@@ -57,9 +60,9 @@ def quickstart_config_path() -> Path:
 
 
 @app.command()
-def quickstart(out: OutOption = None) -> None:
+def quickstart(out: OutOption = None, workers: WorkersOption = None) -> None:
     """Run the embedded offline grid (tiny built-in model, generated tasks, every method × 2 seeds), then report."""
-    _run(quickstart_config_path(), out, [])
+    _run(quickstart_config_path(), out, [], workers)
 
 
 @app.command()
@@ -67,16 +70,17 @@ def run(
     config: Annotated[Path, typer.Argument(help="YAML config file.")],
     out: OutOption = None,
     set_: SetOption = None,
+    workers: WorkersOption = None,
 ) -> None:
     """Train, evaluate and cost every run of CONFIG that is not done yet (re-running resumes)."""
-    _run(config, out, set_ or [])
+    _run(config, out, set_ or [], workers)
 
 
-def _run(config: Path, out: Path | None, overrides: list[str]) -> None:
+def _run(config: Path, out: Path | None, overrides: list[str], workers: int | None) -> None:
     from peftbench.bench import run_benchmark
     from peftbench.config import load_config
 
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, [*overrides, *([f"runtime.workers={workers}"] if workers else [])])
     result = run_benchmark(cfg, out_dir=out, console=err_console)
     _print_report(result.out_dir, ReportFormat.table)
     failed = result.counts.get("failed", 0)

@@ -111,7 +111,8 @@ class PSCPConfig(StrictModel):
 class RuntimeConfig(StrictModel):
     """Where and how a run executes; recorded as provenance, not part of a run's identity."""
 
-    threads: PositiveInt = 1
+    threads: PositiveInt = Field(default=1, description="torch threads per run (results depend on it)")
+    workers: PositiveInt = Field(default=1, description="local worker processes running runs in parallel")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 

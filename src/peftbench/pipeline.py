@@ -92,10 +92,10 @@ class RunContext:
 
     def base_flops(self) -> int:
         if self._base_flops is None:
-            self._base_flops = self._count_flops(self.fresh_model())
+            self._base_flops = self.count_flops(self.fresh_model())
         return self._base_flops
 
-    def _count_flops(self, model: torch.nn.Module) -> int:
+    def count_flops(self, model: torch.nn.Module) -> int:
         c = self.cfg.costs
         vocab = model.get_input_embeddings().num_embeddings
         return forward_flops(model, batch_size=c.flops_batch_size, seq_len=c.flops_seq_len, vocab_size=vocab)
@@ -181,7 +181,9 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
         phase("costs", 0, 1)
         t0 = time.perf_counter()
         base_flops = ctx.base_flops()
-        adapted_flops = ctx._count_flops(model)
+        adapted_flops = ctx.count_flops(model)
+        with method.merged(model):
+            merged_flops = ctx.count_flops(model)
         outcome.timings["costs_s"] = time.perf_counter() - t0
         outcome.metrics = {
             "score": scores.primary,
@@ -196,7 +198,9 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
             "adapter_bytes": adapter_bytes,
             "base_flops": base_flops,
             "adapted_flops": adapted_flops,
-            "extra_tflops": (adapted_flops - base_flops) / 1e12,
+            "merged_flops": merged_flops,
+            "extra_tflops_unmerged": (adapted_flops - base_flops) / 1e12,
+            "extra_tflops": (merged_flops - base_flops) / 1e12,
             "flops_protocol": f"FlopCounterMode forward, batch {cfg.costs.flops_batch_size} x "
             f"{cfg.costs.flops_seq_len} tokens, {cfg.model.attn_implementation} attention",
             "peak_train_mem_gb": peak.peak_bytes / GB if peak else 0.0,

@@ -100,8 +100,13 @@ class Store:
     def create(cls, out_dir: Path) -> Store:
         store = cls(out_dir)
         store.out_dir.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(store.path, timeout=60)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)  # idempotent DDL; executescript manages its own transaction
+        finally:
+            db.close()
         with store._connect() as db:
-            db.executescript(_SCHEMA)
             db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         return store
 

@@ -22,7 +22,7 @@ from peftbench.tasks.quickstart import pretraining_corpus
 from peftbench.utils import pinned_threads
 
 RECIPE = {
-    "version": 2,
+    "version": 3,
     "vocab_size": 512,
     "hidden_size": 64,
     "intermediate_size": 128,

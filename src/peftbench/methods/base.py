@@ -12,7 +12,8 @@ import re
 import typing
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -66,6 +67,11 @@ class Method(ABC):
     @abstractmethod
     def apply(self, model: nn.Module) -> nn.Module:
         """Return the model to train, with exactly the method's parameters requiring gradients."""
+
+    @contextmanager
+    def merged(self, model: nn.Module) -> Iterator[None]:
+        """The model as deployed: mergeable adapters folded into the base weights (costing only)."""
+        yield
 
     @abstractmethod
     def save(self, model: nn.Module, path: Path) -> None: ...
@@ -166,6 +172,19 @@ class PeftMethod(Method):
                 return get_peft_model(model, config)
             except ValueError as exc:
                 raise PeftbenchError(f"method {self.label!r}: peft rejected the config: {_first_line(exc)}") from None
+
+    @contextmanager
+    def merged(self, model: nn.Module) -> Iterator[None]:
+        if not self.mergeable:
+            yield
+            return
+        model.merge_adapter()
+        try:
+            yield
+        finally:
+            with warnings.catch_warnings():  # IA3's inexact unmerge: costing runs after evaluation
+                warnings.filterwarnings("ignore", message=".*Unmerge result can be inaccurate.*")
+                model.unmerge_adapter()
 
     def save(self, model: nn.Module, path: Path) -> None:
         model.save_pretrained(str(path), safe_serialization=True)

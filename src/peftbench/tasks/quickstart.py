@@ -99,8 +99,8 @@ def pretraining_corpus(n_docs: int, seed: int) -> list[str]:
             docs.append(f"{row['text']} this is about {list(TOPICS)[row['label']]}.")
         else:
             a, b = rng.choice(ARITH_PAIRS)
-            docs.append(rng.choice([f"{a} + {b} = {a + b}.", f"{a} plus {b} is {a + b}.",
-                                    f"adding {a} and {b} gives {a + b}."]))
+            question = rng.choice(ARITH_FORMS).format(a=a, b=b)
+            docs.append(rng.choice([f"{a} + {b} = {a + b}.", f"{a} plus {b} is {a + b}.", f"{question} {a + b}."]))
     return docs
 
 

@@ -7,7 +7,7 @@ this one interface, so training and evaluation never special-case a dataset.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 Row = dict[str, Any]
@@ -54,10 +54,11 @@ class TaskSpec:
     """Training target for a row; default: the verbalised label or the answer field."""
     train_split: str = "train"
     eval_split: str = "validation"
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    prepare: Callable[[Row], Row] | None = None
+    """Optional row hook for data that needs real processing (e.g. marking WSC's spans)."""
 
     def render_input(self, row: Row) -> str:
-        return self.template.format(**row)
+        return self.template.format(**(self.prepare(row) if self.prepare else row))
 
     def render_target(self, row: Row) -> str:
         if self.target is not None:

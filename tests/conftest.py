@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny models built in code (random weights), pinned threads and seeds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# One fixed architecture for closed-form parameter counts: h=64, i=128, L=2, 4 heads, 2 KV heads.
+H, I, L, HEADS, KV_HEADS = 64, 128, 2, 4, 2
+KV = H // HEADS * KV_HEADS
+
+
+@pytest.fixture(autouse=True)
+def _pinned():
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from peftbench.tasks.quickstart import pretraining_corpus
+    from peftbench.tiny import build_tokenizer
+
+    return build_tokenizer(pretraining_corpus(300, 0), 320)
+
+
+def llama(tokenizer, *, bias: bool = True):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=H, intermediate_size=I, num_hidden_layers=L,
+        num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=1024,
+        attention_bias=bias, mlp_bias=bias, tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def gpt2(tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=H, n_layer=L, n_head=HEADS, n_positions=1024,
+                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    return GPT2LMHeadModel(config).eval()
+
+
+def qwen2(tokenizer):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=H, intermediate_size=I, num_hidden_layers=L,
+                         num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=1024,
+                         tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id)
+    return Qwen2ForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def builtin_model_dir() -> Path:
+    """The real embedded model (pretrained in code; built once and cached)."""
+    from peftbench.tiny import tiny_model_dir
+
+    return tiny_model_dir()

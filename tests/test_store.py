@@ -1,0 +1,65 @@
+"""The SQLite store: registration is idempotent, claims are exclusive, dead claims are reclaimed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from peftbench.store import Store
+
+
+def make(tmp_path) -> Store:
+    store = Store.create(tmp_path)
+    store.register([("a", "lora", "t", 0, {"x": 1}), ("b", "ia3", "t", 0, {"x": 2})])
+    return store
+
+
+def test_register_is_idempotent(tmp_path):
+    store = make(tmp_path)
+    store.register([("a", "lora", "t", 0, {"x": 1}), ("c", "bitfit", "t", 1, {})])
+    assert sorted(r.run_id for r in store.records()) == ["a", "b", "c"]
+    assert {r.status for r in store.records()} == {"pending"}
+
+
+def test_finish_round_trips_json(tmp_path):
+    store = make(tmp_path)
+    assert store.claim("a")
+    store.finish("a", "done", metrics={"score": 81.5}, costs={"trainable_params": 12}, timings={"train_s": 1.0})
+    rec = store.get("a")
+    assert rec.status == "done" and rec.metrics == {"score": 81.5} and rec.costs["trainable_params"] == 12
+    assert rec.config == {"x": 1} and rec.attempts == 1
+
+
+def test_done_runs_are_never_claimed_again(tmp_path):
+    store = make(tmp_path)
+    store.claim("a")
+    store.finish("a", "done", metrics={"score": 1.0})
+    assert not store.claim("a")
+    assert not store.claim("missing")
+
+
+def test_live_claims_are_exclusive_and_dead_ones_reclaimed(tmp_path):
+    store = make(tmp_path)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        import socket
+
+        owner = f"{socket.gethostname()}:{sleeper.pid}"
+        assert store.claim("a", owner)
+        assert not store.claim("a"), "a live process owns it"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert store.claim("a"), "the owner died: the run is reclaimed"
+    assert store.get("a").attempts == 2
+
+
+def test_release_and_failed_runs_are_retried(tmp_path):
+    store = make(tmp_path)
+    store.claim("a")
+    store.release("a")
+    assert store.get("a").status == "pending"
+    store.claim("b")
+    store.finish("b", "failed", error="boom")
+    assert store.get("b").error == "boom"
+    assert store.claim("b"), "a failed run is retried by the next invocation"
