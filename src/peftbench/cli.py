@@ -81,7 +81,12 @@ def _run(config: Path, out: Path | None, overrides: list[str], workers: int | No
     from peftbench.config import load_config
 
     cfg = load_config(config, [*overrides, *([f"runtime.workers={workers}"] if workers else [])])
-    result = run_benchmark(cfg, out_dir=out, console=err_console)
+    try:
+        result = run_benchmark(cfg, out_dir=out, console=err_console)
+    except KeyboardInterrupt:  # typer would turn it into a silent exit 130
+        err_console.print("interrupted: finished runs are stored; run the same command again to resume",
+                          highlight=False)
+        raise typer.Exit(130) from None
     _print_report(result.out_dir, ReportFormat.table)
     failed = result.counts.get("failed", 0)
     err_console.print(
@@ -202,9 +207,7 @@ def main() -> None:
         hint = f" (see: {ctx.command_path} --help)" if ctx else ""
         err_console.print(f"error: {exc.format_message()}{hint}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
-    except (KeyboardInterrupt, typer.Abort):
-        err_console.print("interrupted: finished runs are stored; run the same command again to resume",
-                          highlight=False)
+    except typer.Abort:
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
 

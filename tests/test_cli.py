@@ -1,0 +1,105 @@
+"""The CLI contract: bad input → one line on stderr, exit code 2, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from peftbench.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run `peftbench ARGS` in-process through the real entry point (exit code and streams included)."""
+
+    def invoke(*args: str) -> Result:
+        monkeypatch.setattr(sys, "argv", ["peftbench", *args])
+        with pytest.raises(SystemExit) as exited:
+            main()
+        captured = capsys.readouterr()
+        return Result(exited.value.code or 0, captured.out, captured.err)
+
+    return invoke
+
+
+def write_config(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "bench.yaml"
+    path.write_text(body + f"\noutput_dir: {tmp_path / 'out'}\n")
+    return path
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "body,needles",
+    [
+        ("methods: [lorra]\ntasks: [qs_arith]", ("unknown method 'lorra'", "did you mean 'lora'")),
+        ("methods: [lora]\ntasks: [qs_arithmetic]", ("unknown task 'qs_arithmetic'",)),
+        ("methods: [lora]\ntasks: [qs_arith]\ntraining: {epoch: 3}", ("training.epoch", "unknown key")),
+        ("methods: [{name: lora, learning_rate: -0.001}]\ntasks: [qs_arith]",
+         ("methods[0].learning_rate", "greater than 0")),
+        ("methods: [lora]\ntasks: [qs_arith]\nmodel: {name: ./no/such/model}", ("does not exist",)),
+        ("methods: [{name: lora, args: {target_modules: [nope_proj]}}]\ntasks: [qs_arith]",
+         ("nope_proj", "matches no module")),
+    ],
+    ids=["method", "task", "key", "negative-lr", "model-path", "target"],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(cli, tmp_path, body, needles):
+    result = cli("run", str(write_config(tmp_path, body)))
+    assert_user_error(result, *needles)
+    assert not (tmp_path / "out").exists()
+
+
+def test_set_override_errors_too(cli, tmp_path):
+    config = write_config(tmp_path, "methods: [lora]\ntasks: [qs_arith]")
+    assert_user_error(cli("validate", str(config), "--set", "training.max_steps=-5"), "training.max_steps")
+
+
+def test_paper_config_validates_and_fails_only_for_missing_weights(cli, tmp_path):
+    config = REPO / "configs" / "peftbench-llama3-8b.yaml"
+    ok = cli("validate", str(config))
+    assert ok.returncode == 0 and "7 methods" in ok.stdout
+    # the installed console script, as a user runs it
+    result = subprocess.run(["peftbench", "run", str(config), "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=300, env={**_env(), "HF_HUB_OFFLINE": "1"})
+    assert_user_error(Result(result.returncode, result.stdout, result.stderr),
+                      "Meta-Llama-3-8B-Instruct", "not available", "hub is unreachable")
+    assert not (tmp_path / "out").exists()
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+
+
+def test_list_and_usage_errors(cli):
+    tasks = json.loads(cli("list", "tasks", "--format", "json").stdout)
+    assert {"qs_sentiment", "qs_topic", "qs_arith", "mnli", "copa"} <= {t["name"] for t in tasks}
+    methods = json.loads(cli("list", "methods", "--format", "json").stdout)
+    assert {m["name"] for m in methods} >= {"lora", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning",
+                                            "ln_tuning", "bitfit", "full", "base"}
+    assert_user_error(cli("pscp", "--score", "80"), "--params")
+    assert_user_error(cli("report", "--out", "/nonexistent/dir"), "no peftbench results")

@@ -1,0 +1,122 @@
+"""End to end through the CLI: the quickstart's acceptance, resume after kill -9 and Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from peftbench.store import Store
+
+pytestmark = pytest.mark.slow
+TRAINED = ("lora", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning", "ln_tuning", "bitfit", "full")
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "peftbench.cli", *args], capture_output=True, text=True,
+                            timeout=1200)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def state(out: Path) -> dict[str, tuple]:
+    return {r.run_id: (r.status, r.metrics, r.attempts) for r in Store.open(out).records()}
+
+
+def test_quickstart(tmp_path):
+    out = tmp_path / "qs"
+    cli("quickstart", "--out", str(out))
+    report = json.loads(cli("report", "--out", str(out), "--format", "json").stdout)
+    methods = {m["method"] for m in report["methods"]}
+    assert methods == {*TRAINED, "base"}
+    assert all(m["pscp"] is not None for m in report["methods"])
+    for task in ("qs_sentiment", "qs_topic", "qs_arith"):
+        cells = {c["method"]: c for c in report["cells"] if c["task"] == task}
+        assert all(c["n_seeds"] == 2 for c in cells.values())
+        above = [m for m in TRAINED if cells[m]["score_mean"] > cells["base"]["score_mean"]]
+        assert len(above) >= 3, (task, cells)
+    for name in ("leaderboard.md", "results.csv", "summary.json"):
+        assert (out / name).is_file()
+    first = state(out)
+    assert len(first) == 54 and {s for s, _, _ in first.values()} == {"done"}
+
+    cli("quickstart", "--out", str(out))  # everything is done: nothing re-runs, scores unchanged
+    assert state(out) == first
+
+
+SMALL = """
+name: small
+methods: [{name: lora, learning_rate: 5.0e-3}, {name: bitfit, learning_rate: 1.0e-2}, base]
+tasks: [qs_sentiment]
+seeds: [0, 1]
+training: {max_steps: 25, batch_size: 4, cutoff_len: 128}
+evaluation: {batch_size: 32, max_samples: 40}
+"""
+
+
+def small_config(tmp_path: Path) -> Path:
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL)
+    return path
+
+
+def done_count(out: Path) -> int:
+    db = out / "peftbench.db"
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=5) as con:
+            return con.execute("SELECT COUNT(*) FROM runs WHERE status = 'done'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def start_and_wait(config: Path, out: Path, n_done: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "peftbench.cli", "run", str(config), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while done_count(out) < n_done:
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    return proc
+
+
+def test_kill_9_then_resume_gives_one_row_per_run_and_same_scores(tmp_path):
+    config = small_config(tmp_path)
+    reference = tmp_path / "ref"
+    cli("run", str(config), "--out", str(reference))
+    expected = {k: (s, m) for k, (s, m, _) in state(reference).items()}
+
+    out = tmp_path / "killed"
+    proc = start_and_wait(config, out, n_done=2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 2 <= done_count(out) < 6
+    cli("run", str(config), "--out", str(out))
+    resumed = state(out)
+    assert len(resumed) == 6
+    assert {k: (s, m) for k, (s, m, _) in resumed.items()} == expected
+    assert sorted(os.listdir(out / "predictions")) == sorted(f"{k}.jsonl" for k in expected)
+
+
+def test_ctrl_c_releases_the_run_in_flight(tmp_path):
+    config = small_config(tmp_path)
+    out = tmp_path / "interrupted"
+    proc = start_and_wait(config, out, n_done=1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "run the same command again to resume" in stderr
+    statuses = [s for s, _, _ in state(out).values()]
+    assert "running" not in statuses
+    cli("run", str(config), "--out", str(out))
+    assert [s for s, _, _ in state(out).values()] == ["done"] * 6

@@ -1,0 +1,84 @@
+"""Training one run: every method learns, divergence is caught, the best checkpoint is restored,
+and the same seed gives the same weights."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import llama
+
+from peftbench.config import TrainingConfig
+from peftbench.methods import METHODS, resolve_method
+from peftbench.tasks import get_task, load_rows
+from peftbench.tasks.prompts import encode_example
+from peftbench.training import TrainResult, _Watch, train
+
+LRS = {"lora": 1e-2, "ia3": 5e-2, "prompt_tuning": 1e-1, "prefix_tuning": 1e-2, "p_tuning": 1e-2,
+       "ln_tuning": 5e-2, "bitfit": 5e-2, "full": 1e-3}
+
+
+def examples(tokenizer, n):
+    task = get_task("qs_sentiment")
+    return [encode_example(task, r, tokenizer, 128) for r in load_rows(task, "train")[:n]]
+
+
+def run(tokenizer, name, tmp_path, *, steps=30, seed=0, model=None):
+    model = model if model is not None else resolve_method(name, _small(name)).apply(llama(tokenizer))
+    cfg = TrainingConfig(max_steps=steps, batch_size=4, eval_steps=10, warmup_ratio=0.0)
+    data = examples(tokenizer, 16)
+    return model, train(model, tokenizer, data, data[:4], cfg, learning_rate=LRS.get(name, 1e-2), seed=seed,
+                        device=torch.device("cpu"), workdir=tmp_path)
+
+
+def _small(name):
+    return {"num_virtual_tokens": 8} if name in ("prompt_tuning", "p_tuning") else {}
+
+
+@pytest.mark.parametrize("name", [m for m in METHODS.names() if resolve_method(m).trains])
+def test_every_method_learns(builtin_model_dir, tmp_path, name):
+    """On the pretrained built-in model, 30 steps cut the target loss of every method."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(builtin_model_dir)
+    base = AutoModelForCausalLM.from_pretrained(builtin_model_dir)
+    model = resolve_method(name, _small(name)).apply(base)
+    _, result = run(tokenizer, name, tmp_path, model=model)
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    assert result.steps == 30 and not result.diverged
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
+    assert result.best_val_loss is not None and math.isfinite(result.best_val_loss)
+
+
+def test_non_finite_loss_marks_the_run_diverged(tokenizer, tmp_path):
+    model = resolve_method("lora").apply(llama(tokenizer))
+    with torch.no_grad():
+        model.base_model.model.model.norm.weight.fill_(float("nan"))
+    _, result = run(tokenizer, "lora", tmp_path, model=model)
+    assert result.diverged and result.diverged_step == 1 and result.steps <= 1
+
+
+def test_same_seed_same_weights(tokenizer, tmp_path):
+    a, _ = run(tokenizer, "lora", tmp_path / "a", steps=12, seed=3)
+    b, _ = run(tokenizer, "lora", tmp_path / "b", steps=12, seed=3)
+    c, _ = run(tokenizer, "lora", tmp_path / "c", steps=12, seed=4)
+    pa, pb, pc = ([p for p in m.parameters() if p.requires_grad] for m in (a, b, c))
+    assert all(torch.equal(x, y) for x, y in zip(pa, pb, strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(pa, pc, strict=True))
+
+
+def test_best_checkpoint_is_restored():
+    model = torch.nn.Linear(2, 2)
+    watch = _Watch(model, TrainResult(), select_best=True, progress=None)
+
+    class State:
+        global_step = 0
+
+    for step, val_loss in ((10, 1.0), (20, 0.5), (30, 0.9)):
+        State.global_step = step
+        with torch.no_grad():
+            model.weight.fill_(step)
+        watch.on_evaluate(None, State, None, metrics={"eval_loss": val_loss})
+    watch.restore_best()
+    assert torch.all(model.weight == 20) and watch.result.best_step == 20 and watch.result.best_val_loss == 0.5
