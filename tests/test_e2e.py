@@ -120,3 +120,33 @@ def test_ctrl_c_releases_the_run_in_flight(tmp_path):
     assert "running" not in statuses
     cli("run", str(config), "--out", str(out))
     assert [s for s, _, _ in state(out).values()] == ["done"] * 6
+
+
+def test_a_local_hugging_face_model_directory(tmp_path, tokenizer):
+    """A model given as a local HF directory (GPT-2 architecture, tokenizer with a chat template)."""
+    import copy
+
+    from conftest import gpt2
+
+    model_dir = tmp_path / "gpt2-tiny"
+    chat = copy.deepcopy(tokenizer)
+    chat.chat_template = "{% for m in messages %}<s>{{ m['content'] }}{% endfor %}\n###"
+    gpt2(chat).save_pretrained(model_dir)
+    chat.save_pretrained(model_dir)
+    config = tmp_path / "local.yaml"
+    config.write_text(f"""
+model: {{name: {model_dir}, attn_implementation: eager}}
+methods: [lora, ia3, bitfit, prefix_tuning, {{name: prompt_tuning, args: {{num_virtual_tokens: 4}}}}, base]
+tasks: [qs_topic]
+seeds: [0]
+training: {{max_steps: 6, batch_size: 4}}
+evaluation: {{max_samples: 8}}
+""")
+    out = tmp_path / "out"
+    cli("run", str(config), "--out", str(out))
+    runs = Store.open(out).records()
+    assert sorted(r.method for r in runs) == ["base", "bitfit", "ia3", "lora", "prefix_tuning", "prompt_tuning"]
+    assert {r.status for r in runs} == {"done"}
+    by = {r.method: r for r in runs}
+    assert by["lora"].costs["trainable_params"] == 2 * (16 * (64 + 192) + 16 * (256 + 64))
+    assert by["lora"].provenance["model_location"] == str(model_dir)

@@ -21,6 +21,7 @@ from peftbench.executors import run_local
 from peftbench.modeling import ModelSource, resolve_model
 from peftbench.pipeline import RunContext
 from peftbench.plan import RunSpec, plan_runs
+from peftbench.report import CONFIG_FILE
 from peftbench.store import FINAL, Store
 from peftbench.tasks import get_task
 from peftbench.utils import atomic_write_text
@@ -77,7 +78,7 @@ def run_benchmark(cfg: BenchConfig, *, out_dir: Path | None = None, console: Con
     plan = plan_runs(cfg)
 
     store = Store.create(out_dir)
-    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    atomic_write_text(out_dir / CONFIG_FILE, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     store.register([(r.run_id, r.method_id, r.task, r.seed, r.identity) for r in plan])
     status = {r.run_id: r.status for r in store.records()}
     pending: list[RunSpec] = [r for r in plan if status.get(r.run_id) not in FINAL]

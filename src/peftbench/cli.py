@@ -108,18 +108,30 @@ def report(
 
 
 def _print_report(out: Path, format: ReportFormat) -> None:
-    from peftbench.report import build_summary, markdown, rich_tables, runs_csv, summary_json, write_artifacts
+    from peftbench.report import (
+        build_summary,
+        current_records,
+        markdown,
+        rich_tables,
+        runs_csv,
+        summary_json,
+        write_artifacts,
+    )
     from peftbench.store import Store
 
     store = Store.open(out)
-    summary = build_summary(store)
-    write_artifacts(store, summary)
+    records, other = current_records(store)
+    summary = build_summary(store, records)
+    write_artifacts(store, summary, records)
+    if other:
+        err_console.print(f"note: {other} run(s) in {out} belong to an earlier config and are not shown",
+                          highlight=False)
     if format is ReportFormat.table:
         out_console.print(rich_tables(summary))
     elif format is ReportFormat.md:
         sys.stdout.write(markdown(summary))
     elif format is ReportFormat.csv:
-        sys.stdout.write(runs_csv(store.records()))
+        sys.stdout.write(runs_csv(records))
     else:
         sys.stdout.write(summary_json(summary) + "\n")
 

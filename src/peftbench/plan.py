@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from peftbench.config import BenchConfig, MethodConfig
+from peftbench.config import TINY_MODEL, BenchConfig, MethodConfig
 from peftbench.methods import Method, resolve_method
 
 IDENTITY_VERSION = 1
@@ -39,9 +39,14 @@ class RunSpec:
 def run_identity(cfg: BenchConfig, method_cfg: MethodConfig, task: str, seed: int) -> dict[str, Any]:
     method = resolve_method(method_cfg.name, method_cfg.args)
     lr = method_cfg.learning_rate if method_cfg.learning_rate is not None else method.default_lr
+    model = cfg.model.model_dump(mode="json")
+    if cfg.model.name == TINY_MODEL:
+        from peftbench.tiny import recipe_digest
+
+        model["recipe"] = recipe_digest()
     return {
         "version": IDENTITY_VERSION,
-        "model": cfg.model.model_dump(mode="json"),
+        "model": model,
         "method": {"id": method_cfg.id, "name": method_cfg.name, "args": method.args, "learning_rate": lr},
         "task": task,
         "data_dir": str(cfg.data_dir) if cfg.data_dir else None,

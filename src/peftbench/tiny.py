@@ -47,10 +47,14 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "peftbench"
 
 
+def recipe_digest() -> str:
+    """Identifies the built model: part of every run id, so a new recipe never reuses old results."""
+    return hashlib.sha256(json.dumps(RECIPE, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def tiny_model_dir() -> Path:
     """Directory of the built tiny model (config, safetensors weights, tokenizer); built on first use."""
-    digest = hashlib.sha256(json.dumps(RECIPE, sort_keys=True).encode()).hexdigest()[:12]
-    target = cache_root() / f"tiny-llama-{digest}"
+    target = cache_root() / f"tiny-llama-{recipe_digest()}"
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
