@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 # One fixed architecture for closed-form parameter counts: h=64, i=128, L=2, 4 heads, 2 KV heads.
-H, I, L, HEADS, KV_HEADS = 64, 128, 2, 4, 2
+H, FF, L, HEADS, KV_HEADS = 64, 128, 2, 4, 2
 KV = H // HEADS * KV_HEADS
 
 
@@ -39,7 +39,7 @@ def llama(tokenizer, *, bias: bool = True):
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=H, intermediate_size=I, num_hidden_layers=L,
+        vocab_size=len(tokenizer), hidden_size=H, intermediate_size=FF, num_hidden_layers=L,
         num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=1024,
         attention_bias=bias, mlp_bias=bias, tie_word_embeddings=False,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -60,7 +60,7 @@ def qwen2(tokenizer):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=H, intermediate_size=I, num_hidden_layers=L,
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=H, intermediate_size=FF, num_hidden_layers=L,
                          num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=1024,
                          tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id)
     return Qwen2ForCausalLM(config).eval()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import KV, L, H, I, gpt2, llama, qwen2
+from conftest import FF, KV, H, L, gpt2, llama, qwen2
 
 from peftbench.costs import count_parameters
 from peftbench.errors import PeftbenchError
@@ -20,15 +20,15 @@ def llama_counts(total: int) -> dict[str, int]:
     """Closed forms for the tiny Llama with biases (h=64, i=128, L=2, KV width 32), default args."""
     r = 16
     return {
-        "lora": L * (r * (H + KV) * 2 + r * (I + H)),  # k_proj, v_proj: A (r×h) + B (kv×r); down_proj
-        "ia3": L * (KV + KV + I),  # k, v outputs scaled; down_proj is feed-forward: its inputs scaled
+        "lora": L * (r * (H + KV) * 2 + r * (FF + H)),  # k_proj, v_proj: A (r×h) + B (kv×r); down_proj
+        "ia3": L * (KV + KV + FF),  # k, v outputs scaled; down_proj is feed-forward: its inputs scaled
         "prompt_tuning": 100 * H,
         # prefix: embedding (32 × KV width) → Linear(KV, 512) → Tanh → Linear(512, L·2·KV)
         "prefix_tuning": 32 * KV + (KV * 512 + 512) + (512 * L * 2 * KV + L * 2 * KV),
         # P-tuning MLP encoder: embedding 100×h, Linear(h,768), Linear(768,768), Linear(768,h)
         "p_tuning": 100 * H + (H * 768 + 768) + (768 * 768 + 768) + (768 * H + H),
         "ln_tuning": (2 * L + 1) * H,  # RMSNorm weights: two per layer and the final one
-        "bitfit": L * (H + KV + KV + H + I + I + H),  # biases of q, k, v, o, gate, up, down
+        "bitfit": L * (H + KV + KV + H + FF + FF + H),  # biases of q, k, v, o, gate, up, down
         "full": total,
         "base": 0,
     }
@@ -62,7 +62,7 @@ def test_paper_defaults_are_the_method_defaults():
 def test_ia3_bare_string_feedforward_is_one_name(tokenizer):
     """peft would read "down_proj" as a regex over full names and scale down_proj's outputs."""
     model = resolve_method("ia3", {"feedforward_modules": "down_proj"}).apply(llama(tokenizer))
-    assert n_trainable(model) == L * (KV + KV + I)
+    assert n_trainable(model) == L * (KV + KV + FF)
 
 
 def test_bitfit_adds_zero_biases_to_a_model_without_any(tokenizer):
@@ -90,7 +90,7 @@ def test_gpt2_targets_resolve_to_fused_modules(tokenizer):
 
 def test_qwen2_targets_resolve(tokenizer):
     model = resolve_method("lora").apply(qwen2(tokenizer))
-    assert n_trainable(model) == L * (16 * (H + KV) * 2 + 16 * (I + H))
+    assert n_trainable(model) == L * (16 * (H + KV) * 2 + 16 * (FF + H))
     model = resolve_method("bitfit").apply(qwen2(tokenizer))  # Qwen2 has q, k, v biases
     assert n_trainable(model) == L * (H + KV + KV)
 
@@ -159,4 +159,4 @@ def test_merged_lora_costs_no_extra_flops(tokenizer):
         merged = forward_flops(model, batch_size=1, seq_len=64, vocab_size=len(tokenizer))
     assert merged == base_flops
     # unmerged: x·A then ·B per adapted layer: 2·T·r·(in + out) per layer
-    assert unmerged - base_flops == 2 * 64 * 16 * L * ((H + KV) * 2 + (I + H))
+    assert unmerged - base_flops == 2 * 64 * 16 * L * ((H + KV) * 2 + (FF + H))

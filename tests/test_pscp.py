@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from peftbench.pscp import PSCPConstants, pscp
+from peftbench.config import PSCPConfig
+from peftbench.pscp import pscp
 
 PAPER = [  # method, P, M_p, M_f, M_m, PSCP β=1, PSCP β=2
     ("ln_tuning", 77.8, 266_240, 0, 27.43, 60.19, 46.57),
@@ -23,7 +24,7 @@ PAPER = [  # method, P, M_p, M_f, M_m, PSCP β=1, PSCP β=2
 @pytest.mark.parametrize("row", PAPER, ids=[r[0] for r in PAPER])
 def test_paper_table(row):
     _, p, mp, mf, mm, beta1, beta2 = row
-    assert pscp(p, mp, mf, mm, PSCPConstants(beta_p=1, beta_f=1, beta_m=1)) == pytest.approx(beta1, abs=0.005)
+    assert pscp(p, mp, mf, mm, PSCPConfig(beta_p=1, beta_f=1, beta_m=1)) == pytest.approx(beta1, abs=0.005)
     assert pscp(p, mp, mf, mm) == pytest.approx(beta2, abs=0.005)
 
 

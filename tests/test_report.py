@@ -7,7 +7,8 @@ import statistics
 import pytest
 import yaml
 
-from peftbench.pscp import PSCPConstants, pscp
+from peftbench.config import PSCPConfig
+from peftbench.pscp import pscp
 from peftbench.report import build_summary, current_records
 from peftbench.report.aggregate import aggregate
 from peftbench.store import Store
@@ -46,7 +47,7 @@ def test_cells_and_method_summaries(store):
     assert cell["bitfit", "b"].score_mean is None and cell["bitfit", "b"].n_not_done == 1
     by = {s.method: s for s in summary.summaries}
     assert by["lora"].p_avg == pytest.approx((80 + 55) / 2)
-    assert by["lora"].pscp == pytest.approx(pscp(67.5, 1000, 0.0, 2.0, PSCPConstants()))
+    assert by["lora"].pscp == pytest.approx(pscp(67.5, 1000, 0.0, 2.0, PSCPConfig()))
     assert by["lora"].rank == 1
     # bitfit failed on task b: no P_avg over the tasks that happened to finish, no rank
     assert by["bitfit"].p_avg is None and by["bitfit"].pscp is None and by["bitfit"].rank is None
@@ -67,4 +68,4 @@ def test_report_shows_only_the_current_configs_runs(tmp_path):
     assert [r.run_id for r in records] == [run.run_id] and other == 1
     summary = build_summary(store, records)
     assert summary.summaries[0].p_avg == 40.0
-    assert summary.summaries[0].pscp == pytest.approx(pscp(40.0, 1000, 0.0, 2.0, PSCPConstants(beta_p=1.0)))
+    assert summary.summaries[0].pscp == pytest.approx(pscp(40.0, 1000, 0.0, 2.0, PSCPConfig(beta_p=1.0)))

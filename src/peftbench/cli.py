@@ -142,16 +142,21 @@ def pscp(
     params: Annotated[float, typer.Option(help="Trainable parameters (M_p).", min=0)],
     tflops: Annotated[float, typer.Option(help="Extra inference TFLOPs over the base model (M_f).", min=0)],
     mem_gb: Annotated[float, typer.Option("--mem-gb", help="Peak training memory in GB (M_m).", min=0)],
-    beta: Annotated[float, typer.Option(help="β for all three costs (2 = current default, 1 = paper v1).", min=0)] = 2.0,
+    beta: Annotated[float, typer.Option(help="β for all three costs (2 = default, 1 = paper v1).", min=0)] = 2.0,
     c_p: Annotated[float, typer.Option("--c-p", help="C_p", min=0)] = 5e8,
     c_f: Annotated[float, typer.Option("--c-f", help="C_f", min=0)] = 10.0,
     c_m: Annotated[float, typer.Option("--c-m", help="C_m", min=0)] = 94.0,
 ) -> None:
     """Print the PSCP value for one method's quality and costs."""
-    from peftbench.pscp import PSCPConstants
+    from pydantic import ValidationError
+
+    from peftbench.config import PSCPConfig, describe_validation_error
     from peftbench.pscp import pscp as pscp_value
 
-    constants = PSCPConstants(c_p=c_p, c_f=c_f, c_m=c_m, beta_p=beta, beta_f=beta, beta_m=beta)
+    try:
+        constants = PSCPConfig(c_p=c_p, c_f=c_f, c_m=c_m, beta_p=beta, beta_f=beta, beta_m=beta)
+    except ValidationError as exc:
+        raise PeftbenchError(f"pscp: {describe_validation_error(exc)}") from None
     print(f"{pscp_value(score, params, tflops, mem_gb, constants):.2f}")
 
 

@@ -46,7 +46,8 @@ def numeric_accuracy(gold: Sequence[float], pred: Sequence[float | None], n_labe
     """Share of predictions whose value equals the gold value within 1e-6."""
     if not gold:
         return math.nan
-    hits = sum(int(p is not None and math.isclose(p, g, rel_tol=0.0, abs_tol=1e-6)) for g, p in zip(gold, pred))
+    pairs = zip(gold, pred, strict=True)
+    hits = sum(int(p is not None and math.isclose(p, g, rel_tol=0.0, abs_tol=1e-6)) for g, p in pairs)
     return 100.0 * hits / len(gold)
 
 

@@ -9,21 +9,12 @@ each cost to the point where it halves (β = 1) the score: 500 M parameters, 10 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from peftbench.config import PSCPConfig
 
 
-@dataclass(frozen=True)
-class PSCPConstants:
-    c_p: float = 5e8
-    c_f: float = 10.0
-    c_m: float = 94.0
-    beta_p: float = 2.0
-    beta_f: float = 2.0
-    beta_m: float = 2.0
-
-
-def pscp(score: float, params: float, tflops: float, mem_gb: float, k: PSCPConstants = PSCPConstants()) -> float:
-    """Penalise a quality score by parameter, FLOP and memory cost."""
+def pscp(score: float, params: float, tflops: float, mem_gb: float, k: PSCPConfig | None = None) -> float:
+    """Penalise a quality score by parameter, FLOP and memory cost (constants: `PSCPConfig`)."""
+    k = k or PSCPConfig()
     if min(params, tflops, mem_gb) < 0:
         raise ValueError("costs must be non-negative")
     return (

@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -47,9 +48,13 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "peftbench"
 
 
+@lru_cache(maxsize=1)
 def recipe_digest() -> str:
-    """Identifies the built model: part of every run id, so a new recipe never reuses old results."""
-    return hashlib.sha256(json.dumps(RECIPE, sort_keys=True).encode()).hexdigest()[:12]
+    """Identifies the built model (recipe and generated corpus): part of every run id, so a changed
+    recipe or task text never reuses an old model or old results."""
+    corpus = pretraining_corpus(RECIPE["corpus_docs"], RECIPE["seed"])
+    blob = json.dumps({"recipe": RECIPE, "corpus": corpus}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def tiny_model_dir() -> Path:

@@ -31,7 +31,9 @@ from peftbench.store import Store
 from peftbench.utils import atomic_write_jsonl, atomic_write_text
 
 
-def run_local(pending: list[RunSpec], ctx: RunContext, store: Store, console: Console, workers: int = 1) -> dict[str, int]:
+def run_local(
+    pending: list[RunSpec], ctx: RunContext, store: Store, console: Console, workers: int = 1
+) -> dict[str, int]:
     """Run every pending run; failures are recorded and the grid goes on. Returns counts by status."""
     with _GridProgress(console, len(pending)) as progress:
         if workers <= 1:
@@ -118,7 +120,9 @@ def _work(spec: RunSpec) -> tuple[RunOutcome, dict[str, Any]]:
     return run_one(spec, ctx, phase), ctx.provenance
 
 
-def _run_pool(pending: list[RunSpec], ctx: RunContext, store: Store, progress: _GridProgress, workers: int) -> dict[str, int]:
+def _run_pool(
+    pending: list[RunSpec], ctx: RunContext, store: Store, progress: _GridProgress, workers: int
+) -> dict[str, int]:
     spawn = mp.get_context("spawn")
     messages = spawn.Queue()
     stop = threading.Event()

@@ -61,7 +61,7 @@ class Method(ABC):
             allowed = ", ".join(sorted(self.defaults)) or "none"
             raise PeftbenchError(f"method {self.label!r}: unknown argument(s) {unknown} (expected: {allowed})")
 
-    def check(self, model: nn.Module) -> None:
+    def check(self, model: nn.Module) -> None:  # noqa: B027 - an optional hook, not abstract
         """Fail early (before any training) if the method cannot be applied to this model."""
 
     @abstractmethod

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from peftbench.config import BenchConfig, validate_config
+from peftbench.config import BenchConfig, PSCPConfig, validate_config
 from peftbench.plan import plan_runs
-from peftbench.pscp import PSCPConstants
 from peftbench.report.aggregate import Summary, aggregate
 from peftbench.report.tables import markdown, rich_tables, runs_csv, summary_json
 from peftbench.store import RunRecord, Store
@@ -44,7 +43,7 @@ def current_records(store: Store) -> tuple[list[RunRecord], int]:
 
 def build_summary(store: Store, records: list[RunRecord]) -> Summary:
     cfg = current_config(store.out_dir)
-    constants = PSCPConstants(**cfg.pscp.model_dump()) if cfg else PSCPConstants()
+    constants = cfg.pscp if cfg else PSCPConfig()
     return aggregate(records, constants)
 
 

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from peftbench.pscp import PSCPConstants, pscp
+from peftbench.config import PSCPConfig
+from peftbench.pscp import pscp
 from peftbench.store import RunRecord
 
 
@@ -67,7 +68,7 @@ def _mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def aggregate(records: Sequence[RunRecord], constants: PSCPConstants = PSCPConstants()) -> Summary:
+def aggregate(records: Sequence[RunRecord], constants: PSCPConfig | None = None) -> Summary:
     methods = list(dict.fromkeys(r.method for r in records))
     tasks = list(dict.fromkeys(r.task for r in records))
     cells: list[Cell] = []

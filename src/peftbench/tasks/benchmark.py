@@ -7,47 +7,12 @@ reported beside the primary metric.
 
 from __future__ import annotations
 
-from peftbench.tasks.spec import HubSource, Row, TaskSpec
+from peftbench.tasks.spec import HubSource, Row, classification
 
 GLUE = "nyu-mll/glue"
 GLUE_REVISION = "bcdcba79d07bc864c1c254ccfcedcce55bcc9a8c"
 SUPER_GLUE = "aps/super_glue"
 SUPER_GLUE_REVISION = "5234c61e804e85e5994b14b002fa9ec34487bcfb"
-LABEL_TOKENS = 5  # the longest verbaliser ("not_entailment") is a few tokens for any tokenizer
-
-
-def classification(
-    name: str,
-    category: str,
-    source: HubSource,
-    what: str,
-    template: str,
-    labels: tuple[str, ...],
-    *,
-    description: str,
-    eval_split: str = "validation",
-    extra_metrics: tuple[str, ...] = (),
-    prepare=None,
-) -> TaskSpec:
-    primary = "f1" if len(labels) == 2 else "macro_f1"
-    return TaskSpec(
-        name=name,
-        category=category,
-        description=description,
-        source=source,
-        instruction=f"Classify the following {what} into {len(labels)} classes: {', '.join(labels)}. "
-        "Respond only with the corresponding class.",
-        template=template,
-        kind="classification",
-        labels=labels,
-        metrics=(primary, "accuracy", *extra_metrics),
-        primary_metric=primary,
-        max_new_tokens=LABEL_TOKENS,
-        eval_split=eval_split,
-        prepare=prepare,
-    )
-
-
 def glue(config: str) -> HubSource:
     return HubSource(GLUE, config, GLUE_REVISION)
 

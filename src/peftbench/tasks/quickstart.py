@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import zlib
 
-from peftbench.tasks.spec import GeneratedSource, Row, TaskSpec
+from peftbench.tasks.spec import GeneratedSource, Row, TaskSpec, classification
 
 SUBJECTS = ["the movie", "the food", "this book", "the service", "my trip", "the game", "this phone",
             "the show", "the hotel", "the song", "the class", "the concert"]
@@ -105,34 +105,12 @@ def pretraining_corpus(n_docs: int, seed: int) -> list[str]:
 
 
 QUICKSTART_TASKS = (
-    TaskSpec(
-        name="qs_sentiment",
-        category="quickstart",
-        description="Generated 2-class sentiment of short reviews",
-        source=GeneratedSource(sentiment_rows, {"train": 320, "validation": 100}),
-        instruction="Classify the following review into 2 classes: negative, positive. "
-        "Respond only with the corresponding class.",
-        template="Review: {text}",
-        kind="classification",
-        labels=("negative", "positive"),
-        metrics=("f1", "accuracy"),
-        primary_metric="f1",
-        max_new_tokens=4,
-    ),
-    TaskSpec(
-        name="qs_topic",
-        category="quickstart",
-        description="Generated 3-class topic classification",
-        source=GeneratedSource(topic_rows, {"train": 320, "validation": 100}),
-        instruction="Classify the following sentence into 3 topic classes: sports, food, weather. "
-        "Respond only with the corresponding class.",
-        template="Sentence: {text}",
-        kind="classification",
-        labels=tuple(TOPICS),
-        metrics=("macro_f1", "accuracy"),
-        primary_metric="macro_f1",
-        max_new_tokens=4,
-    ),
+    classification("qs_sentiment", "quickstart", GeneratedSource(sentiment_rows, {"train": 320, "validation": 100}),
+                   "review", "Review: {text}", ("negative", "positive"),
+                   description="Generated 2-class sentiment of short reviews"),
+    classification("qs_topic", "quickstart", GeneratedSource(topic_rows, {"train": 320, "validation": 100}),
+                   "sentence by topic", "Sentence: {text}", tuple(TOPICS),
+                   description="Generated 3-class topic classification"),
     TaskSpec(
         name="qs_arith",
         category="quickstart",

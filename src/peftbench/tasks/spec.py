@@ -70,3 +70,39 @@ class TaskSpec:
     @property
     def splits(self) -> tuple[str, str]:
         return (self.train_split, self.eval_split)
+
+
+LABEL_TOKENS = 5  # the longest verbaliser ("not_entailment") is a few tokens for any tokenizer
+
+
+def classification(
+    name: str,
+    category: str,
+    source: HubSource | GeneratedSource,
+    what: str,
+    template: str,
+    labels: tuple[str, ...],
+    *,
+    description: str,
+    eval_split: str = "validation",
+    extra_metrics: tuple[str, ...] = (),
+    prepare: Callable[[Row], Row] | None = None,
+) -> TaskSpec:
+    """A classification task in PEFT-Bench's form: "Classify the following … into N classes: …"."""
+    primary = "f1" if len(labels) == 2 else "macro_f1"
+    return TaskSpec(
+        name=name,
+        category=category,
+        description=description,
+        source=source,
+        instruction=f"Classify the following {what} into {len(labels)} classes: {', '.join(labels)}. "
+        "Respond only with the corresponding class.",
+        template=template,
+        kind="classification",
+        labels=labels,
+        metrics=(primary, "accuracy", *extra_metrics),
+        primary_metric=primary,
+        max_new_tokens=LABEL_TOKENS,
+        eval_split=eval_split,
+        prepare=prepare,
+    )
