@@ -89,10 +89,11 @@ def _run(config: Path, out: Path | None, overrides: list[str], workers: int | No
         raise typer.Exit(130) from None
     _print_report(result.out_dir, ReportFormat.table)
     failed = result.counts.get("failed", 0)
+    ran = ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items())) or "nothing left to run"
     err_console.print(
-        f"finished: {result.total} runs, {result.already_done} were already done, "
-        + ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items()))
-        + f". Report files are in {result.out_dir}."
+        f"finished: {result.total} runs, {result.already_done} already done before; this time: {ran}. "
+        f"Report files are in {result.out_dir}.",
+        highlight=False,
     )
     if failed:
         raise typer.Exit(1)
