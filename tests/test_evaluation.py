@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from peftbench.evaluation import clean_output, parse_label, score
 from peftbench.metrics import INVALID
+from peftbench.scoring import clean_output, parse_label, score
 from peftbench.tasks import get_task
 
 LABELS = ("negative", "positive")

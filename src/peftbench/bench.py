@@ -23,7 +23,6 @@ from peftbench.pipeline import RunContext
 from peftbench.plan import RunSpec, plan_runs
 from peftbench.report import CONFIG_FILE
 from peftbench.store import FINAL, Store
-from peftbench.tasks import get_task
 from peftbench.utils import atomic_write_text
 
 
@@ -73,8 +72,8 @@ def run_benchmark(cfg: BenchConfig, *, out_dir: Path | None = None, console: Con
     source = resolve_model(cfg.model)
     check_methods(cfg, source)
     ctx = RunContext(cfg, source, out_dir)
-    for name in cfg.tasks:
-        ctx.task_data(get_task(name))
+    for task in cfg.tasks:
+        ctx.task_data(task.spec())
     plan = plan_runs(cfg)
 
     store = Store.create(out_dir)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -24,6 +24,9 @@ from pydantic import (
 )
 
 from peftbench.errors import PeftbenchError
+
+if TYPE_CHECKING:
+    from peftbench.tasks import TaskSpec
 
 TINY_MODEL = "builtin:tiny-llama"
 
@@ -63,6 +66,42 @@ class MethodConfig(StrictModel):
         except PeftbenchError as exc:
             raise ValueError(str(exc)) from None
         return self
+
+
+class TaskConfig(StrictModel):
+    """One task of the grid: a registry name with optional data overrides (local files may name
+    their splits differently; a hub revision can be pinned per task)."""
+
+    name: str
+    train_split: str | None = None
+    eval_split: str | None = None
+    revision: str | None = Field(default=None, description="hub revision (commit) instead of the task's own")
+
+    @model_validator(mode="after")
+    def _known_task(self) -> TaskConfig:
+        from peftbench.tasks import TASKS, HubSource
+
+        if self.name not in TASKS:
+            raise ValueError(TASKS.unknown_message(self.name))
+        if self.revision and not isinstance(TASKS.get(self.name).source, HubSource):
+            raise ValueError(f"task {self.name!r} is generated in code: it has no hub revision")
+        return self
+
+    def spec(self) -> TaskSpec:
+        """The registered task with this entry's overrides applied."""
+        import dataclasses
+
+        from peftbench.tasks import get_task
+
+        task = get_task(self.name)
+        changes: dict[str, Any] = {}
+        if self.train_split:
+            changes["train_split"] = self.train_split
+        if self.eval_split:
+            changes["eval_split"] = self.eval_split
+        if self.revision:
+            changes["source"] = dataclasses.replace(task.source, revision=self.revision)
+        return dataclasses.replace(task, **changes) if changes else task
 
 
 class TrainingConfig(StrictModel):
@@ -120,7 +159,7 @@ class BenchConfig(StrictModel):
     name: str = "peftbench"
     model: ModelConfig = Field(default_factory=ModelConfig)
     methods: list[MethodConfig] = Field(min_length=1)
-    tasks: list[str] = Field(min_length=1)
+    tasks: list[TaskConfig] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     data_dir: Path | None = Field(default=None, description="local task files: <data_dir>/<task>/<split>.jsonl")
     training: TrainingConfig = Field(default_factory=TrainingConfig)
@@ -147,15 +186,18 @@ class BenchConfig(StrictModel):
             raise ValueError(f"method ids must be unique, repeated: {', '.join(dupes)} (set a distinct label)")
         return value
 
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _task_names_to_entries(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
     @field_validator("tasks")
     @classmethod
-    def _known_tasks(cls, value: list[str]) -> list[str]:
-        from peftbench.tasks import TASKS
-
-        for name in value:
-            if name not in TASKS:
-                raise ValueError(TASKS.unknown_message(name))
-        if len(set(value)) != len(value):
+    def _unique_tasks(cls, value: list[TaskConfig]) -> list[TaskConfig]:
+        names = [t.name for t in value]
+        if len(set(names)) != len(names):
             raise ValueError("tasks must be unique")
         return value
 

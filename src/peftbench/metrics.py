@@ -7,9 +7,14 @@ macro-F1 — never silently mapped to some class. Numeric predictions use `None`
 
 from __future__ import annotations
 
+import ast
 import math
+import operator
 import re
-from collections.abc import Callable, Sequence
+import statistics
+import string
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 from sklearn.metrics import f1_score, matthews_corrcoef
@@ -31,8 +36,12 @@ def f1_binary(gold: Sequence[int], pred: Sequence[int], n_labels: int = 2) -> fl
 
 
 def f1_macro(gold: Sequence[int], pred: Sequence[int], n_labels: int) -> float:
-    """Unweighted mean of per-class F1 over the task's classes (invalid outputs form no class)."""
-    return 100.0 * float(f1_score(gold, pred, labels=list(range(n_labels)), average="macro", zero_division=0.0))
+    """Unweighted mean of per-class F1 over the classes that occur in gold or predictions (as
+    sklearn's default does); invalid outputs form no class but still cost their gold class recall."""
+    labels = sorted((set(gold) | set(pred)) - {INVALID})
+    if not labels:
+        return 0.0
+    return 100.0 * float(f1_score(gold, pred, labels=labels, average="macro", zero_division=0.0))
 
 
 def mcc(gold: Sequence[int], pred: Sequence[int], n_labels: int = 2) -> float:
@@ -69,3 +78,152 @@ def parse_number(text: str, *, last: bool = False) -> float | None:
         return None
     value = float((found[-1] if last else found[0]).replace(",", ""))
     return value if np.isfinite(value) else None
+
+
+# --- regression ---------------------------------------------------------------------------------------
+
+
+def pearson(gold: Sequence[float], pred: Sequence[float], n_labels: int = 0) -> float:
+    """Pearson r ×100 (STS-B's GLUE metric); 0 when either side is constant."""
+    from scipy.stats import pearsonr
+
+    if len(set(gold)) < 2 or len(set(pred)) < 2:
+        return 0.0
+    return 100.0 * float(pearsonr(gold, pred).statistic)
+
+
+def spearman(gold: Sequence[float], pred: Sequence[float], n_labels: int = 0) -> float:
+    from scipy.stats import spearmanr
+
+    if len(set(gold)) < 2 or len(set(pred)) < 2:
+        return 0.0
+    return 100.0 * float(spearmanr(gold, pred).statistic)
+
+
+METRICS.update({"pearson": pearson, "spearman": spearman})
+
+
+# --- extractive answers (ReCoRD) ----------------------------------------------------------------------
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = set(string.punctuation)
+
+
+def squad_normalize(text: str) -> str:
+    """SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    pred_tokens, gold_tokens = squad_normalize(prediction).split(), squad_normalize(gold).split()
+    common = Counter(pred_tokens) & Counter(gold_tokens)
+    overlap = sum(common.values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(pred_tokens), overlap / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def max_over_golds(prediction: str, golds: Sequence[str]) -> tuple[float, float]:
+    """(EM, F1) of one query: the best over its gold answers."""
+    em = max(float(squad_normalize(prediction) == squad_normalize(g)) for g in golds)
+    return em, max(token_f1(prediction, g) for g in golds)
+
+
+def record_scores(golds: Sequence[Sequence[str]], preds: Sequence[str]) -> dict[str, float]:
+    """ReCoRD EM and F1 ×100: one score per query (max over its answers), averaged over queries."""
+    pairs = [max_over_golds(p, g) for g, p in zip(golds, preds, strict=True)]
+    return {"em": 100.0 * statistics.fmean(e for e, _ in pairs), "f1": 100.0 * statistics.fmean(f for _, f in pairs)}
+
+
+# --- MultiRC -----------------------------------------------------------------------------------------
+
+
+def multirc_em(gold: Sequence[int], pred: Sequence[int], groups: Sequence[Hashable]) -> float:
+    """Share of questions whose answer options are all classified correctly ×100."""
+    right: dict[Hashable, bool] = {}
+    for g, p, key in zip(gold, pred, groups, strict=True):
+        right[key] = right.get(key, True) and g == p
+    return 100.0 * sum(right.values()) / len(right) if right else math.nan
+
+
+# --- arithmetic answers ------------------------------------------------------------------------------
+
+_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+
+
+def safe_eval(expression: str) -> float | None:
+    """Value of an arithmetic expression (numbers, + − × ÷ // % **, parentheses), never `eval`.
+
+    Anything else (names, calls, attribute access) and any arithmetic error gives None.
+    """
+    try:
+        tree = ast.parse(expression.strip(), mode="eval")
+        value = _eval_node(tree.body)
+    except (SyntaxError, ValueError, TypeError, ZeroDivisionError, OverflowError, RecursionError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _eval_node(node: ast.AST) -> float:
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+        return node.value
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        left, right = _eval_node(node.left), _eval_node(node.right)
+        if isinstance(node.op, ast.Pow) and abs(right) > 64:
+            raise ValueError("exponent too large")
+        return _BINARY[type(node.op)](left, right)
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+        return _UNARY[type(node.op)](_eval_node(node.operand))
+    raise ValueError(f"not arithmetic: {ast.dump(node)[:40]}")
+
+
+def parse_gsm8k(text: str) -> float | None:
+    """GSM8K: the number after the last `####` (`,` `$` `%` stripped), else the last number in the text."""
+    if "####" in text:
+        after = parse_number(text.rsplit("####", 1)[1])
+        if after is not None:
+            return after
+    return parse_number(text, last=True)
+
+
+def parse_svamp(text: str) -> tuple[float | None, bool | None]:
+    """SVAMP output `<equation> = <answer>` → (answer value, whether the equation evaluates to it).
+
+    The answer is the right-hand side; without one, the value of the expression. The consistency
+    flag is None when the output has no evaluable equation.
+    """
+    text = text.strip().splitlines()[0] if text.strip() else ""
+    lhs, sep, rhs = text.rpartition("=")
+    if not sep:
+        value = safe_eval(text)
+        return (value if value is not None else parse_number(text, last=True)), None
+    answer = parse_number(rhs)
+    left = safe_eval(lhs)
+    consistent = None if left is None or answer is None else math.isclose(left, answer, abs_tol=1e-6)
+    return answer, consistent
+
+
+# --- code --------------------------------------------------------------------------------------------
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al., 2021) from n samples of which c pass."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def codebleu(references: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
+    """Corpus CodeBLEU for Python ×100, the four components weighted 0.25 each."""
+    try:
+        from codebleu import calc_codebleu
+    except ImportError as exc:
+        from peftbench.errors import PeftbenchError
+
+        raise PeftbenchError("CodeBLEU needs the code extra: pip install 'peftbench[code]'") from exc
+    result = calc_codebleu(list(references), list(predictions), lang="python", weights=(0.25, 0.25, 0.25, 0.25))
+    return {k: 100.0 * v for k, v in result.items()}

@@ -25,10 +25,11 @@ import torch
 
 from peftbench.config import BenchConfig
 from peftbench.costs import GB, count_parameters, forward_flops, peak_memory
-from peftbench.evaluation import generate, score
+from peftbench.evaluation import generate
 from peftbench.modeling import ModelSource, load_model, load_tokenizer, model_revision, pick_device
 from peftbench.plan import RunSpec
-from peftbench.tasks import Row, TaskSpec, get_task, load_rows
+from peftbench.scoring import score
+from peftbench.tasks import Row, TaskSpec, load_rows
 from peftbench.tasks.prompts import encode_example, render_prompt
 from peftbench.training import train
 from peftbench.utils import dir_size_bytes, pinned_threads, seed_everything
@@ -78,7 +79,7 @@ class RunContext:
         """Train/validation/eval rows; validation is a fixed share of train, the same for every seed."""
         if task.name not in self._tasks:
             rows = load_rows(task, task.train_split, self.cfg.data_dir)
-            rows = list(rows)
+            rows = [r for r in rows if task.usable(task.prepared(r))] if task.usable else list(rows)
             random.Random(DATA_SPLIT_SEED).shuffle(rows)
             t = self.cfg.training
             if t.max_train_samples:
@@ -128,7 +129,7 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
     cfg = ctx.cfg
     with pinned_threads(cfg.runtime.threads):
         seed_everything(spec.seed)
-        task = get_task(spec.task)
+        task = spec.task_cfg.spec()
         data = ctx.task_data(task)
         method = spec.method()
         phase("load", 0, 1)

@@ -8,15 +8,17 @@ changing any result-relevant setting starts new runs beside the old ones.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
 
-from peftbench.config import TINY_MODEL, BenchConfig, MethodConfig
+from peftbench.config import TINY_MODEL, BenchConfig, MethodConfig, TaskConfig
 from peftbench.methods import Method, resolve_method
+from peftbench.tasks import GeneratedSource, TaskSpec
 
-IDENTITY_VERSION = 1
+IDENTITY_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class RunSpec:
     task: str
     seed: int
     method_cfg: MethodConfig
+    task_cfg: TaskConfig
     identity: dict[str, Any]
 
     @property
@@ -36,7 +39,7 @@ class RunSpec:
         return resolve_method(self.method_cfg.name, self.method_cfg.args)
 
 
-def run_identity(cfg: BenchConfig, method_cfg: MethodConfig, task: str, seed: int) -> dict[str, Any]:
+def run_identity(cfg: BenchConfig, method_cfg: MethodConfig, task: TaskConfig, seed: int) -> dict[str, Any]:
     method = resolve_method(method_cfg.name, method_cfg.args)
     lr = method_cfg.learning_rate if method_cfg.learning_rate is not None else method.default_lr
     model = cfg.model.model_dump(mode="json")
@@ -48,13 +51,25 @@ def run_identity(cfg: BenchConfig, method_cfg: MethodConfig, task: str, seed: in
         "version": IDENTITY_VERSION,
         "model": model,
         "method": {"id": method_cfg.id, "name": method_cfg.name, "args": method.args, "learning_rate": lr},
-        "task": task,
+        "task": {"name": task.name, "fingerprint": task_fingerprint(task.spec())},
         "data_dir": str(cfg.data_dir) if cfg.data_dir else None,
         "training": cfg.training.model_dump(mode="json"),
         "evaluation": cfg.evaluation.model_dump(mode="json"),
         "costs": cfg.costs.model_dump(mode="json"),
         "seed": seed,
     }
+
+
+def task_fingerprint(task: TaskSpec) -> str:
+    """Hash of everything in a task's definition that changes its runs: data source, prompt,
+    verbaliser, generation length, metrics, and the names of its row hooks."""
+    fields = {f.name: getattr(task, f.name) for f in dataclasses.fields(task)}
+    source = fields.pop("source")
+    if isinstance(source, GeneratedSource):
+        source = {"generate": source.generate.__qualname__, "sizes": dict(source.sizes), "seed": source.seed}
+    fields = {k: (v.__qualname__ if callable(v) else v) for k, v in fields.items()}
+    blob = json.dumps({"source": source, **fields}, sort_keys=True, default=repr)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def run_id(identity: dict[str, Any]) -> str:
@@ -69,5 +84,5 @@ def plan_runs(cfg: BenchConfig) -> list[RunSpec]:
         for task in cfg.tasks:
             for seed in cfg.seeds:
                 identity = run_identity(cfg, method_cfg, task, seed)
-                runs.append(RunSpec(run_id(identity), method_cfg.id, task, seed, method_cfg, identity))
+                runs.append(RunSpec(run_id(identity), method_cfg.id, task.name, seed, method_cfg, task, identity))
     return runs

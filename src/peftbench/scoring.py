@@ -1,0 +1,147 @@
+"""Scoring model outputs against a task's gold answers, one scorer per output kind.
+
+Every output that cannot be read as an answer of the task's form (outside the label set, no
+number, empty) is *invalid*: it counts as wrong and the run records the invalid-output rate.
+This is the one place where outputs become scores, for runs and for `peftbench score` alike.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from peftbench.metrics import INVALID, METRICS, codebleu, max_over_golds, multirc_em, parse_number, record_scores
+from peftbench.tasks.spec import Row, TaskSpec
+
+_THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
+_FENCE = re.compile(r"^```[\w+-]*[ \t]*\n?(.*?)\n?```", re.DOTALL)
+
+
+def clean_output(text: str) -> str:
+    """Strip thinking blocks, a surrounding code fence and whitespace."""
+    text = _THINK.sub("", text).strip()
+    fence = _FENCE.match(text)
+    if fence:
+        text = fence.group(1)
+    return text.strip()
+
+
+def parse_label(text: str, labels: tuple[str, ...]) -> int:
+    """Index of the label the output states exactly (first line, case and trailing punctuation aside)."""
+    line = clean_output(text).split("\n", 1)[0].strip().strip("\"'`*").rstrip(".!;:,").strip()
+    folded = line.casefold()
+    for i, label in enumerate(labels):
+        if folded == label.casefold():
+            return i
+    return INVALID
+
+
+@dataclass
+class Scores:
+    metrics: dict[str, float]
+    primary: float
+    invalid_rate: float
+    n: int
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def score(task: TaskSpec, rows: list[Row], outputs: list[str]) -> Scores:
+    """Score outputs (one per row, same order) with the task's metrics, 0–100."""
+    if len(rows) != len(outputs):
+        raise ValueError(f"{len(outputs)} outputs for {len(rows)} rows")
+    golds = [task.gold_of(r) for r in rows]
+    metrics, parsed, correct = SCORERS[task.kind](task, rows, golds, outputs)
+    invalid = [p is None or p == INVALID for p in parsed]
+    records = [
+        {"index": i, "prediction": o, "parsed": _shown(task, p), "gold": task.render_target(r), "correct": c}
+        for i, (r, o, p, c) in enumerate(zip(rows, outputs, parsed, correct, strict=True))
+    ]
+    n = len(rows)
+    return Scores(
+        metrics=metrics,
+        primary=metrics[task.primary_metric],
+        invalid_rate=sum(invalid) / n if n else math.nan,
+        n=n,
+        records=records,
+    )
+
+
+def _shown(task: TaskSpec, parsed: Any) -> Any:
+    if task.kind == "classification":
+        return task.labels[parsed] if parsed != INVALID else None
+    return parsed
+
+
+Scorer = Callable[[TaskSpec, list[Row], list[Any], list[str]], tuple[dict[str, float], list[Any], list[bool]]]
+
+
+def _classification(task: TaskSpec, rows: list[Row], golds: list[int], outputs: list[str]):
+    pred = [parse_label(o, task.labels) for o in outputs]
+    metrics = {}
+    for name in task.metrics:
+        if name == "multirc_em":
+            metrics[name] = multirc_em(golds, pred, [task.group(task.prepared(r)) for r in rows])
+        else:
+            metrics[name] = METRICS[name](golds, pred, len(task.labels))
+    return metrics, pred, [g == p for g, p in zip(golds, pred, strict=True)]
+
+
+def _numeric(task: TaskSpec, rows: list[Row], golds: list[float], outputs: list[str]):
+    parse = task.parse or (lambda text: parse_number(text))
+    answers = [parse(clean_output(o)) for o in outputs]
+    values = [a[0] if isinstance(a, tuple) else a for a in answers]
+    correct = [v is not None and math.isclose(v, g, abs_tol=1e-6) for g, v in zip(golds, values, strict=True)]
+    metrics = {name: METRICS[name](golds, values, 0) for name in task.metrics if name in METRICS}
+    if "equation_consistency" in task.metrics:  # SVAMP: share of outputs whose equation evaluates to their answer
+        flags = [a[1] if isinstance(a, tuple) else None for a in answers]
+        metrics["equation_consistency"] = 100.0 * sum(bool(f) for f in flags) / len(flags) if flags else math.nan
+    return metrics, values, correct
+
+
+def _regression(task: TaskSpec, rows: list[Row], golds: list[float], outputs: list[str]):
+    """Predictions are clipped to the task's range; an unparsable output is invalid and scored as
+    the worst prediction for its row (the far end of the range), never silently dropped."""
+    low, high = task.value_range or (-math.inf, math.inf)
+    parsed = [parse_number(clean_output(o)) for o in outputs]
+    values = [
+        min(max(p, low), high) if p is not None else (high if g - low < high - g else low)
+        for g, p in zip(golds, parsed, strict=True)
+    ]
+    metrics = {name: METRICS[name](golds, values, 0) for name in task.metrics}
+    clipped = [min(max(p, low), high) if p is not None else None for p in parsed]
+    return metrics, clipped, [None] * len(rows)  # correlation metrics: no per-row right or wrong
+
+
+def _span(task: TaskSpec, rows: list[Row], golds: list[list[str]], outputs: list[str]):
+    answers = [clean_output(o).split("\n", 1)[0].strip() or None for o in outputs]
+    em_f1 = record_scores(golds, [a or "" for a in answers])
+    metrics = {name: em_f1[name.removeprefix("record_")] for name in task.metrics}
+    correct = [a is not None and max_over_golds(a, g)[0] == 1.0 for g, a in zip(golds, answers, strict=True)]
+    return metrics, answers, correct
+
+
+def _code(task: TaskSpec, rows: list[Row], golds: list[Any], outputs: list[str]):
+    programs = [clean_output(o) or None for o in outputs]
+    metrics: dict[str, float] = {}
+    correct = [False] * len(rows)
+    references = [g["code"] if isinstance(g, dict) else g for g in golds]
+    if "codebleu" in task.metrics:
+        metrics["codebleu"] = codebleu(references, [p or "" for p in programs])["codebleu"]
+    if "pass_at_1" in task.metrics:
+        from peftbench.sandbox import passes_tests
+
+        correct = [p is not None and passes_tests(p, g["tests"]) for g, p in zip(golds, programs, strict=True)]
+        metrics["pass_at_1"] = 100.0 * sum(correct) / len(correct) if correct else math.nan
+    return metrics, programs, correct
+
+
+SCORERS: dict[str, Scorer] = {
+    "classification": _classification,
+    "numeric": _numeric,
+    "regression": _regression,
+    "span": _span,
+    "code": _code,
+}
