@@ -103,3 +103,27 @@ def test_list_and_usage_errors(cli):
                                             "ln_tuning", "bitfit", "full", "base"}
     assert_user_error(cli("pscp", "--score", "80"), "--params")
     assert_user_error(cli("report", "--out", "/nonexistent/dir"), "no peftbench results")
+
+
+def test_score_predictions_from_another_stack(cli, tmp_path):
+    from conftest import SHARED_DATA
+
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text('{"index": 0, "prediction": "( 6.0 - 2.0 ) = 4.0"}\n{"index": 1, "prediction": "(1 + 1) = 2"}\n')
+    result = cli("score", "svamp", str(preds), "--data-dir", str(SHARED_DATA))
+    assert result.returncode == 0, result.stderr
+    scored = json.loads(result.stdout)
+    assert scored["n"] == 2 and scored["score"] == 50.0 and scored["metrics"]["equation_consistency"] == 100.0
+    preds.write_text('{"index": 0, "prediction": "x"}\n{"index": 0, "prediction": "y"}\n')
+    assert_user_error(cli("score", "svamp", str(preds), "--data-dir", str(SHARED_DATA)), "line 2", "appears twice")
+    preds.write_text('{"index": 999, "prediction": "x"}\n')
+    assert_user_error(cli("score", "svamp", str(preds), "--data-dir", str(SHARED_DATA)), "'index' must be")
+
+
+def test_show_task(cli):
+    from conftest import SHARED_DATA
+
+    result = cli("show-task", "copa", "--data-dir", str(SHARED_DATA), "--index", "2")
+    assert result.returncode == 0
+    assert "### Instruction:" in result.stdout and "choice1:" in result.stdout and "--- target" in result.stdout
+    assert_user_error(cli("show-task", "copa", "--data-dir", str(SHARED_DATA), "--index", "9999"), "--index")

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from peftbench.store import Store
+from peftbench.tasks import get_task
 
 pytestmark = pytest.mark.slow
 TRAINED = ("lora", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning", "ln_tuning", "bitfit", "full")
@@ -150,3 +151,53 @@ evaluation: {{max_samples: 8}}
     by = {r.method: r for r in runs}
     assert by["lora"].costs["trainable_params"] == 2 * (16 * (64 + 192) + 16 * (256 + 64))
     assert by["lora"].provenance["model_location"] == str(model_dir)
+
+
+# Shared slices lack some splits; this smoke run trains on the split that exists where train is missing.
+SPLITS = {"mnli": (None, "validation_matched"), "qqp": (None, "train"), "qnli": ("validation", None),
+          "record": (None, "train"), "mmlu": ("dev", "test"), "piqa": ("validation", None),
+          "siqa": ("validation", None), "winogrande": ("validation", None), "openbookqa": ("test", "test")}
+
+
+def shared_config(path: Path, tasks: list[str], evaluation: str) -> Path:
+    from conftest import SHARED_DATA
+
+    entries = []
+    for name in tasks:
+        train, evaluation_split = SPLITS.get(name, (None, None))
+        extra = (f", train_split: {train}" if train else "") + (
+            f", eval_split: {evaluation_split}" if evaluation_split else "")
+        entries.append(f"  - {{name: {name}{extra}}}")
+    path.write_text(f"""
+methods: [{{name: lora, learning_rate: 5.0e-3}}]
+seeds: [0]
+tasks:
+{chr(10).join(entries)}
+data_dir: {SHARED_DATA}
+training: {{max_steps: 4, batch_size: 4, cutoff_len: 384}}
+evaluation: {evaluation}
+runtime: {{workers: 2}}
+""")
+    return path
+
+
+def test_lora_on_every_shared_task_and_loglik_mode(tmp_path):
+    from conftest import SHARED_DATA
+
+    tasks = sorted({p.parent.name for p in SHARED_DATA.glob("*/*.jsonl")})
+    config = shared_config(tmp_path / "shared.yaml", tasks, "{batch_size: 16, max_samples: 12, max_new_tokens: 24}")
+    out = tmp_path / "shared"
+    cli("run", str(config), "--out", str(out))
+    report = json.loads(cli("report", "--out", str(out), "--format", "json").stdout)
+    cells = {c["task"]: c for c in report["cells"]}
+    assert sorted(cells) == tasks
+    assert all(c["n_seeds"] == 1 and c["score_mean"] is not None for c in cells.values()), cells
+
+    classification = [t for t in tasks if get_task(t).kind == "classification"]
+    config = shared_config(tmp_path / "loglik.yaml", classification, "{mode: loglik, batch_size: 16, max_samples: 12}")
+    out = tmp_path / "loglik"
+    cli("run", str(config), "--out", str(out))
+    runs = Store.open(out).records()
+    assert sorted(r.task for r in runs) == classification
+    for run in runs:
+        assert run.status == "done" and run.metrics["eval_mode"] == "loglik" and run.metrics["invalid_rate"] == 0.0

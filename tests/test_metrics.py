@@ -36,3 +36,102 @@ def test_numeric_accuracy_and_parsing():
     assert parse_number("$5 or 6%", last=True) == 6.0
     assert parse_number("-3 degrees") == -3.0
     assert parse_number("no digits") is None
+
+
+# --- the reference implementation's scoring bugs, each pinned by a golden case -------------------------
+
+from peftbench.metrics import (  # noqa: E402
+    multirc_em,
+    parse_gsm8k,
+    parse_svamp,
+    pass_at_k,
+    pearson,
+    record_scores,
+    safe_eval,
+    spearman,
+    squad_normalize,
+)
+from peftbench.scoring import score  # noqa: E402
+from peftbench.tasks import get_task  # noqa: E402
+
+
+def test_svamp_scores_the_value_not_the_equations_self_consistency():
+    """The reference accepted any equation equal to its own right side: `(1 + 1) = 2` scored 100 %."""
+    task = get_task("svamp")
+    rows = [{"Body": "b", "Question": "q", "Equation": "( 6.0 - 2.0 )", "Answer": 4.0}] * 3
+    result = score(task, rows, ["(1 + 1) = 2", "( 6.0 - 2.0 ) = 4.0", "( 6.0 - 2.0 ) = 5"])
+    assert result.metrics["numeric_accuracy"] == pytest.approx(100 / 3)
+    assert result.metrics["equation_consistency"] == pytest.approx(200 / 3)
+    assert parse_svamp("(1 + 1) = 2") == (2.0, True)
+    assert parse_svamp("3 * 4") == (12.0, None)
+
+
+def test_safe_eval_never_evaluates_code():
+    assert safe_eval("( 8.0 + 7.0 ) / 3") == 5.0
+    assert safe_eval("-2 ** 2") == -4.0
+    for hostile in ("__import__('os').system('true')", "open('x')", "(lambda: 1)()", "9 ** 9 ** 9", "1 / 0"):
+        assert safe_eval(hostile) is None
+
+
+def test_gsm8k_answer_extraction():
+    assert parse_gsm8k("4 + 5 = 9 apples\n#### 1,200") == 1200.0
+    assert parse_gsm8k("#### $18.50") == 18.5
+    assert parse_gsm8k("no marker, so the last number: 3 then 42%") == 42.0
+    assert parse_gsm8k("#### nothing") is None
+
+
+def test_record_one_score_per_query_however_many_answers():
+    """The reference wrote one row per gold answer, so a query with k answers weighed k times."""
+    golds = [["Barack Obama", "Obama", "President Obama"], ["Paris"]]
+    scores = record_scores(golds, ["obama", "London"])
+    assert scores == {"em": 50.0, "f1": 50.0}  # query 1: EM 1 (matches "Obama"); query 2: 0
+    assert squad_normalize("The  U.S.  Army!") == "us army"
+    # "paris" vs "city of paris": precision 1, recall 1/3 → F1 = 2·(1·1/3)/(1 + 1/3) = 0.5
+    assert record_scores([["the city of Paris"]], ["Paris"])["f1"] == pytest.approx(50.0)
+
+
+def test_multirc_f1a_and_exact_match():
+    task = get_task("multirc")
+    rows = [{"paragraph": "p", "question": "q", "answer": a, "idx": {"paragraph": 0, "question": q, "answer": i},
+             "label": y} for i, (q, a, y) in enumerate([(0, "a", 1), (0, "b", 0), (1, "c", 1), (1, "d", 1)])]
+    result = score(task, rows, ["true", "false", "true", "false"])
+    # F1a over all options: TP 2, FN 1, FP 0 → 0.8; EM: question 0 right, question 1 wrong → 50
+    assert result.metrics["f1"] == pytest.approx(80.0)
+    assert result.metrics["multirc_em"] == 50.0
+    assert multirc_em([1, 1], [1, 1], ["x", "x"]) == 100.0
+
+
+def test_stsb_parses_clips_and_scores_invalid_as_the_worst_prediction():
+    task = get_task("stsb")
+    rows = [{"sentence1": "a", "sentence2": "b", "label": v} for v in (0.5, 2.0, 4.5, 4.0)]
+    result = score(task, rows, ["0.4", "7", "4.6", "very similar"])
+    assert result.invalid_rate == 0.25
+    # 7 is clipped to 5; the unparsable row (gold 4.0) is scored as 0, the far end of the range
+    assert result.primary == pytest.approx(pearson([0.5, 2.0, 4.5, 4.0], [0.4, 5.0, 4.6, 0.0]))
+    assert spearman([1, 2, 3], [1, 2, 3]) == pytest.approx(100.0)
+
+
+def test_classification_outputs_outside_the_label_set_are_wrong_and_counted():
+    task = get_task("rte")
+    rows = [{"sentence1": "s", "sentence2": "t", "label": y} for y in (0, 1, 0, 1)]
+    result = score(task, rows, ["entailment", "not_entailment", "entail", "Not_Entailment."])
+    assert result.invalid_rate == 0.25 and result.metrics["accuracy"] == 75.0
+
+
+def test_pass_at_k():
+    assert pass_at_k(1, 1, 1) == 1.0 and pass_at_k(1, 0, 1) == 0.0
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    assert pass_at_k(10, 3, 5) == pytest.approx(1 - (7 * 6 * 5 * 4 * 3) / (10 * 9 * 8 * 7 * 6))
+
+
+def test_codebleu_weights_and_identity():
+    from peftbench.metrics import codebleu
+
+    code = "def add(a, b):\n    result = a + b\n    return result\n"
+    same = codebleu([code], [code])
+    assert same["codebleu"] == pytest.approx(100.0)
+    other = codebleu([code], ["print('hello world')\n"])
+    parts = ("ngram_match_score", "weighted_ngram_match_score", "syntax_match_score", "dataflow_match_score")
+    assert other["codebleu"] == pytest.approx(sum(other[p] for p in parts) / 4)
+    # no overlap of any kind scores 0, not the 25 that codebleu 0.7.0's `dataflow or 1` gives
+    assert other["dataflow_match_score"] == 0.0 and other["codebleu"] == 0.0

@@ -176,6 +176,72 @@ def validate(
           f"= {len(runs)} runs, model {cfg.model.name}")
 
 
+DataDirOption = Annotated[
+    Path | None, typer.Option("--data-dir", help="Local task files: DIR/<task>/<split>.jsonl in the hub's row schema.")
+]
+
+
+@app.command(name="show-task")
+def show_task(
+    name: Annotated[str, typer.Argument(help="Task name (see: peftbench list tasks).")],
+    data_dir: DataDirOption = None,
+    split: Annotated[str | None, typer.Option(help="Split (default: the task's training split).")] = None,
+    index: Annotated[int, typer.Option(help="Row number within the split.", min=0)] = 0,
+) -> None:
+    """Show one row of a task as the model sees it: instruction, rendered prompt and target."""
+    from peftbench.tasks import get_task, load_rows
+    from peftbench.tasks.prompts import PLAIN_TEMPLATE
+
+    task = get_task(name)
+    split = split or task.train_split
+    rows = load_rows(task, split, data_dir)
+    if index >= len(rows):
+        raise PeftbenchError(f"--index {index}: split {split!r} has {len(rows)} rows")
+    row = rows[index]
+    print(f"task: {task.name} ({task.category}) — {task.description}")
+    print(f"kind: {task.kind}; metrics: {', '.join(task.metrics)} (primary {task.primary_metric}); "
+          f"max new tokens: {task.max_new_tokens}; splits: {task.train_split} → {task.eval_split}")
+    if task.labels:
+        print(f"labels: {', '.join(task.labels)}")
+    print(f"--- prompt ({split}[{index}], plain template; models with a chat template get it as one user turn)")
+    print(PLAIN_TEMPLATE.format(instruction=task.instruction, input=task.render_input(row)), end="")
+    print(f"--- target\n{task.render_target(row)}")
+
+
+@app.command()
+def score(
+    task_name: Annotated[str, typer.Argument(metavar="TASK", help="Task name.")],
+    predictions: Annotated[Path, typer.Argument(help="JSONL: one {\"index\": i, \"prediction\": text} per line.")],
+    data_dir: DataDirOption = None,
+    split: Annotated[str | None, typer.Option(help="Split the indices refer to (default: the eval split).")] = None,
+) -> None:
+    """Score predictions produced anywhere (vLLM, another stack) with the task's metrics; prints JSON."""
+    from peftbench.scoring import score as score_outputs
+    from peftbench.tasks import get_task, load_rows
+    from peftbench.tasks.data import read_jsonl
+
+    task = get_task(task_name)
+    split = split or task.eval_split
+    rows = load_rows(task, split, data_dir)
+    given: dict[int, str] = {}
+    for lineno, record in enumerate(read_jsonl(predictions, task=task.name), start=1):
+        index, text = record.get("index"), record.get("prediction")
+        if not isinstance(index, int) or not 0 <= index < len(rows):
+            raise PeftbenchError(f"{predictions}: line {lineno}: 'index' must be an integer in 0..{len(rows) - 1}")
+        if not isinstance(text, str):
+            raise PeftbenchError(f"{predictions}: line {lineno}: 'prediction' must be a string")
+        if index in given:
+            raise PeftbenchError(f"{predictions}: line {lineno}: index {index} appears twice")
+        given[index] = text
+    order = sorted(given)
+    result = score_outputs(task, [rows[i] for i in order], [given[i] for i in order])
+    print(json.dumps({
+        "task": task.name, "split": split, "n": result.n, "n_split": len(rows),
+        "primary_metric": task.primary_metric, "score": result.primary,
+        "metrics": result.metrics, "invalid_rate": result.invalid_rate,
+    }, indent=2))
+
+
 @app.command(name="list")
 def list_(
     what: Annotated[ListWhat, typer.Argument(help="methods or tasks")],

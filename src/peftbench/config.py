@@ -124,6 +124,11 @@ class TrainingConfig(StrictModel):
 
 
 class EvaluationConfig(StrictModel):
+    mode: Literal["generate", "loglik"] = Field(
+        default="generate",
+        description="loglik: classification and multiple-choice tasks pick the label of highest summed "
+        "log-probability (no invalid outputs); other tasks still generate",
+    )
     batch_size: PositiveInt = 16
     max_new_tokens: PositiveInt | None = Field(default=None, description="default: the task's own")
     max_samples: PositiveInt | None = None

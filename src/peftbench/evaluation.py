@@ -54,3 +54,42 @@ def generate(
         if progress:
             progress(min(start + batch_size, len(order)), len(order))
     return outputs
+
+
+@torch.no_grad()
+def label_logprobs(
+    model: nn.Module, tokenizer: Any, prompts: list[str], labels: tuple[str, ...], *, batch_size: int
+) -> list[list[float]]:
+    """Summed log-probability of each label's tokens after each prompt, in batched forwards.
+
+    The label tokens are exactly the training targets' (without EOS). Sequences are right-padded,
+    so every real token keeps its position; methods that prepend virtual tokens (prompt tuning,
+    P-tuning) return longer logits, whose extra leading positions are dropped.
+    """
+    device = next(model.parameters()).device
+    label_ids = [tokenizer(label, add_special_tokens=False).input_ids for label in labels]
+    pairs = []  # (prompt index, label index, token ids, length of the prompt part)
+    for p, prompt in enumerate(prompts):
+        prompt_ids = encode_prompt(prompt, tokenizer)
+        for k, ids in enumerate(label_ids):
+            pairs.append((p, k, prompt_ids + ids, len(prompt_ids)))
+    order = sorted(range(len(pairs)), key=lambda i: (-len(pairs[i][2]), i))
+    scores = [[0.0] * len(labels) for _ in prompts]
+    model.eval()
+    pad = tokenizer.pad_token_id
+    for start in range(0, len(order), batch_size):
+        batch = [pairs[i] for i in order[start : start + batch_size]]
+        width = max(len(ids) for _, _, ids, _ in batch)
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (_, _, ids, _) in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            mask[row, : len(ids)] = 1
+        logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float()
+        logits = logits[:, logits.shape[1] - width :]  # drop virtual-token positions
+        logprobs = torch.log_softmax(logits, dim=-1).cpu()
+        for row, (p, k, ids, n_prompt) in enumerate(batch):
+            positions = torch.arange(n_prompt - 1, len(ids) - 1)
+            targets = torch.tensor(ids[n_prompt:])
+            scores[p][k] = float(logprobs[row, positions, targets].sum())
+    return scores

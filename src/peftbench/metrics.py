@@ -8,6 +8,7 @@ macro-F1 — never silently mapped to some class. Numeric predictions use `None`
 from __future__ import annotations
 
 import ast
+import logging
 import math
 import operator
 import re
@@ -217,13 +218,26 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
+CODEBLEU_PARTS = ("ngram_match_score", "weighted_ngram_match_score", "syntax_match_score", "dataflow_match_score")
+
+
 def codebleu(references: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
-    """Corpus CodeBLEU for Python ×100, the four components weighted 0.25 each."""
+    """Corpus CodeBLEU for Python ×100: the four components weighted 0.25 each.
+
+    The components come from the `codebleu` package; the total is recomputed as the plain weighted
+    sum of CodeXGLUE's definition, because the package (0.7.0) adds `dataflow or 1`, which gives an
+    output with no data-flow overlap at all the full data-flow credit (+25 points).
+    """
     try:
         from codebleu import calc_codebleu
     except ImportError as exc:
         from peftbench.errors import PeftbenchError
 
         raise PeftbenchError("CodeBLEU needs the code extra: pip install 'peftbench[code]'") from exc
-    result = calc_codebleu(list(references), list(predictions), lang="python", weights=(0.25, 0.25, 0.25, 0.25))
-    return {k: 100.0 * v for k, v in result.items()}
+    logging.getLogger().disabled, was = True, logging.getLogger().disabled  # per-call data-flow warnings
+    try:
+        result = calc_codebleu(list(references), list(predictions), lang="python", weights=(0.25,) * 4)
+    finally:
+        logging.getLogger().disabled = was
+    parts = {k: 100.0 * float(result[k]) for k in CODEBLEU_PARTS}
+    return {"codebleu": sum(parts.values()) / 4, **parts}

@@ -7,7 +7,10 @@ all runs of one process: the model source, tokenizer, task data, base-model FLOP
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import platform
 import random
 import shutil
@@ -25,14 +28,14 @@ import torch
 
 from peftbench.config import BenchConfig
 from peftbench.costs import GB, count_parameters, forward_flops, peak_memory
-from peftbench.evaluation import generate
+from peftbench.evaluation import generate, label_logprobs
 from peftbench.modeling import ModelSource, load_model, load_tokenizer, model_revision, pick_device
-from peftbench.plan import RunSpec
+from peftbench.plan import RunSpec, task_fingerprint
 from peftbench.scoring import score
 from peftbench.tasks import Row, TaskSpec, load_rows
 from peftbench.tasks.prompts import encode_example, render_prompt
 from peftbench.training import train
-from peftbench.utils import dir_size_bytes, pinned_threads, seed_everything
+from peftbench.utils import cache_root, dir_size_bytes, pinned_threads, seed_everything
 
 PhaseFn = Callable[[str, int, int], None]
 PACKAGES = ("peftbench", "torch", "transformers", "peft", "datasets", "accelerate", "tokenizers")
@@ -66,6 +69,7 @@ class RunContext:
         self.out_dir = out_dir
         self.device = pick_device(cfg.runtime.device)
         self._tasks: dict[str, TaskData] = {}
+        self._encoded: dict[str, list[dict[str, list[int]]]] = {}
         self._base_flops: int | None = None
 
     @cached_property
@@ -90,6 +94,29 @@ class RunContext:
                 eval_rows = eval_rows[: self.cfg.evaluation.max_samples]
             self._tasks[task.name] = TaskData(train=rows[n_val:], val=rows[:n_val], eval=eval_rows)
         return self._tasks[task.name]
+
+    def encoded(self, task: TaskSpec, rows: list[Row]) -> list[dict[str, list[int]]]:
+        """Token ids for training, computed once per (task, tokenizer, template, rows, cutoff).
+
+        Cached by content hash in memory and on disk (`<cache>/tokenized/`), so a grid of methods
+        and seeds tokenises each task once, and a resumed grid not at all.
+        """
+        cutoff = self.cfg.training.cutoff_len
+        key = hashlib.sha256(json.dumps(
+            [tokenizer_fingerprint(self.tokenizer), task_fingerprint(task), cutoff, rows], sort_keys=True, default=str
+        ).encode()).hexdigest()[:24]
+        if key not in self._encoded:
+            path = cache_root() / "tokenized" / f"{key}.pt"
+            if path.is_file():
+                self._encoded[key] = torch.load(path)
+            else:
+                examples = [encode_example(task, r, self.tokenizer, cutoff) for r in rows]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                torch.save(examples, tmp)
+                os.replace(tmp, path)
+                self._encoded[key] = examples
+        return self._encoded[key]
 
     def base_flops(self) -> int:
         if self._base_flops is None:
@@ -139,9 +166,7 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
         peak = None
         if method.trains:
             tok = ctx.tokenizer
-            cutoff = cfg.training.cutoff_len
-            train_ex = [encode_example(task, r, tok, cutoff) for r in data.train]
-            val_ex = [encode_example(task, r, tok, cutoff) for r in data.val]
+            train_ex, val_ex = ctx.encoded(task, data.train), ctx.encoded(task, data.val)
             t0 = time.perf_counter()
             with tempfile.TemporaryDirectory(prefix="peftbench-trainer-") as workdir, \
                     peak_memory(ctx.device, model) as peak:
@@ -170,12 +195,17 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
         phase("eval", 0, len(data.eval))
         t0 = time.perf_counter()
         prompts = [render_prompt(task, r, ctx.tokenizer) for r in data.eval]
-        outputs = generate(
-            model, ctx.tokenizer, prompts,
-            batch_size=cfg.evaluation.batch_size,
-            max_new_tokens=cfg.evaluation.max_new_tokens or task.max_new_tokens,
-            progress=lambda done, total_: phase("eval", done, total_),
-        )
+        loglik = cfg.evaluation.mode == "loglik" and task.kind == "classification"
+        if loglik:
+            logprobs = label_logprobs(model, ctx.tokenizer, prompts, task.labels, batch_size=cfg.evaluation.batch_size)
+            outputs = [task.labels[max(range(len(lp)), key=lp.__getitem__)] for lp in logprobs]
+        else:
+            outputs = generate(
+                model, ctx.tokenizer, prompts,
+                batch_size=cfg.evaluation.batch_size,
+                max_new_tokens=cfg.evaluation.max_new_tokens or task.max_new_tokens,
+                progress=lambda done, total_: phase("eval", done, total_),
+            )
         scores = score(task, data.eval, outputs)
         outcome.timings["eval_s"] = time.perf_counter() - t0
 
@@ -192,6 +222,7 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
             **scores.metrics,
             "invalid_rate": scores.invalid_rate,
             "n_eval": scores.n,
+            "eval_mode": "loglik" if loglik else "generate",
         }
         outcome.costs = {
             "trainable_params": trainable,
@@ -213,6 +244,14 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
         if not math.isfinite(scores.primary):
             outcome.status, outcome.error = "failed", "the evaluation split is empty"
         return outcome
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Identifies what a tokenizer does: its serialised model, chat template and special tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    extra = [getattr(tokenizer, "chat_template", None), tokenizer.eos_token_id, tokenizer.pad_token_id]
+    return hashlib.sha256((body + json.dumps(extra, default=str)).encode()).hexdigest()[:16]
 
 
 def _save_adapter(method: Any, model: torch.nn.Module, target: Path, keep: bool) -> int:

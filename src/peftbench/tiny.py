@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from peftbench.tasks.quickstart import pretraining_corpus
-from peftbench.utils import pinned_threads
+from peftbench.utils import cache_root, pinned_threads
 
 RECIPE = {
     "version": 3,
@@ -39,13 +39,6 @@ RECIPE = {
     "seed": 0,
 }
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]
-
-
-def cache_root() -> Path:
-    env = os.environ.get("PEFTBENCH_CACHE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "peftbench"
 
 
 @lru_cache(maxsize=1)

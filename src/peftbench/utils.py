@@ -26,6 +26,14 @@ def pinned_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def cache_root() -> Path:
+    """Where built models and tokenised data are cached: $PEFTBENCH_CACHE, else ~/.cache/peftbench."""
+    env = os.environ.get("PEFTBENCH_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "peftbench"
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))

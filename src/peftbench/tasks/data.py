@@ -15,14 +15,38 @@ from peftbench.tasks.spec import GeneratedSource, HubSource, Row, TaskSpec
 
 
 def load_rows(task: TaskSpec, split: str, data_dir: Path | None = None) -> list[Row]:
+    """The rows of one split, each checked to render (prompt, target, gold) before anything trains."""
     source = task.source
     if isinstance(source, GeneratedSource):
         if split not in source.sizes:
             raise PeftbenchError(f"task {task.name!r}: no split {split!r} (has: {', '.join(source.sizes)})")
         return source.generate(split, source.sizes[split], source.seed)
     if data_dir is not None:
-        return read_jsonl(Path(data_dir) / task.name / f"{split}.jsonl", task=task.name)
-    return _load_from_hub(task, source, split)
+        path = Path(data_dir) / task.name / f"{split}.jsonl"
+        rows, where = read_jsonl(path, task=task.name), str(path)
+    else:
+        rows, where = _load_from_hub(task, source, split), f"{source.path} split {split}"
+    if not rows:
+        raise PeftbenchError(f"task {task.name!r}: {where}: the split is empty")
+    for i, row in enumerate(rows):
+        check_row(task, row, where=f"{where}, row {i + 1}")
+    return rows
+
+
+def check_row(task: TaskSpec, row: Row, *, where: str) -> None:
+    """Raise a one-line error naming the file, the row and the field a broken row lacks."""
+    try:
+        gold = task.gold_of(row)
+        if task.kind == "classification" and not 0 <= gold < len(task.labels):
+            raise PeftbenchError(
+                f"task {task.name!r}: {where}: field {task.label_field!r} is {gold}, expected 0..{len(task.labels) - 1}"
+            )
+        task.render_input(row)
+        task.render_target(row)
+    except KeyError as exc:
+        raise PeftbenchError(f"task {task.name!r}: {where}: missing field {exc.args[0]!r}") from None
+    except (TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise PeftbenchError(f"task {task.name!r}: {where}: malformed row ({type(exc).__name__}: {exc})") from None
 
 
 def read_jsonl(path: Path, *, task: str) -> list[Row]:
@@ -43,8 +67,6 @@ def read_jsonl(path: Path, *, task: str) -> list[Row]:
                 rows.append(row)
     except UnicodeDecodeError as exc:
         raise PeftbenchError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    if not rows:
-        raise PeftbenchError(f"{path}: the split is empty")
     return rows
 
 

@@ -1,0 +1,64 @@
+"""Log-likelihood scoring: batched forwards agree with a slow reference loop, and for single-token
+labels pick what greedy generation picks whenever generation yields a valid label."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import llama
+
+from peftbench.evaluation import generate, label_logprobs
+from peftbench.methods import resolve_method
+from peftbench.scoring import parse_label
+from peftbench.tasks.prompts import encode_prompt
+from peftbench.tasks.quickstart import sentiment_rows, topic_rows
+
+
+def reference(model, tokenizer, prompt: str, label: str) -> float:
+    """One unpadded forward per (prompt, label): the definition, without batching."""
+    prompt_ids = encode_prompt(prompt, tokenizer)
+    label_ids = tokenizer(label, add_special_tokens=False).input_ids
+    ids = torch.tensor([prompt_ids + label_ids])
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -ids.shape[1] :]
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    return sum(float(logprobs[len(prompt_ids) - 1 + j, t]) for j, t in enumerate(label_ids))
+
+
+@pytest.mark.parametrize("method", ["base", "lora", "prompt_tuning", "prefix_tuning"])
+def test_batched_equals_the_reference_loop(tokenizer, method):
+    model = resolve_method(method, {"num_virtual_tokens": 5} if "tuning" in method else {}).apply(llama(tokenizer))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.3)
+    model.eval()
+    prompts = ["the movie was great. it was", "short", "we talked about the rain and the wind all day. this is"]
+    labels = ("negative", "positive", "not_entailment")
+    batched = label_logprobs(model, tokenizer, prompts, labels, batch_size=4)
+    for p, prompt in enumerate(prompts):
+        for k, label in enumerate(labels):
+            assert batched[p][k] == pytest.approx(reference(model, tokenizer, prompt, label), abs=1e-4)
+
+
+@pytest.mark.parametrize("rows,suffix,labels", [
+    (sentiment_rows("validation", 40, 7), " it was", ("negative", "positive")),
+    (topic_rows("validation", 40, 7), " this is about", ("sports", "food", "weather")),
+])
+def test_single_token_labels_agree_with_greedy_generation(builtin_model_dir, rows, suffix, labels):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(builtin_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(builtin_model_dir).eval()
+    assert all(len(tokenizer(label, add_special_tokens=False).input_ids) == 1 for label in labels)
+    prompts = [r["text"] + suffix for r in rows]
+    generated = generate(model, tokenizer, prompts, batch_size=8, max_new_tokens=3)
+    scores = label_logprobs(model, tokenizer, prompts, labels, batch_size=8)
+    compared = 0
+    for text, lp in zip(generated, scores, strict=True):
+        picked = parse_label(text.split(".")[0], labels)
+        if picked >= 0:
+            compared += 1
+            assert max(range(len(labels)), key=lp.__getitem__) == picked
+    assert compared >= len(rows) // 2, "the pretrained model should state a label for most of these"

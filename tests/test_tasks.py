@@ -1,0 +1,131 @@
+"""Task registry and data: the 27 PEFT-Bench tasks load from hub-schema files, render every input
+field, score their own gold targets perfectly, and reject broken rows with a precise message."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import SHARED_DATA
+
+from peftbench.errors import PeftbenchError
+from peftbench.scoring import score
+from peftbench.tasks import TASKS, get_task, load_rows
+
+PEFT_BENCH = [
+    "mnli", "qqp", "qnli", "sst2", "stsb", "mrpc", "rte", "cola",
+    "record", "multirc", "boolq", "wic", "wsc", "cb", "copa",
+    "mmlu", "piqa", "siqa", "hellaswag", "winogrande", "openbookqa",
+    "math_qa", "gsm8k", "svamp", "conala", "codealpacapy", "apps",
+]
+SHARED = sorted(p.parent.name for p in SHARED_DATA.glob("*/*.jsonl"))
+
+
+def test_the_27_tasks_are_registered():
+    assert sorted(n for n in TASKS.names() if not n.startswith("qs_")) == sorted(PEFT_BENCH)
+    for name in PEFT_BENCH:
+        task = get_task(name)
+        assert task.instruction and task.max_new_tokens <= 768
+        if task.kind == "classification":
+            assert task.max_new_tokens <= 8, "label tasks generate a few tokens, never a blanket 1024"
+
+
+@pytest.mark.parametrize("name", sorted(set(SHARED)))
+def test_shared_slices_load_and_gold_targets_score_perfectly(name):
+    task = get_task(name)
+    for path in sorted((SHARED_DATA / name).glob("*.jsonl")):
+        rows = load_rows(task, path.stem, SHARED_DATA)
+        result = score(task, rows, [task.render_target(r) for r in rows])
+        assert result.invalid_rate == 0.0, path
+        if task.kind == "code":
+            assert result.primary > 90, path  # CodeBLEU of a reference against itself (short snippets < 100)
+        else:
+            assert result.primary == pytest.approx(100.0), (path, result.metrics)
+
+
+def test_every_input_field_is_in_the_template():
+    """Each template names the fields a model needs: nothing silently left out of the prompt."""
+    needed = {
+        "mnli": ["premise", "hypothesis"], "qqp": ["question1", "question2"], "qnli": ["question", "sentence"],
+        "stsb": ["sentence1", "sentence2"], "boolq": ["passage", "question"], "wic": ["word", "sentence1", "sentence2"],
+        "copa": ["premise", "question", "choice1", "choice2"], "multirc": ["paragraph", "question", "answer"],
+        "siqa": ["context", "question", "answerA", "answerB", "answerC"], "piqa": ["goal", "sol1", "sol2"],
+        "winogrande": ["sentence", "option1", "option2"], "svamp": ["Body", "Question"],
+        "codealpacapy": ["instruction", "input"],
+    }
+    for name, fields in needed.items():
+        for field in fields:
+            assert "{" + field + "}" in get_task(name).template, (name, field)
+
+
+# Rows written here in the hub schema for the tasks the shared slices lack (made up, not copied).
+HELLASWAG = {"ind": 4, "activity_label": "Cooking", "ctx_a": "A man cracks two eggs into a bowl.",
+             "ctx_b": "he", "ctx": "A man cracks two eggs into a bowl. he", "endings": [
+                 "whisks them with a fork.", "paints the bowl blue.", "throws the bowl at a car.", "sings to them."],
+             "source_id": "x", "split": "val", "split_type": "indomain", "label": "0"}
+MATH_QA = {"Problem": "what is 15 % of 40 ?", "Rationale": "0.15 * 40 = 6", "options": "a ) 4 , b ) 5 , c ) 6 , "
+           "d ) 7 , e ) 8", "correct": "c", "annotated_formula": "multiply(divide(15, 100), 40)",
+           "linear_formula": "divide(n0,const_100)|multiply(#0,n1)|", "category": "gain"}
+APPS = {"problem_id": 1, "question": "Read n and print 2n.", "solutions": json.dumps(["print(int(input()) * 2)"]),
+        "input_output": json.dumps({"inputs": ["3\n", "10\n"], "outputs": ["6\n", "20\n"]}),
+        "difficulty": "introductory", "url": "x", "starter_code": ""}
+
+
+@pytest.mark.parametrize("name,row,split", [("hellaswag", HELLASWAG, "validation"), ("math_qa", MATH_QA, "test"),
+                                            ("apps", APPS, "test")])
+def test_tasks_without_a_shared_slice(tmp_path, name, row, split):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / f"{split}.jsonl").write_text(json.dumps(row) + "\n")
+    task = get_task(name)
+    rows = load_rows(task, split, tmp_path)
+    result = score(task, rows, [task.render_target(r) for r in rows])
+    assert result.primary == pytest.approx(100.0) and result.invalid_rate == 0.0
+
+
+def test_data_quirks_of_the_reference_are_avoided():
+    hs = get_task("hellaswag").render_input(HELLASWAG)
+    assert "Context: A man cracks two eggs into a bowl. He" in hs  # ctx_a and ctx_b joined by a space
+    assert get_task("hellaswag").render_target(HELLASWAG) == "ending1"
+    wg = get_task("winogrande")
+    row = {"sentence": "The cup fell off the _ .", "option1": "table", "option2": "shelf", "answer": "2"}
+    assert wg.instruction and wg.render_target(row) == "option2" and "option2: shelf" in wg.render_input(row)
+    mmlu = get_task("mmlu")
+    mrow = {"question": "2+2?", "subject": "math", "choices": ["3", "4", "5", "6"], "answer": 1}
+    assert mmlu.render_target(mrow) == "B" and "B. 4" in mmlu.render_input(mrow)
+    wsc = get_task("wsc").render_input({"text": "Bob told Tim that he won .", "span1_index": 2, "span1_text": "Tim",
+                                        "span2_index": 4, "span2_text": "he", "label": 0})
+    assert "Bob told *Tim* that #he# won ." in wsc
+
+
+def test_record_trains_on_one_target_per_query():
+    task = get_task("record")
+    row = {"passage": "A\n@highlight\nB", "query": "@placeholder won", "entities": ["A", "B"],
+           "answers": ["B", "Bee"], "idx": {"passage": 0, "query": 0}}
+    assert task.render_target(row) == "B" and task.gold_of(row) == ["B", "Bee"]
+    assert "- B" in task.render_input(row)
+
+
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        ('{"sentence": "fine", "label": 1}\n{"sentense": "typo", "label": 0}\n', "row 2: missing field 'sentence'"),
+        ('{"sentence": "fine", "label": 5}\n', "row 1: field 'label' is 5, expected 0..1"),
+        ('{"sentence": "fine", "label": "one"}\n', "row 1: malformed row"),
+        ('{"sentence": "fine", "label": 1}\n{not json}\n', "line 2 is not valid JSON"),
+        ("\n", "the split is empty"),
+    ],
+)
+def test_broken_rows_name_the_file_row_and_field(tmp_path, content, needle):
+    (tmp_path / "sst2").mkdir()
+    path = tmp_path / "sst2" / "train.jsonl"
+    path.write_text(content)
+    with pytest.raises(PeftbenchError) as info:
+        load_rows(get_task("sst2"), "train", tmp_path)
+    assert str(path) in str(info.value) and needle in str(info.value)
+
+
+def test_non_utf8_file(tmp_path):
+    (tmp_path / "sst2").mkdir()
+    (tmp_path / "sst2" / "train.jsonl").write_bytes(b'{"sentence": "caf\xe9", "label": 1}\n')
+    with pytest.raises(PeftbenchError, match="not UTF-8"):
+        load_rows(get_task("sst2"), "train", tmp_path)
