@@ -127,3 +127,18 @@ def test_show_task(cli):
     assert result.returncode == 0
     assert "### Instruction:" in result.stdout and "choice1:" in result.stdout and "--- target" in result.stdout
     assert_user_error(cli("show-task", "copa", "--data-dir", str(SHARED_DATA), "--index", "9999"), "--index")
+
+
+def test_cost_from_a_config_file(cli, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_type": "llama", "hidden_size": 128, "intermediate_size": 256,
+                                  "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+                                  "vocab_size": 300}))
+    result = cli("cost", "--model-config", str(config), "--methods", "lora,prompt_tuning", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    rows = {r["method"]: r for r in json.loads(result.stdout)}
+    assert set(rows["lora"]) >= {"method", "trainable_params", "base_tflops", "extra_tflops"}
+    assert rows["lora"]["trainable_params"] == 2 * 16 * ((128 + 128) * 2 + (256 + 128))
+    assert rows["prompt_tuning"]["extra_tflops"] > 0
+    assert_user_error(cli("cost", "--model-config", "no-such-config"), "--model-config")
+    assert_user_error(cli("cost", "--model-config", str(config), "--methods", "lorax"), "unknown method")

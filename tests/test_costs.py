@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import HEADS, H, L, llama
 from torch import nn
@@ -74,3 +75,122 @@ def test_peak_memory_sees_tensor_allocations():
         del big
     assert small.peak_bytes > 0 and small.source
     assert large.peak_bytes - small.peak_bytes > 48 * 1024 * 1024
+
+
+# --- costing from a config ------------------------------------------------------------------------------
+
+from peftbench.costs.from_config import cost_from_config, load_model_config  # noqa: E402
+
+
+def by_method(rows):
+    return {r["method"]: r for r in rows}
+
+
+def test_config_costing_matches_closed_forms_llama_and_gpt2(tmp_path):
+    import json as _json
+
+    path = tmp_path / "config.json"
+    path.write_text(_json.dumps({"model_type": "llama", "hidden_size": 256, "intermediate_size": 512,
+                                 "num_hidden_layers": 3, "num_attention_heads": 8, "num_key_value_heads": 2,
+                                 "vocab_size": 1000, "tie_word_embeddings": False}))
+    h, ff, layers, kv = 256, 512, 3, 2 * 256 // 8
+    rows = by_method(cost_from_config(load_model_config(str(path)), ["lora", "ia3", "bitfit", "prefix_tuning"],
+                                      seq_len=64))
+    assert rows["lora"]["trainable_params"] == layers * 16 * ((h + kv) * 2 + (ff + h))
+    assert rows["ia3"]["trainable_params"] == layers * (kv + kv + ff)
+    assert rows["ia3"]["variants"][0]["trainable_params"] == layers * (kv + kv + h)
+    assert rows["bitfit"]["trainable_params"] == layers * (h + kv)  # zero biases added to q_proj, v_proj
+    assert rows["prefix_tuning"]["trainable_params"] == 32 * kv + (kv * 512 + 512) + (512 * layers * 2 * kv
+                                                                                      + layers * 2 * kv)
+    assert rows["lora"]["extra_tflops"] == 0 and rows["lora"]["extra_tflops_unmerged"] > 0
+    assert rows["prefix_tuning"]["extra_tflops"] > 0
+
+    path.write_text(_json.dumps({"model_type": "gpt2", "n_embd": 128, "n_layer": 2, "n_head": 4, "vocab_size": 500}))
+    rows = by_method(cost_from_config(load_model_config(str(path)), ["lora", "bitfit", "ln_tuning"], seq_len=32))
+    assert rows["lora"]["trainable_params"] == 2 * (16 * (128 + 384) + 16 * (512 + 128))
+    assert rows["bitfit"]["trainable_params"] == 2 * (128 + 384 + 128 + 128 + 512 + 128) + 128
+    assert rows["ln_tuning"]["trainable_params"] == (2 * 2 + 1) * 2 * 128
+
+
+@pytest.mark.slow
+def test_llama3_8b_reconciles_with_the_paper():
+    rows = by_method(cost_from_config(load_model_config("llama3-8b"), [
+        "lora", "prompt_tuning", "prefix_tuning", "ln_tuning", "bitfit", "ia3", "p_tuning"]))
+    exact = {"lora": 14_680_064, "prompt_tuning": 409_600, "prefix_tuning": 34_177_536, "ln_tuning": 266_240,
+             "bitfit": 163_840}
+    for name, count in exact.items():
+        assert rows[name]["trainable_params"] == count, name
+    assert rows["ia3"]["trainable_params"] == 32 * (1024 + 1024 + 14336)
+    assert rows["ia3"]["variants"][0]["trainable_params"] == 196_608
+    assert rows["p_tuning"]["trainable_params"] == 7_296_512
+    assert rows["p_tuning"]["variants"][0]["trainable_params"] == 53_130_752
+    assert rows["lora"]["total_params"] - 14_680_064 == 8_030_261_248
+    assert abs(rows["lora"]["base_tflops"] / 8.38 - 1) <= 0.10
+    assert abs(rows["prompt_tuning"]["extra_tflops"] / 1.67 - 1) <= 0.15
+    assert rows["prefix_tuning"]["extra_tflops"] == pytest.approx(0.01, abs=0.005)
+    for name in ("lora", "ln_tuning", "bitfit", "ia3"):
+        assert rows[name]["extra_tflops"] == 0.0, name
+
+
+# --- training FLOPs, memory ------------------------------------------------------------------------------
+
+from peftbench.costs.flops import flops_per_generated_token, train_step_flops  # noqa: E402
+from peftbench.costs.memory import analytic_training_memory, measure_training_memory  # noqa: E402
+
+
+class LMStack(nn.Module):
+    """A linear stack with a causal-LM-style loss, for hand-countable training FLOPs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.hidden = nn.Linear(16, 32, bias=False)
+        self.head = nn.Linear(32, 50, bias=False)
+
+    def forward(self, input_ids, labels=None, **kwargs):
+        logits = self.head(torch.relu(self.hidden(self.embed(input_ids))))
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten()) if labels is not None else None
+        return type("Out", (), {"loss": loss, "logits": logits})()
+
+
+def test_train_step_flops_by_hand():
+    model, tokens = LMStack(), 2 * 8
+    forward = 2 * tokens * (16 * 32 + 32 * 50)
+    # backward: gradients w.r.t. both weights (1× forward) and w.r.t. the inputs of both layers (1×)
+    assert train_step_flops(model, batch_size=2, seq_len=8, vocab_size=50) == 3 * forward
+    model.head.weight.requires_grad_(False)  # a frozen head still passes gradients through
+    assert train_step_flops(model, batch_size=2, seq_len=8, vocab_size=50) == 3 * forward - 2 * tokens * 32 * 50
+
+
+def test_flops_per_generated_token(tokenizer):
+    model = llama(tokenizer)
+    per_token = flops_per_generated_token(model, context_len=16, new_tokens=4, vocab_size=len(tokenizer))
+    linear = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+    # each new token: 2·(linear weights), plus QKᵀ and AV over the cache: the i-th attends 16 + i keys
+    attention = sum(L * 2 * (2 * HEADS * (H // HEADS) * (16 + i)) for i in range(1, 5)) / 4
+    assert per_token == pytest.approx(2 * linear + attention)
+
+
+def medium_llama(tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=384, intermediate_size=1024,
+                                        num_hidden_layers=4, num_attention_heads=6, num_key_value_heads=2,
+                                        tie_word_embeddings=False))
+
+
+def test_memory_is_positive_and_full_fine_tuning_costs_more_than_lora(tokenizer):
+    figures = {}
+    for name in ("full", "lora"):
+        model = resolve_method(name).apply(medium_llama(tokenizer))
+        estimate = analytic_training_memory(model, batch_size=2, seq_len=64, vocab_size=len(tokenizer))
+        measured = measure_training_memory(model, batch_size=2, seq_len=64, steps=2, vocab_size=len(tokenizer),
+                                           device=torch.device("cpu"))
+        figures[name] = (estimate, measured.peak_bytes)
+        assert measured.peak_bytes > 0 and "fixed protocol" in measured.source
+    (full, full_measured), (lora, lora_measured) = figures["full"], figures["lora"]
+    assert full["gradients"] == sum(p.numel() * 4 for p in medium_llama(tokenizer).parameters())
+    assert full["optimizer"] == 2 * full["gradients"] and lora["gradients"] < full["gradients"] / 20
+    assert full["total"] > lora["total"] and full_measured > lora_measured
+    assert full["activations"] > 0

@@ -151,6 +151,13 @@ evaluation: {{max_samples: 8}}
     by = {r.method: r for r in runs}
     assert by["lora"].costs["trainable_params"] == 2 * (16 * (64 + 192) + 16 * (256 + 64))
     assert by["lora"].provenance["model_location"] == str(model_dir)
+    measures = {"trainable_params", "total_params", "adapter_bytes", "extra_tflops", "extra_tflops_unmerged",
+                "flops_protocol", "flops_per_token", "train_step_flops", "peak_train_mem_gb", "peak_train_mem_source",
+                "est_train_mem_gb", "prefill_s", "per_token_s", "base_prefill_s", "base_per_token_s", "energy_j"}
+    for run in runs:
+        assert measures <= set(run.costs), measures - set(run.costs)
+    assert by["lora"].costs["peak_train_mem_gb"] > 0 and by["base"].costs["peak_train_mem_source"] == "no training"
+    assert by["prefix_tuning"].costs["extra_tflops"] > 0 == by["lora"].costs["extra_tflops"]
 
 
 # Shared slices lack some splits; this smoke run trains on the split that exists where train is missing.

@@ -242,6 +242,40 @@ def score(
     }, indent=2))
 
 
+@app.command()
+def cost(
+    model_config: Annotated[str, typer.Option("--model-config", help="Named config (llama3-8b), a config.json, a "
+                                              "model directory or a hub id.")],
+    methods: Annotated[str, typer.Option(help="Comma-separated method names.")] = ",".join(
+        ("lora", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning", "ln_tuning", "bitfit")),
+    format: Annotated[ListFormat, typer.Option("--format")] = ListFormat.table,
+    seq_len: Annotated[int, typer.Option(help="Tokens in the costed forward pass.", min=1)] = 512,
+) -> None:
+    """Parameters and forward FLOPs of each method from a model's configuration alone (no weights)."""
+    from rich.table import Table
+
+    from peftbench.bench import quiet_libraries
+    from peftbench.costs.from_config import cost_from_config, load_model_config
+    from peftbench.methods import resolve_method
+
+    quiet_libraries()
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    for name in names:
+        resolve_method(name)  # unknown names fail before any costing
+    rows = cost_from_config(load_model_config(model_config), names, seq_len=seq_len)
+    if format is ListFormat.json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"{model_config}: forward of 1 × {seq_len} tokens")
+    for col in ("method", "trainable params", "base TFLOPs", "extra TFLOPs", "extra TFLOPs unmerged"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for row in rows:
+        for entry, label in [(row, row["method"]), *((v, f"  ↳ {v['description']}") for v in row["variants"])]:
+            table.add_row(label, f"{entry['trainable_params']:,}", f"{entry['base_tflops']:.3f}",
+                          f"{entry['extra_tflops']:.4f}", f"{entry['extra_tflops_unmerged']:.4f}")
+    out_console.print(table)
+
+
 @app.command(name="list")
 def list_(
     what: Annotated[ListWhat, typer.Argument(help="methods or tasks")],

@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     ValidationError,
@@ -135,10 +136,17 @@ class EvaluationConfig(StrictModel):
 
 
 class CostsConfig(StrictModel):
-    """PEFT-Bench's FLOP protocol: one forward pass of batch × seq_len tokens."""
+    """The cost protocol (docs/costs.md). FLOPs: one forward pass of batch × seq_len tokens
+    (PEFT-Bench's 1 × 512). Memory: a fixed AdamW measurement on batch × memory_seq_len tokens."""
 
     flops_batch_size: PositiveInt = 1
     flops_seq_len: PositiveInt = 512
+    decode_tokens: PositiveInt = Field(default=8, description="generated tokens for FLOPs/latency per token")
+    memory_batch_size: PositiveInt | None = Field(default=None, description="default: training.batch_size")
+    memory_seq_len: PositiveInt = 512
+    memory_steps: NonNegativeInt = Field(default=3, description="optimiser steps measured (0: skip)")
+    latency: bool = True
+    latency_repeats: PositiveInt = 3
 
 
 class PSCPConfig(StrictModel):

@@ -27,11 +27,13 @@ from typing import Any
 import torch
 
 from peftbench.config import BenchConfig
-from peftbench.costs import GB, count_parameters, forward_flops, peak_memory
+from peftbench.costs import peak_memory
+from peftbench.costs.energy import EnergyMeter
+from peftbench.costs.run import BaseFigures, measure_base, measure_run_costs
 from peftbench.evaluation import generate, label_logprobs
 from peftbench.modeling import ModelSource, load_model, load_tokenizer, model_revision, pick_device
 from peftbench.plan import RunSpec, task_fingerprint
-from peftbench.scoring import score
+from peftbench.scoring import Scores, score
 from peftbench.tasks import Row, TaskSpec, load_rows
 from peftbench.tasks.prompts import encode_example, render_prompt
 from peftbench.training import train
@@ -70,7 +72,7 @@ class RunContext:
         self.device = pick_device(cfg.runtime.device)
         self._tasks: dict[str, TaskData] = {}
         self._encoded: dict[str, list[dict[str, list[int]]]] = {}
-        self._base_flops: int | None = None
+        self._base: BaseFigures | None = None
 
     @cached_property
     def tokenizer(self) -> Any:
@@ -118,15 +120,13 @@ class RunContext:
                 self._encoded[key] = examples
         return self._encoded[key]
 
-    def base_flops(self) -> int:
-        if self._base_flops is None:
-            self._base_flops = self.count_flops(self.fresh_model())
-        return self._base_flops
-
-    def count_flops(self, model: torch.nn.Module) -> int:
-        c = self.cfg.costs
-        vocab = model.get_input_embeddings().num_embeddings
-        return forward_flops(model, batch_size=c.flops_batch_size, seq_len=c.flops_seq_len, vocab_size=vocab)
+    def base_figures(self) -> BaseFigures:
+        """FLOPs, FLOPs per token and latency of a fresh base model, measured once per process."""
+        if self._base is None:
+            with pinned_threads(self.cfg.runtime.threads):
+                model = self.fresh_model()
+                self._base = measure_base(model, self.cfg.costs, model.get_input_embeddings().num_embeddings)
+        return self._base
 
     @cached_property
     def provenance(self) -> dict[str, Any]:
@@ -161,15 +161,14 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
         method = spec.method()
         phase("load", 0, 1)
         model = method.apply(ctx.fresh_model())
-        trainable, total = count_parameters(model)
         outcome = RunOutcome(status="done")
-        peak = None
+        peak = energy = None
         if method.trains:
             tok = ctx.tokenizer
             train_ex, val_ex = ctx.encoded(task, data.train), ctx.encoded(task, data.val)
             t0 = time.perf_counter()
             with tempfile.TemporaryDirectory(prefix="peftbench-trainer-") as workdir, \
-                    peak_memory(ctx.device, model) as peak:
+                    peak_memory(ctx.device, model) as peak, EnergyMeter(ctx.device) as energy:
                 result = train(
                     model, tok, train_ex, val_ex, cfg.training,
                     learning_rate=spec.learning_rate, seed=spec.seed, device=ctx.device, workdir=Path(workdir),
@@ -192,29 +191,18 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
 
         adapter_bytes = _save_adapter(method, model, ctx.out_dir / "adapters" / spec.run_id, cfg.save_adapters)
 
-        phase("eval", 0, len(data.eval))
         t0 = time.perf_counter()
-        prompts = [render_prompt(task, r, ctx.tokenizer) for r in data.eval]
-        loglik = cfg.evaluation.mode == "loglik" and task.kind == "classification"
-        if loglik:
-            logprobs = label_logprobs(model, ctx.tokenizer, prompts, task.labels, batch_size=cfg.evaluation.batch_size)
-            outputs = [task.labels[max(range(len(lp)), key=lp.__getitem__)] for lp in logprobs]
-        else:
-            outputs = generate(
-                model, ctx.tokenizer, prompts,
-                batch_size=cfg.evaluation.batch_size,
-                max_new_tokens=cfg.evaluation.max_new_tokens or task.max_new_tokens,
-                progress=lambda done, total_: phase("eval", done, total_),
-            )
-        scores = score(task, data.eval, outputs)
+        scores, eval_mode = evaluate(model, task, data.eval, ctx, phase)
         outcome.timings["eval_s"] = time.perf_counter() - t0
 
         phase("costs", 0, 1)
         t0 = time.perf_counter()
-        base_flops = ctx.base_flops()
-        adapted_flops = ctx.count_flops(model)
-        with method.merged(model):
-            merged_flops = ctx.count_flops(model)
+        outcome.costs = measure_run_costs(
+            model, method, base=ctx.base_figures, cfg=cfg.costs,
+            memory_batch_size=cfg.costs.memory_batch_size or cfg.training.batch_size, device=ctx.device,
+            adapter_bytes=adapter_bytes, train_peak=peak, energy=energy,
+        )
+        outcome.costs["model_revision"] = model_revision(model) or ctx.source.revision
         outcome.timings["costs_s"] = time.perf_counter() - t0
         outcome.metrics = {
             "score": scores.primary,
@@ -222,28 +210,32 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
             **scores.metrics,
             "invalid_rate": scores.invalid_rate,
             "n_eval": scores.n,
-            "eval_mode": "loglik" if loglik else "generate",
-        }
-        outcome.costs = {
-            "trainable_params": trainable,
-            "total_params": total,
-            "adapter_bytes": adapter_bytes,
-            "base_flops": base_flops,
-            "adapted_flops": adapted_flops,
-            "merged_flops": merged_flops,
-            "extra_tflops_unmerged": (adapted_flops - base_flops) / 1e12,
-            "extra_tflops": (merged_flops - base_flops) / 1e12,
-            "flops_protocol": f"FlopCounterMode forward, batch {cfg.costs.flops_batch_size} x "
-            f"{cfg.costs.flops_seq_len} tokens, {cfg.model.attn_implementation} attention",
-            "peak_train_mem_gb": peak.peak_bytes / GB if peak else 0.0,
-            "peak_train_mem_source": peak.source if peak else "no training",
-            "model_revision": model_revision(model) or ctx.source.revision,
+            "eval_mode": eval_mode,
         }
         outcome.predictions = scores.records
         outcome.timings["total_s"] = time.perf_counter() - t_start
         if not math.isfinite(scores.primary):
             outcome.status, outcome.error = "failed", "the evaluation split is empty"
         return outcome
+
+
+def evaluate(model: torch.nn.Module, task: TaskSpec, rows: list[Row], ctx: RunContext,
+             phase: PhaseFn) -> tuple[Scores, str]:
+    """Score the model on the eval rows: label log-likelihoods (loglik mode, classification) or greedy
+    generation."""
+    cfg = ctx.cfg.evaluation
+    phase("eval", 0, len(rows))
+    prompts = [render_prompt(task, r, ctx.tokenizer) for r in rows]
+    if cfg.mode == "loglik" and task.kind == "classification":
+        logprobs = label_logprobs(model, ctx.tokenizer, prompts, task.labels, batch_size=cfg.batch_size)
+        outputs = [task.labels[max(range(len(lp)), key=lp.__getitem__)] for lp in logprobs]
+        return score(task, rows, outputs), "loglik"
+    outputs = generate(
+        model, ctx.tokenizer, prompts, batch_size=cfg.batch_size,
+        max_new_tokens=cfg.max_new_tokens or task.max_new_tokens,
+        progress=lambda done, total: phase("eval", done, total),
+    )
+    return score(task, rows, outputs), "generate"
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

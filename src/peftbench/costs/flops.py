@@ -1,0 +1,115 @@
+"""Parameter counts and FLOPs.
+
+FLOPs follow PEFT-Bench's protocol: one forward pass of batch 1 × 512 tokens, counted by
+`torch.utils.flop_counter.FlopCounterMode`, adapted model minus base model. The counter counts
+matrix products (mm, bmm, addmm, baddbmm, convolutions) and attention kernels; element-wise ops
+(norms, activations, bias adds, scaling) are not counted, so IA3's rescaling and BitFit's biases
+cost 0 extra FLOPs by this protocol. torch has no formula for the CPU SDPA kernel, so one is
+registered here with the same count as the GPU kernels: CPU and GPU figures agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    flop_registry,
+    register_flop_formula,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
+
+aten = torch.ops.aten
+
+if aten._scaled_dot_product_flash_attention_for_cpu not in flop_registry:
+
+    @register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu)
+    def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    @register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward)
+    def _cpu_sdpa_backward_flop(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
+                                **kwargs) -> int:
+        return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+GB = 1e9
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; shared tensors are counted once."""
+    seen: set[int] = set()
+    trainable = total = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+    return trainable, total
+
+
+def _token_ids(model: nn.Module, batch_size: int, seq_len: int, vocab_size: int) -> torch.Tensor:
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(0, vocab_size, (batch_size, seq_len), generator=gen).to(device)
+
+
+@torch.no_grad()
+def forward_flops(model: nn.Module, *, batch_size: int, seq_len: int, vocab_size: int) -> int:
+    """FLOPs of one forward pass over `batch_size × seq_len` token ids (eval mode, no cache).
+
+    A model on the `meta` device (costing from a config, no weights) runs under fake tensors:
+    shapes propagate, nothing is allocated, and transformers skips its value-dependent mask checks.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    ids = _token_ids(model, batch_size, seq_len, vocab_size)
+    # No attention mask: every token is real, and mask helpers inspect values that meta tensors lack.
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    fake = FakeTensorMode(allow_non_fake_inputs=True) if ids.device.type == "meta" else contextlib.nullcontext()
+    with fake, counter:
+        model(input_ids=ids, use_cache=False)
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+@torch.no_grad()
+def flops_per_generated_token(model: nn.Module, *, context_len: int, new_tokens: int, vocab_size: int) -> float:
+    """FLOPs of one greedy decoding step with a KV cache, after a `context_len`-token prompt.
+
+    Counted as (FLOPs of generating 1 + n tokens − FLOPs of generating 1) / n through `generate`,
+    so every method's own cache handling (virtual tokens, prefixes) is what gets counted.
+    """
+    from transformers import GenerationConfig
+
+    ids = _token_ids(model, 1, context_len, vocab_size)
+
+    def count(n: int) -> int:
+        config = GenerationConfig(max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+        return int(counter.get_total_flops())
+
+    model.eval()
+    return (count(1 + new_tokens) - count(1)) / new_tokens
+
+
+def train_step_flops(model: nn.Module, *, batch_size: int, seq_len: int, vocab_size: int) -> int:
+    """FLOPs of one training step's forward and backward (the optimiser update is element-wise)."""
+    ids = _token_ids(model, batch_size, seq_len, vocab_size)
+    was_training = model.training
+    model.train()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(input_ids=ids, labels=ids).loss.backward()
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return int(counter.get_total_flops())

@@ -1,0 +1,95 @@
+"""Costing methods from a model's configuration alone: no weights, no GPU, seconds on a laptop.
+
+The model is built on the `meta` device (parameters have shapes, no storage), each method is
+applied with its default arguments, and forward FLOPs are counted under fake tensors. Two known
+discrepancies with PEFT-Bench's published counts are reproduced as *variants*, computed by peft
+rather than typed in: IA3 with `down_proj` not recognised as feed-forward, and P-tuning with the
+LSTM prompt encoder of the paper's FLOPs-profiling config.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from peftbench.costs.flops import count_parameters, forward_flops
+from peftbench.errors import PeftbenchError
+from peftbench.hub import hub_reachable
+from peftbench.methods import resolve_method
+
+NAMED_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "llama3-8b": ("llama", {
+        "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": False,
+        "max_position_embeddings": 8192, "rope_theta": 500000.0, "rms_norm_eps": 1e-5,
+    }),
+}
+
+VARIANTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "ia3": [("paper's count: down_proj outputs scaled", {"feedforward_modules": []})],
+    "p_tuning": [("paper's count: LSTM encoder", {"encoder_reparameterization_type": "LSTM"})],
+}
+
+
+def load_model_config(name_or_path: str, *, trust_remote_code: bool = False) -> Any:
+    """A transformers config from a named architecture, a config.json, a model directory or a hub id."""
+    from transformers import AutoConfig
+
+    if name_or_path in NAMED_CONFIGS:
+        model_type, kwargs = NAMED_CONFIGS[name_or_path]
+        return AutoConfig.for_model(model_type, **kwargs)
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+            return AutoConfig.for_model(data.pop("model_type"), **data)
+        except (json.JSONDecodeError, KeyError, ValueError) as exc:
+            raise PeftbenchError(f"--model-config {path}: not a transformers config.json ({exc})") from None
+    if path.is_dir():
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        return AutoConfig.from_pretrained(name_or_path, local_files_only=not hub_reachable(),
+                                          trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        known = ", ".join(NAMED_CONFIGS)
+        raise PeftbenchError(f"--model-config {name_or_path!r}: not a named config ({known}), a config.json, a "
+                             f"model directory, or a hub id available offline") from None
+
+
+def skeleton(config: Any) -> torch.nn.Module:
+    """The model with shapes only (meta device): building an 8B model allocates nothing."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
+
+
+def cost_from_config(config: Any, methods: list[str], *, batch_size: int = 1, seq_len: int = 512) -> list[dict]:
+    """Per method: trainable/total parameters and base/extra forward TFLOPs (merged where mergeable)."""
+    vocab = config.vocab_size
+
+    def tflops(model: torch.nn.Module) -> float:
+        return forward_flops(model, batch_size=batch_size, seq_len=seq_len, vocab_size=vocab) / 1e12
+
+    base = tflops(skeleton(config))
+    rows = []
+    for name in methods:
+        entry = _cost_one(name, {}, config, tflops, base)
+        entry["variants"] = [{"description": text, "args": args, **_cost_one(name, args, config, tflops, base)}
+                             for text, args in VARIANTS.get(name, [])]
+        rows.append(entry)
+    return rows
+
+
+def _cost_one(name: str, args: dict[str, Any], config: Any, tflops, base: float) -> dict[str, Any]:
+    method = resolve_method(name, args)
+    model = method.apply(skeleton(config))
+    trainable, total = count_parameters(model)
+    adapted = tflops(model)
+    with method.merged(model):
+        merged = tflops(model)
+    return {"method": name, "trainable_params": trainable, "total_params": total, "base_tflops": base,
+            "extra_tflops": merged - base, "extra_tflops_unmerged": adapted - base}

@@ -1,0 +1,155 @@
+"""Peak training memory: measured (CUDA peak allocated, or CPU resident-set high-water mark) and
+estimated analytically, so the two can be cross-checked."""
+
+from __future__ import annotations
+
+import resource
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+@dataclass
+class MemoryPeak:
+    peak_bytes: int = 0
+    source: str = ""
+
+
+def _read_status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_rss_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def resident_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+@contextmanager
+def peak_memory(device: torch.device, model: nn.Module) -> Iterator[MemoryPeak]:
+    """Peak memory of the enclosed phase, in bytes, with the measurement it comes from.
+
+    CUDA: `max_memory_allocated` after resetting the peak stats (weights, gradients, optimiser
+    state and activations: the figure PSCP's M_m means). CPU: the increase of the process's
+    resident-set high-water mark (reset through /proc/self/clear_refs) plus the model's weights,
+    which were resident before the phase began.
+    """
+    result = MemoryPeak()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        yield result
+        torch.cuda.synchronize(device)
+        result.peak_bytes = int(torch.cuda.max_memory_allocated(device))
+        result.source = "cuda_max_allocated"
+        return
+    weights = resident_bytes(model)
+    if sys.platform.startswith("linux") and _reset_rss_peak():
+        before = (_read_status_kb("VmRSS") or 0) * 1024
+        yield result
+        after = (_read_status_kb("VmHWM") or 0) * 1024
+        result.peak_bytes = max(after - before, 0) + weights
+        result.source = "cpu_rss_hwm_delta+weights"
+        return
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    yield result
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result.peak_bytes = max(after - before, 0) + weights
+    result.source = "cpu_ru_maxrss_delta+weights (peak not resettable: a lower bound)"
+
+
+def _trainable(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _batch(model: nn.Module, batch_size: int, seq_len: int, vocab_size: int) -> torch.Tensor:
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(0, vocab_size, (batch_size, seq_len), generator=gen).to(device)
+
+
+def measure_training_memory(
+    model: nn.Module, *, batch_size: int, seq_len: int, steps: int, vocab_size: int, device: torch.device
+) -> MemoryPeak:
+    """Peak memory of a fixed training measurement: AdamW, `steps` optimiser steps on a fixed batch.
+
+    The protocol is independent of the dataset, so methods compare on equal terms. On CUDA the peak
+    stats are reset after one warm-up step (the optimiser state it allocates stays in the absolute
+    figure); on CPU the high-water mark is reset before the warm-up, so the optimiser state counts
+    in the increase. The model's trainable tensors change: measure after evaluation.
+    """
+    trainable = _trainable(model)
+    if not trainable:
+        return MemoryPeak(0, "no trainable parameters")
+    ids = _batch(model, batch_size, seq_len, vocab_size)
+    was_training = model.training
+    model.train()
+    optimizer = torch.optim.AdamW(trainable, lr=1e-6)
+
+    def step() -> None:
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    if device.type == "cuda":
+        step()
+        with peak_memory(device, model) as peak:
+            for _ in range(steps):
+                step()
+    else:
+        with peak_memory(device, model) as peak:
+            for _ in range(steps + 1):
+                step()
+    model.train(was_training)
+    peak.source += f"; fixed protocol: AdamW, batch {batch_size} x {seq_len} tokens, {steps} steps"
+    return peak
+
+
+def analytic_training_memory(model: nn.Module, *, batch_size: int, seq_len: int, vocab_size: int) -> dict[str, int]:
+    """Bytes of weights + gradients + AdamW state (2 per trainable value) + activations saved for backward.
+
+    Saved activations are counted with saved-tensor hooks during one forward of the fixed batch,
+    each storage once (parameters and views of them excluded): what autograd keeps until backward.
+    """
+    param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: set[tuple[int, int]] = set()
+    saved = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        storage = tensor.untyped_storage()
+        key = (storage.data_ptr(), storage.nbytes())
+        if key not in seen and key[0] not in param_storages:
+            seen.add(key)
+            saved += storage.nbytes()
+        return tensor
+
+    ids = _batch(model, batch_size, seq_len, vocab_size)
+    was_training = model.training
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(input_ids=ids, labels=ids).loss
+    del loss
+    model.train(was_training)
+    trainable = _trainable(model)
+    weights = resident_bytes(model)
+    grads = sum(p.numel() * p.element_size() for p in trainable)
+    return {"weights": weights, "gradients": grads, "optimizer": 2 * grads, "activations": saved,
+            "total": weights + 3 * grads + saved}

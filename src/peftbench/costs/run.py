@@ -1,0 +1,100 @@
+"""All cost measures of one run, with the protocol each number comes from.
+
+The base model's figures (FLOPs, FLOPs per token, latency) are measured once per process on a
+fresh base model and reused, so adapted and base are always compared in the same process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from peftbench.config import CostsConfig
+from peftbench.costs.energy import EnergyMeter
+from peftbench.costs.flops import GB, count_parameters, flops_per_generated_token, forward_flops, train_step_flops
+from peftbench.costs.latency import measure_latency
+from peftbench.costs.memory import MemoryPeak, analytic_training_memory, measure_training_memory
+
+
+@dataclass
+class BaseFigures:
+    flops: int
+    flops_per_token: float
+    latency: dict[str, float] | None
+
+
+def measure_base(model: nn.Module, cfg: CostsConfig, vocab_size: int) -> BaseFigures:
+    return BaseFigures(
+        flops=forward_flops(model, batch_size=cfg.flops_batch_size, seq_len=cfg.flops_seq_len, vocab_size=vocab_size),
+        flops_per_token=flops_per_generated_token(model, context_len=cfg.flops_seq_len, new_tokens=cfg.decode_tokens,
+                                                  vocab_size=vocab_size),
+        latency=_latency(model, cfg, vocab_size) if cfg.latency else None,
+    )
+
+
+def _latency(model: nn.Module, cfg: CostsConfig, vocab_size: int) -> dict[str, float]:
+    return measure_latency(model, prefill_len=cfg.flops_seq_len, new_tokens=cfg.decode_tokens,
+                           repeats=cfg.latency_repeats, vocab_size=vocab_size)
+
+
+def measure_run_costs(
+    model: nn.Module,
+    method: Any,
+    *,
+    base: Callable[[], BaseFigures],
+    cfg: CostsConfig,
+    memory_batch_size: int,
+    device: torch.device,
+    adapter_bytes: int,
+    train_peak: MemoryPeak | None,
+    energy: EnergyMeter | None,
+) -> dict[str, Any]:
+    """Every measure of docs/costs.md for a trained (or zero-shot) model. Run after evaluation:
+    the memory measurement takes optimiser steps on the trainable tensors."""
+    vocab = model.get_input_embeddings().num_embeddings
+    trainable, total = count_parameters(model)
+    b = base()
+    adapted = forward_flops(model, batch_size=cfg.flops_batch_size, seq_len=cfg.flops_seq_len, vocab_size=vocab)
+    with method.merged(model):
+        merged = forward_flops(model, batch_size=cfg.flops_batch_size, seq_len=cfg.flops_seq_len, vocab_size=vocab)
+    per_token = flops_per_generated_token(model, context_len=cfg.flops_seq_len, new_tokens=cfg.decode_tokens,
+                                          vocab_size=vocab)
+    costs: dict[str, Any] = {
+        "trainable_params": trainable,
+        "total_params": total,
+        "adapter_bytes": adapter_bytes,
+        "base_flops": b.flops,
+        "adapted_flops": adapted,
+        "merged_flops": merged,
+        "extra_tflops": (merged - b.flops) / 1e12,
+        "extra_tflops_unmerged": (adapted - b.flops) / 1e12,
+        "flops_protocol": f"FlopCounterMode, forward of {cfg.flops_batch_size} x {cfg.flops_seq_len} tokens; "
+        "matmul and attention ops counted, element-wise ops not; extra_tflops is the merged figure for "
+        "mergeable methods",
+        "flops_per_token": per_token,
+        "base_flops_per_token": b.flops_per_token,
+        "train_step_flops": train_step_flops(model, batch_size=memory_batch_size, seq_len=cfg.memory_seq_len,
+                                             vocab_size=vocab) if trainable else 0,
+        "train_run_peak_mem_gb": train_peak.peak_bytes / GB if train_peak else None,
+        "train_run_peak_mem_source": train_peak.source if train_peak else None,
+        "energy_j": energy.joules if energy else None,
+    }
+    if cfg.latency:
+        latency = _latency(model, cfg, vocab)
+        costs |= {"prefill_s": latency["prefill_s"], "per_token_s": latency["per_token_s"],
+                  "base_prefill_s": b.latency["prefill_s"], "base_per_token_s": b.latency["per_token_s"]}
+    estimate = analytic_training_memory(model, batch_size=memory_batch_size, seq_len=cfg.memory_seq_len,
+                                        vocab_size=vocab)
+    costs["est_train_mem_gb"] = estimate["total"] / GB if trainable else 0.0
+    costs["est_train_mem_parts_gb"] = {k: v / GB for k, v in estimate.items() if k != "total"}
+    if trainable and cfg.memory_steps:
+        peak = measure_training_memory(model, batch_size=memory_batch_size, seq_len=cfg.memory_seq_len,
+                                       steps=cfg.memory_steps, vocab_size=vocab, device=device)
+        costs["peak_train_mem_gb"], costs["peak_train_mem_source"] = peak.peak_bytes / GB, peak.source
+    else:
+        costs["peak_train_mem_gb"], costs["peak_train_mem_source"] = 0.0, "no training"
+    return costs
