@@ -43,7 +43,7 @@ class Limits:
 
 @dataclass
 class ExecResult:
-    status: str  # "ok", "error" (non-zero exit), "timeout"
+    status: str  # "ok", "error" (non-zero exit), "timeout" (wall clock or CPU-time limit)
     stdout: str
     stderr: str
     returncode: int | None
@@ -84,7 +84,12 @@ def run_python(program: str, *, stdin: str = "", call: dict[str, Any] | None = N
             return ExecResult("timeout", out.decode(errors="replace"), err.decode(errors="replace"), None)
         finally:
             _kill_group(proc)  # anything the program left behind in its group
-        status = "ok" if proc.returncode == 0 else "error"
+        if proc.returncode == 0:
+            status = "ok"
+        elif proc.returncode in (-signal.SIGXCPU, -signal.SIGKILL):  # the CPU-time limit stopped it
+            status = "timeout"
+        else:
+            status = "error"
         return ExecResult(status, out.decode(errors="replace"), err.decode(errors="replace"), proc.returncode)
 
 
