@@ -13,5 +13,6 @@ REPO = Path(__file__).resolve().parents[1]
 def test_ruff_is_clean():
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
     assert ruff, "ruff is part of the test extras"
-    result = subprocess.run([ruff, "check", "src", "tests", "benchmarks"], cwd=REPO, capture_output=True, text=True)
+    paths = [name for name in ("src", "tests", "benchmarks") if (REPO / name).is_dir()]
+    result = subprocess.run([ruff, "check", *paths], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
