@@ -72,3 +72,35 @@ def builtin_model_dir() -> Path:
     from peftbench.tiny import tiny_model_dir
 
     return tiny_model_dir()
+
+
+@pytest.fixture(scope="session")
+def quickstart_dir(tmp_path_factory) -> Path:
+    """The real quickstart, run once per test session through the CLI."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("quickstart") / "qs"
+    result = subprocess.run([sys.executable, "-m", "peftbench.cli", "quickstart", "--out", str(out)],
+                            capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def hand_store(path: Path, rows, costs=None):
+    """A store built by hand: rows of (method, task, seed, status, score); costs per method."""
+    from peftbench.store import Store
+
+    store = Store.create(path)
+    for i, (method, task, seed, status, score) in enumerate(rows):
+        run_id = f"run{i:03d}"
+        store.register([(run_id, method, task, seed, {"method": {"id": method}, "task": task})])
+        store.claim(run_id)
+        params, tflops, mem = (costs or {}).get(method, (1000, 0.0, 1.0))
+        done = status == "done"
+        store.finish(run_id, status,
+                     metrics={"score": score, "invalid_rate": 0.0, "primary_metric": "f1"} if done else None,
+                     costs={"trainable_params": params, "extra_tflops": tflops, "peak_train_mem_gb": mem}
+                     if done else None,
+                     error=None if done else "boom")
+    return store

@@ -32,9 +32,8 @@ def state(out: Path) -> dict[str, tuple]:
     return {r.run_id: (r.status, r.metrics, r.attempts) for r in Store.open(out).records()}
 
 
-def test_quickstart(tmp_path):
-    out = tmp_path / "qs"
-    cli("quickstart", "--out", str(out))
+def test_quickstart(quickstart_dir):
+    out = quickstart_dir
     report = json.loads(cli("report", "--out", str(out), "--format", "json").stdout)
     methods = {m["method"] for m in report["methods"]}
     assert methods == {*TRAINED, "base"}
@@ -44,8 +43,12 @@ def test_quickstart(tmp_path):
         assert all(c["n_seeds"] == 2 for c in cells.values())
         above = [m for m in TRAINED if cells[m]["score_mean"] > cells["base"]["score_mean"]]
         assert len(above) >= 3, (task, cells)
-    for name in ("leaderboard.md", "results.csv", "summary.json"):
-        assert (out / name).is_file()
+    artefacts = ["leaderboard.md", "leaderboard.html", "results.csv", "summary.json", "tables.tex"]
+    artefacts += [f"plots/{name}.{ext}" for name in ("quality_vs_costs", "heatmap", "seed_spread", "cost_bars")
+                  for ext in ("png", "svg")]
+    for name in artefacts:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert len((out / "results.csv").read_text().splitlines()) == 1 + 54  # one row per run, every seed
     first = state(out)
     assert len(first) == 54 and {s for s, _, _ in first.values()} == {"done"}
 

@@ -1,71 +1,121 @@
-"""Aggregation on a hand-built store: means, sample sds, P_avg, PSCP, ranks, missing cells."""
+"""Aggregation and reports on hand-built stores, against hand-computed values."""
 
 from __future__ import annotations
 
+import math
 import statistics
 
 import pytest
 import yaml
+from conftest import hand_store
 
 from peftbench.config import PSCPConfig
 from peftbench.pscp import pscp
-from peftbench.report import build_summary, current_records
-from peftbench.report.aggregate import aggregate
-from peftbench.store import Store
+from peftbench.report import build_report, current_records
+from peftbench.report.aggregate import PAPER_REFERENCE, aggregate, pscp_sensitivity, with_reference
+from peftbench.report.compare import compare
+from peftbench.report.tables import latex, latex_escape, markdown
 
 COSTS = {"lora": (1000, 0.0, 2.0), "bitfit": (100, 0.0, 1.0)}
-
-
-def add(store: Store, run_id: str, method: str, task: str, seed: int, status: str, score: float | None) -> None:
-    store.register([(run_id, method, task, seed, {})])
-    store.claim(run_id)
-    params, tflops, mem = COSTS[method]
-    metrics = {"score": score, "invalid_rate": 0.1} if score is not None else None
-    costs = {"trainable_params": params, "extra_tflops": tflops, "peak_train_mem_gb": mem}
-    store.finish(run_id, status, metrics=metrics, costs=costs if metrics else None, error=None)
+ROWS = [("lora", "a", 0, "done", 80.0), ("lora", "a", 1, "done", 90.0), ("lora", "a", 2, "done", 70.0),
+        ("lora", "b", 0, "done", 50.0), ("lora", "b", 1, "done", 60.0),
+        ("bitfit", "a", 0, "done", 95.0), ("bitfit", "a", 1, "done", 85.0), ("bitfit", "b", 0, "failed", None)]
+T_975 = {1: 12.706204736, 2: 4.302652730}  # Student t quantiles, df 1 and 2
 
 
 @pytest.fixture
 def store(tmp_path):
-    s = Store.create(tmp_path)
-    for i, (m, t, seed, score) in enumerate([
-        ("lora", "a", 0, 80.0), ("lora", "a", 1, 90.0), ("lora", "a", 2, 70.0),
-        ("lora", "b", 0, 50.0), ("lora", "b", 1, 60.0),
-        ("bitfit", "a", 0, 95.0), ("bitfit", "a", 1, 85.0),
-    ]):
-        add(s, f"r{i}", m, t, seed, "done", score)
-    add(s, "r9", "bitfit", "b", 0, "failed", None)
-    return s
+    return hand_store(tmp_path, ROWS, COSTS)
 
 
 def test_cells_and_method_summaries(store):
-    summary = aggregate(store.records())
-    cell = {(c.method, c.task): c for c in summary.cells}
-    assert cell["lora", "a"].score_mean == 80.0
-    assert cell["lora", "a"].score_sd == pytest.approx(10.0)  # ddof = 1
-    assert cell["lora", "b"].score_sd == pytest.approx(statistics.stdev([50.0, 60.0]))
-    assert cell["bitfit", "b"].score_mean is None and cell["bitfit", "b"].n_not_done == 1
+    summary = aggregate(store.records(), categories={"a": "glue", "b": "superglue"})
+    a, b = summary.cell("lora", "a"), summary.cell("lora", "b")
+    assert (a.score_mean, a.score_sd, a.n_seeds) == (80.0, pytest.approx(10.0), 3)
+    assert a.ci95 == pytest.approx(T_975[2] * 10.0 / math.sqrt(3))
+    assert b.score_sd == pytest.approx(statistics.stdev([50.0, 60.0]))
+    assert b.ci95 == pytest.approx(T_975[1] * statistics.stdev([50.0, 60.0]) / math.sqrt(2))
+    failed = summary.cell("bitfit", "b")
+    assert failed.score_mean is None and failed.n_not_done == 1
     by = {s.method: s for s in summary.summaries}
     assert by["lora"].p_avg == pytest.approx((80 + 55) / 2)
+    assert by["lora"].p_by_category == {"glue": 80.0, "superglue": 55.0}
     assert by["lora"].pscp == pytest.approx(pscp(67.5, 1000, 0.0, 2.0, PSCPConfig()))
-    assert by["lora"].rank == 1
+    assert by["lora"].rank == 1 and by["lora"].mean_rank == 1.0
     # bitfit failed on task b: no P_avg over the tasks that happened to finish, no rank
     assert by["bitfit"].p_avg is None and by["bitfit"].pscp is None and by["bitfit"].rank is None
+    assert by["bitfit"].p_by_category == {"glue": 90.0, "superglue": None}
+
+
+def test_mean_rank_with_ties(tmp_path):
+    rows = [(m, t, 0, "done", s) for m, t, s in [("x", "a", 90), ("y", "a", 80), ("z", "a", 80),
+                                                 ("x", "b", 10), ("y", "b", 30), ("z", "b", 20)]]
+    summary = aggregate(hand_store(tmp_path, rows).records())
+    ranks = {s.method: s.mean_rank for s in summary.summaries}
+    assert ranks == {"x": (1 + 3) / 2, "y": (2.5 + 1) / 2, "z": (2.5 + 2) / 2}
+
+
+def test_pscp_sensitivity_marks_where_the_ranking_changes(tmp_path):
+    # X: better but 1e8 parameters; Y: worse but free. Only β_p = 0.5 puts X first.
+    rows = [("X", "a", 0, "done", 80.0), ("Y", "a", 0, "done", 70.0)]
+    summary = aggregate(hand_store(tmp_path, rows, {"X": (1e8, 0.0, 0.0), "Y": (0, 0.0, 0.0)}).records())
+    sensitivity = {r.betas: r for r in pscp_sensitivity(summary)}
+    assert sensitivity[(0.5, 1.0, 1.0)].ranking == ["X", "Y"] and sensitivity[(0.5, 1.0, 1.0)].changed
+    assert [b for b, r in sensitivity.items() if r.changed] == [(0.5, 1.0, 1.0)]
+    assert sensitivity[(1.0, 1.0, 1.0)].pscp["X"] == pytest.approx(80 / 1.2)
+    assert sensitivity[(2.0, 2.0, 2.0)].pscp["X"] == pytest.approx(80 / 1.2**2)
+
+
+def test_paper_reference_rows(store):
+    summary = with_reference(aggregate(store.records()), "peftbench-paper")
+    refs = {s.method: s for s in summary.summaries if s.reference}
+    assert len(refs) == 7 and all(s.rank is None for s in refs.values())
+    assert refs["ln_tuning [peftbench-paper]"].pscp == pytest.approx(46.57, abs=0.005)
+    beta1 = summary.constants.model_copy(update={"beta_p": 1, "beta_f": 1, "beta_m": 1})
+    for method, (p, mp, mf, mm) in PAPER_REFERENCE.items():
+        assert pscp(p, mp, mf, mm, beta1) == pytest.approx(
+            {"ln_tuning": 60.19, "lora": 60.08, "bitfit": 58.38, "ia3": 55.62, "prefix_tuning": 33.18,
+             "prompt_tuning": 29.49, "p_tuning": 29.26}[method], abs=0.005)
+
+
+def test_compare_flags_differences_beyond_seed_noise(tmp_path):
+    def summary(name, values):
+        rows = [("m", "t", seed, "done", v) for seed, v in enumerate(values)]
+        return aggregate(hand_store(tmp_path / name, rows).records())
+
+    a, b, c = summary("a", [80, 82, 78]), summary("b", [81, 83, 77]), summary("c", [99, 100, 101])
+    d = summary("d", [99])
+    (same,) = compare(a, b)
+    assert same.diff == pytest.approx(1 / 3) and same.exceeds_noise is False
+    (far,) = compare(a, c)  # +20 with seed sds of 2 and 1: t ≈ 15.5 on ~3 df
+    assert far.diff == pytest.approx(20.0) and far.exceeds_noise is True and far.p_value < 0.01
+    (single,) = compare(a, d)
+    assert single.exceeds_noise is None and single.p_value is None
+    noisy = summary("noisy", [80, 90, 70])  # the same +20 within seed noise of sd 10: not beyond it
+    assert compare(noisy, c)[0].exceeds_noise is False
+
+
+def test_latex_and_markdown(store):
+    summary = aggregate(store.records())
+    assert latex_escape("p_tuning & 50% <x>") == r"p\_tuning \& 50\% \textless{}x\textgreater{}"
+    tex = latex(summary)
+    assert "\\toprule" in tex and "80.0 $\\pm$ 10.0" in tex and "\\bottomrule" in tex
+    md = markdown(summary)
+    assert "| lora | 80.0 ± 10.0 | 55.0 ± 7.1 |" in md and "failed" in md and "PSCP sensitivity" in md
 
 
 def test_report_shows_only_the_current_configs_runs(tmp_path):
     from peftbench.config import validate_config
     from peftbench.plan import plan_runs
 
-    data = {"methods": ["lora"], "tasks": ["qs_arith"], "seeds": [0], "pscp": {"beta_p": 1.0}}
-    cfg = validate_config(data)
+    cfg = validate_config({"methods": ["lora"], "tasks": ["qs_arith"], "seeds": [0], "pscp": {"beta_p": 1.0}})
     (run,) = plan_runs(cfg)
-    store = Store.create(tmp_path)
-    add(store, run.run_id, "lora", "qs_arith", 0, "done", 40.0)
-    add(store, "stale-run-of-an-older-config", "lora", "qs_arith", 0, "done", 90.0)
+    store = hand_store(tmp_path, [("lora", "qs_arith", 0, "done", 40.0), ("lora", "qs_arith", 0, "done", 90.0)])
+    with store._connect() as db:  # give the first row the current plan's id; the second is an older config's
+        db.execute("UPDATE runs SET run_id = ? WHERE run_id = 'run000'", (run.run_id,))
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     records, other = current_records(store)
     assert [r.run_id for r in records] == [run.run_id] and other == 1
-    summary = build_summary(store, records)
+    summary = build_report(tmp_path).summary
     assert summary.summaries[0].p_avg == 40.0
-    assert summary.summaries[0].pscp == pytest.approx(pscp(40.0, 1000, 0.0, 2.0, PSCPConfig(beta_p=1.0)))
+    assert summary.summaries[0].pscp == pytest.approx(pscp(40.0, 1000, 0.0, 1.0, PSCPConfig(beta_p=1.0)))

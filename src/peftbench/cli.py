@@ -43,6 +43,7 @@ class ReportFormat(str, Enum):
     md = "md"
     csv = "csv"
     json = "json"
+    latex = "latex"
 
 
 class ListFormat(str, Enum):
@@ -103,38 +104,66 @@ def _run(config: Path, out: Path | None, overrides: list[str], workers: int | No
 def report(
     out: Annotated[Path, typer.Option("--out", help="Results directory.")] = Path("runs/quickstart"),
     format: Annotated[ReportFormat, typer.Option("--format", help="What to print.")] = ReportFormat.table,
+    reference: Annotated[str | None, typer.Option(help="Show published rows beside ours: peftbench-paper.")] = None,
 ) -> None:
-    """Aggregate a results directory: print it, and write leaderboard.md, results.csv and summary.json."""
-    _print_report(out, format)
+    """Aggregate a results directory: print one rendering and write every artefact beside the store
+    (leaderboard.md/.html, results.csv, summary.json, tables.tex, plots/)."""
+    _print_report(out, format, reference)
 
 
-def _print_report(out: Path, format: ReportFormat) -> None:
-    from peftbench.report import (
-        build_summary,
-        current_records,
-        markdown,
-        rich_tables,
-        runs_csv,
-        summary_json,
-        write_artifacts,
-    )
-    from peftbench.store import Store
+def _print_report(out: Path, format: ReportFormat, reference: str | None = None) -> None:
+    from peftbench.report import REFERENCES, build_report, latex, markdown, rich_tables, runs_csv, summary_json
+    from peftbench.report import write_report as write_artifacts
 
-    store = Store.open(out)
-    records, other = current_records(store)
-    summary = build_summary(store, records)
-    write_artifacts(store, summary, records)
-    if other:
-        err_console.print(f"note: {other} run(s) in {out} belong to an earlier config and are not shown",
+    if reference is not None and reference not in REFERENCES:
+        raise PeftbenchError(f"--reference {reference!r}: known references are {', '.join(REFERENCES)}")
+    result = build_report(out, reference=reference)
+    write_artifacts(result)
+    if result.other_runs:
+        err_console.print(f"note: {result.other_runs} run(s) in {out} belong to an earlier config and are not shown",
                           highlight=False)
+    renderings = {
+        ReportFormat.md: lambda: markdown(result.summary),
+        ReportFormat.csv: lambda: runs_csv(result.records),
+        ReportFormat.json: lambda: summary_json(result.summary) + "\n",
+        ReportFormat.latex: lambda: latex(result.summary),
+    }
     if format is ReportFormat.table:
-        out_console.print(rich_tables(summary))
-    elif format is ReportFormat.md:
-        sys.stdout.write(markdown(summary))
-    elif format is ReportFormat.csv:
-        sys.stdout.write(runs_csv(records))
+        out_console.print(rich_tables(result.summary))
     else:
-        sys.stdout.write(summary_json(summary) + "\n")
+        sys.stdout.write(renderings[format]())
+
+
+@app.command()
+def compare(
+    dir_a: Annotated[Path, typer.Argument(help="Results directory A.")],
+    dir_b: Annotated[Path, typer.Argument(help="Results directory B (differences are B − A).")],
+    format: Annotated[ListFormat, typer.Option("--format")] = ListFormat.table,
+) -> None:
+    """Two result sets side by side: score differences per method × task, and whether they exceed seed noise."""
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from peftbench.report import build_report
+    from peftbench.report.aggregate import fmt
+    from peftbench.report.compare import compare as compare_summaries
+
+    a, b = build_report(dir_a).summary, build_report(dir_b).summary
+    rows = compare_summaries(a, b)
+    if not rows:
+        raise PeftbenchError(f"{dir_a} and {dir_b} have no method × task in common")
+    if format is ListFormat.json:
+        print(json.dumps([asdict(r) for r in rows], indent=2))
+        return
+    table = Table(title=f"B − A  (A = {dir_a}, B = {dir_b}); noise: Welch's t-test over seeds, p < 0.05")
+    for col in ("method", "task", "A", "B", "B − A", "seeds A/B", "p", "beyond noise"):
+        table.add_column(col, justify="left" if col in ("method", "task") else "right")
+    verdict = {True: "yes", False: "no", None: "n/a (<2 seeds)"}
+    for r in rows:
+        table.add_row(r.method, r.task, fmt(r.mean_a), fmt(r.mean_b), fmt(r.diff, 2), f"{r.n_a}/{r.n_b}",
+                      fmt(r.p_value, 3), verdict[r.exceeds_noise])
+    out_console.print(table)
 
 
 @app.command()

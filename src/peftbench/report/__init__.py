@@ -1,21 +1,36 @@
-"""Reports over a results directory: aggregation (pure) and its renderings."""
+"""Reports over a results directory: pure aggregation, then its renderings and artefacts.
+
+Everything is computed from the stored runs every time; nothing is typed in. `write_report`
+writes every artefact; the CLI prints one rendering.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from peftbench.config import BenchConfig, PSCPConfig, validate_config
 from peftbench.plan import plan_runs
-from peftbench.report.aggregate import Summary, aggregate
-from peftbench.report.tables import markdown, rich_tables, runs_csv, summary_json
+from peftbench.report.aggregate import REFERENCES, Summary, aggregate, with_reference
+from peftbench.report.tables import latex, markdown, rich_tables, runs_csv, summary_json
 from peftbench.store import RunRecord, Store
 from peftbench.utils import atomic_write_text
 
-__all__ = ["CONFIG_FILE", "build_summary", "current_records", "write_artifacts", "rich_tables", "markdown",
-           "runs_csv", "summary_json"]
+__all__ = ["CONFIG_FILE", "REFERENCES", "Report", "build_report", "write_report", "rich_tables", "markdown",
+           "runs_csv", "summary_json", "latex"]
 CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class Report:
+    store: Store
+    records: list[RunRecord]
+    other_runs: int
+    summary: Summary
+    title: str
 
 
 def current_config(out_dir: Path) -> BenchConfig | None:
@@ -41,20 +56,50 @@ def current_records(store: Store) -> tuple[list[RunRecord], int]:
     return kept, len(records) - len(kept)
 
 
-def build_summary(store: Store, records: list[RunRecord]) -> Summary:
+def task_categories(names: list[str]) -> dict[str, str]:
+    from peftbench.tasks import TASKS
+
+    return {n: TASKS.get(n).category if n in TASKS else "other" for n in names}
+
+
+def build_report(out_dir: Path, *, reference: str | None = None) -> Report:
+    store = Store.open(out_dir)
+    records, other = current_records(store)
     cfg = current_config(store.out_dir)
-    constants = cfg.pscp if cfg else PSCPConfig()
-    return aggregate(records, constants)
+    summary = aggregate(records, cfg.pscp if cfg else PSCPConfig(),
+                        task_categories(list(dict.fromkeys(r.task for r in records))))
+    if reference:
+        summary = with_reference(summary, reference)
+    return Report(store, records, other, summary, title=f"peftbench — {cfg.name if cfg else store.out_dir.name}")
 
 
-def write_artifacts(store: Store, summary: Summary, records: list[RunRecord]) -> list[Path]:
-    """leaderboard.md, results.csv (one row per run) and summary.json beside the store."""
-    out = store.out_dir
-    files = {
+def _predictions(store: Store, records: list[RunRecord], limit: int) -> dict[str, list[dict]]:
+    sample = {}
+    for r in records:
+        path = store.predictions_path(r.run_id)
+        if path.is_file():
+            with path.open(encoding="utf-8") as fh:
+                sample[r.run_id] = [json.loads(line) for _, line in zip(range(limit), fh, strict=False)]
+    return sample
+
+
+def write_report(report: Report) -> list[Path]:
+    """leaderboard.md/.html, results.csv (one row per run), summary.json, tables.tex and plots/ beside the store."""
+    from peftbench.report.html import PREDICTION_SAMPLE, render_html
+    from peftbench.report.plots import write_plots
+
+    out = report.store.out_dir
+    summary = report.summary
+    texts = {
         out / "leaderboard.md": markdown(summary),
-        out / "results.csv": runs_csv(records),
+        out / "results.csv": runs_csv(report.records),
         out / "summary.json": summary_json(summary),
+        out / "tables.tex": latex(summary),
     }
-    for path, text in files.items():
+    for path, text in texts.items():
         atomic_write_text(path, text)
-    return list(files)
+    plots = write_plots(summary, out / "plots")
+    predictions = _predictions(report.store, report.records, PREDICTION_SAMPLE)
+    html = render_html(summary, report.records, plots, predictions, title=report.title)
+    atomic_write_text(out / "leaderboard.html", html)
+    return [*texts, *(p for paths in plots.values() for p in paths), out / "leaderboard.html"]

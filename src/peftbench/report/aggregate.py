@@ -1,6 +1,6 @@
-"""Pure aggregation of stored runs into method × task cells and per-method summaries with PSCP.
+"""Pure aggregation of stored runs: cells, method summaries, PSCP sensitivity, stability, references.
 
-A cell averages the seeds whose runs are done; failed or missing seeds are counted, not hidden.
+A cell averages the seeds whose runs are done; failed or missing seeds are counted, never hidden.
 A method's P_avg exists only when it has a done cell for every task of the grid: averaging over
 the tasks that happened to finish would rank an incomplete method on an easier task set.
 """
@@ -9,24 +9,46 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+from scipy import stats
 
 from peftbench.config import PSCPConfig
 from peftbench.pscp import pscp
 from peftbench.store import RunRecord
+
+BETA_GRID: tuple[tuple[float, float, float], ...] = (
+    (1, 1, 1), (2, 2, 2), (0.5, 1, 1), (1, 0.5, 1), (1, 1, 0.5), (2, 1, 1), (1, 2, 1), (1, 1, 2),
+)
+STABILITY_TASKS = ("cb", "copa", "svamp", "cola", "sst2", "hellaswag", "wsc")
+
+# PEFT-Bench's published per-method figures on Llama-3-8B: P_avg, M_p, M_f (TFLOPs), M_m (GB).
+PAPER_REFERENCE: dict[str, tuple[float, int, float, float]] = {
+    "ln_tuning": (77.8, 266_240, 0.0, 27.43),
+    "lora": (80.1, 14_680_064, 0.0, 27.75),
+    "bitfit": (75.3, 163_840, 0.0, 27.20),
+    "ia3": (74.7, 196_608, 0.31, 28.41),
+    "prefix_tuning": (45.9, 34_177_536, 0.01, 27.61),
+    "prompt_tuning": (50.0, 409_600, 1.67, 42.47),
+    "p_tuning": (51.7, 53_130_752, 1.68, 34.53),
+}
+REFERENCES = {"peftbench-paper": PAPER_REFERENCE}
 
 
 @dataclass(frozen=True)
 class Cell:
     method: str
     task: str
+    category: str
     n_seeds: int
     n_not_done: int
     score_mean: float | None
     score_sd: float | None
+    ci95: float | None
     invalid_rate: float | None
+    scores: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -34,25 +56,36 @@ class MethodSummary:
     method: str
     n_tasks_done: int
     p_avg: float | None
+    p_by_category: dict[str, float | None]
+    mean_rank: float | None
     trainable_params: float | None
     extra_tflops: float | None
     peak_mem_gb: float | None
     pscp: float | None
     rank: int | None
+    reference: bool = False
 
 
 @dataclass(frozen=True)
 class Summary:
     tasks: list[str]
+    categories: dict[str, str]
     methods: list[str]
     cells: list[Cell]
     summaries: list[MethodSummary]
+    constants: PSCPConfig = field(default_factory=PSCPConfig)
+
+    def cell(self, method: str, task: str) -> Cell:
+        return next(c for c in self.cells if c.method == method and c.task == task)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "tasks": self.tasks,
-            "cells": [asdict(c) for c in self.cells],
+            "categories": self.categories,
+            "pscp_constants": self.constants.model_dump(),
+            "cells": [{**asdict(c), "scores": list(c.scores)} for c in self.cells],
             "methods": [asdict(s) for s in self.summaries],
+            "pscp_sensitivity": [asdict(r) for r in pscp_sensitivity(self)],
         }
 
 
@@ -64,43 +97,116 @@ def mean_sd(values: Sequence[float]) -> tuple[float | None, float | None]:
     return mean, statistics.stdev(values) if len(values) > 1 else None
 
 
+def ci95(values: Sequence[float]) -> float | None:
+    """Half-width of the 95 % confidence interval of the mean (Student t over seeds)."""
+    if len(values) < 2:
+        return None
+    return float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
+
+
 def _mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def aggregate(records: Sequence[RunRecord], constants: PSCPConfig | None = None) -> Summary:
+def aggregate(
+    records: Sequence[RunRecord], constants: PSCPConfig | None = None, categories: Mapping[str, str] | None = None
+) -> Summary:
+    constants = constants or PSCPConfig()
     methods = list(dict.fromkeys(r.method for r in records))
     tasks = list(dict.fromkeys(r.task for r in records))
-    cells: list[Cell] = []
-    by_method: dict[str, list[Cell]] = {m: [] for m in methods}
+    category = {t: (categories or {}).get(t, "other") for t in tasks}
+    cells = []
     for method in methods:
         for task in tasks:
             runs = [r for r in records if r.method == method and r.task == task]
-            done = [r for r in runs if r.status == "done" and r.metrics]
-            mean, sd = mean_sd([r.metrics["score"] for r in done])
+            done = sorted((r for r in runs if r.status == "done" and r.metrics), key=lambda r: r.seed)
+            scores = tuple(float(r.metrics["score"]) for r in done)
+            mean, sd = mean_sd(scores)
             invalid = _mean([r.metrics["invalid_rate"] for r in done])
-            cell = Cell(method, task, len(done), len(runs) - len(done), mean, sd, invalid)
-            cells.append(cell)
-            by_method[method].append(cell)
-
+            cells.append(Cell(method, task, category[task], len(done), len(runs) - len(done), mean, sd,
+                              ci95(scores), invalid, scores))
+    ranks = mean_ranks(cells, tasks, methods)
     summaries = []
     for method in methods:
-        done_cells = [c for c in by_method[method] if c.score_mean is not None]
-        p_avg = statistics.fmean(c.score_mean for c in done_cells) if len(done_cells) == len(tasks) else None
+        mine = [c for c in cells if c.method == method]
+        done = [c for c in mine if c.score_mean is not None]
+        complete = len(done) == len(tasks)
+        by_category = {}
+        for cat in dict.fromkeys(category.values()):
+            in_cat = [c for c in mine if c.category == cat]
+            by_category[cat] = (statistics.fmean(c.score_mean for c in in_cat)
+                                if all(c.score_mean is not None for c in in_cat) else None)
         costs = [r.costs for r in records if r.method == method and r.status == "done" and r.costs]
         params = _mean([c["trainable_params"] for c in costs])
         tflops = _mean([max(c["extra_tflops"], 0.0) for c in costs])
         mem = _mean([c["peak_train_mem_gb"] for c in costs])
-        value = None
-        if p_avg is not None and None not in (params, tflops, mem):
-            value = pscp(p_avg, params, tflops, mem, constants)
-        summaries.append(MethodSummary(method, len(done_cells), p_avg, params, tflops, mem, value, None))
+        p_avg = statistics.fmean(c.score_mean for c in done) if complete else None
+        value = pscp(p_avg, params, tflops, mem, constants) if p_avg is not None and costs else None
+        summaries.append(MethodSummary(method, len(done), p_avg, by_category, ranks.get(method), params, tflops,
+                                       mem, value, None))
+    return Summary(tasks, category, methods, cells, _ranked(summaries), constants)
 
-    ranked = sorted((s for s in summaries if s.pscp is not None), key=lambda s: -s.pscp)
-    ranks = {s.method: i + 1 for i, s in enumerate(ranked)}
-    summaries = [MethodSummary(**{**asdict(s), "rank": ranks.get(s.method)}) for s in summaries]
-    summaries.sort(key=lambda s: (s.rank is None, s.rank or 0, s.method))
-    return Summary(tasks=tasks, methods=methods, cells=cells, summaries=summaries)
+
+def _ranked(summaries: list[MethodSummary]) -> list[MethodSummary]:
+    """Rank by PSCP (1 = best); methods without PSCP come last, unranked."""
+    ordered = sorted((s for s in summaries if s.pscp is not None and not s.reference), key=lambda s: -s.pscp)
+    ranks = {s.method: i + 1 for i, s in enumerate(ordered)}
+    out = [replace(s, rank=ranks.get(s.method) if not s.reference else None) for s in summaries]
+    return sorted(out, key=lambda s: (s.reference, s.rank is None, s.rank or 0, s.method))
+
+
+def mean_ranks(cells: Sequence[Cell], tasks: Sequence[str], methods: Sequence[str]) -> dict[str, float]:
+    """Average over tasks of each method's rank on the task (1 = best, ties share the mean rank);
+    only methods with every task done are ranked."""
+    complete = [m for m in methods if all(c.score_mean is not None for c in cells if c.method == m)]
+    if not complete:
+        return {}
+    per_method: dict[str, list[float]] = {m: [] for m in complete}
+    for task in tasks:
+        means = {c.method: c.score_mean for c in cells if c.task == task and c.method in per_method}
+        ranks = stats.rankdata([-means[m] for m in complete])
+        for m, r in zip(complete, ranks, strict=True):
+            per_method[m].append(float(r))
+    return {m: statistics.fmean(r) for m, r in per_method.items()}
+
+
+def with_reference(summary: Summary, name: str) -> Summary:
+    """Add a published reference's rows (marked `reference`), PSCP computed with this summary's constants."""
+    rows = [
+        MethodSummary(f"{method} [{name}]", 0, p, {}, None, mp, mf, mm, pscp(p, mp, mf, mm, summary.constants), None,
+                      reference=True)
+        for method, (p, mp, mf, mm) in REFERENCES[name].items()
+    ]
+    return replace(summary, summaries=_ranked([*summary.summaries, *rows]))
+
+
+@dataclass(frozen=True)
+class SensitivityRow:
+    betas: tuple[float, float, float]
+    pscp: dict[str, float]
+    ranking: list[str]
+    changed: bool
+    """The ranking differs from the one under the summary's own constants."""
+
+
+def pscp_sensitivity(summary: Summary, grid: Sequence[tuple[float, float, float]] = BETA_GRID) -> list[SensitivityRow]:
+    """PSCP and ranking of every scored method for each (β_p, β_f, β_m) of the grid."""
+    scored = [s for s in summary.summaries if s.pscp is not None]
+    baseline = [s.method for s in sorted(scored, key=lambda s: -s.pscp) if not s.reference]
+    rows = []
+    for betas in grid:
+        k = summary.constants.model_copy(update=dict(zip(("beta_p", "beta_f", "beta_m"), betas, strict=True)))
+        values = {s.method: pscp(s.p_avg, s.trainable_params, s.extra_tflops, s.peak_mem_gb, k) for s in scored}
+        ranking = sorted((m for m in values if m in baseline), key=lambda m: -values[m])
+        rows.append(SensitivityRow(tuple(float(b) for b in betas), values, ranking, ranking != baseline))
+    return rows
+
+
+def stability(summary: Summary, tasks: Sequence[str] = STABILITY_TASKS) -> list[Cell]:
+    """Cells of the stability study's tasks (PEFT-Bench: CB, COPA, SVAMP, CoLA, SST-2, HellaSwag, WSC);
+    the grid's own tasks when none of those were run."""
+    chosen = [t for t in tasks if t in summary.tasks] or summary.tasks
+    return [c for c in summary.cells if c.task in chosen]
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
