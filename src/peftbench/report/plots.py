@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from peftbench.report.aggregate import MethodSummary, Summary, stability  # noqa: E402
 
@@ -60,8 +61,9 @@ def _quality_vs_costs(summary: Summary):
     for ax, (key, label, log) in zip(axes, COSTS, strict=False):
         points = [(getattr(s, key), s.p_avg, s.method) for s in rows]
         _scatter_with_front(ax, points, label, "P_avg", log)
-    _scatter_with_front(axes[3], [(-s.pscp, s.p_avg, s.method) for s in rows], "PSCP (axis reversed: right = "
-                        "higher)", "P_avg", False, negate_x=True)
+    # PSCP is a benefit, not a cost: the front is computed on −PSCP and drawn on PSCP.
+    _scatter_with_front(axes[3], [(-s.pscp, s.p_avg, s.method) for s in rows], "PSCP", "P_avg", False,
+                        negate_x=True)
     fig.suptitle("Quality vs cost; the Pareto front (no method both cheaper and better) is highlighted")
     return fig
 
@@ -78,11 +80,17 @@ def _scatter_with_front(ax, points, xlabel, ylabel, log, negate_x=False) -> None
         ax.annotate(name, (sign * cost, quality), fontsize=7, xytext=(3, 3), textcoords="offset points")
     line = sorted(pareto_front(points))
     ax.plot([sign * c for c, _, _ in line], [q for _, q, _ in line], color="tab:red", lw=1, zorder=2)
-    if log and all(c > 0 for c, _, _ in points):
-        ax.set_xscale("log")
+    if log:
+        ax.set_xscale("symlog", linthresh=1)  # logarithmic, with room for the zero of `base`
+        ax.xaxis.set_major_formatter(FuncFormatter(_power_of_ten))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
+
+
+def _power_of_ten(value: float, _position: int) -> str:
+    """Tick labels as plain text (math text is off so that labels stay literal)."""
+    return "0" if value == 0 else f"1e{round(np.log10(abs(value)))}"
 
 
 def _heatmap(summary: Summary):
@@ -131,7 +139,8 @@ def _cost_bars(summary: Summary):
         ax.bar(range(len(rows)), values, color=["tab:gray" if s.reference else "tab:blue" for s in rows])
         ax.set_xticks(range(len(rows)), [s.method for s in rows], rotation=60, ha="right", fontsize=7)
         if log and any(v > 0 for v in values):
-            ax.set_yscale("symlog")
+            ax.set_yscale("symlog", linthresh=1)
+            ax.yaxis.set_major_formatter(FuncFormatter(_power_of_ten))
         ax.set_title(label)
     fig.tight_layout()
     return fig
