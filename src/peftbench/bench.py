@@ -17,7 +17,7 @@ from rich.console import Console
 
 from peftbench.config import BenchConfig
 from peftbench.errors import PeftbenchError
-from peftbench.executors import run_local
+from peftbench.executors import execute_grid
 from peftbench.modeling import ModelSource, resolve_model
 from peftbench.pipeline import RunContext
 from peftbench.plan import RunSpec, plan_runs
@@ -84,7 +84,57 @@ def run_benchmark(cfg: BenchConfig, *, out_dir: Path | None = None, console: Con
     done = len(plan) - len(pending)
     console.print(
         f"[bold]{cfg.name}[/bold]: {len(plan)} runs ({len(cfg.methods)} methods × {len(cfg.tasks)} tasks × "
-        f"{len(cfg.seeds)} seeds), {done} already finished, {len(pending)} to run → {out_dir}"
+        f"{len(cfg.seeds)} seeds), {done} already finished, {len(pending)} to run on {executor_line(cfg)} → {out_dir}"
     )
-    counts = run_local(pending, ctx, store, console, cfg.runtime.workers) if pending else {}
+    counts = execute_grid(pending, ctx, store, console) if pending else {}
     return GridResult(out_dir=out_dir, total=len(plan), already_done=done, counts=counts)
+
+
+def executor_line(cfg: BenchConfig) -> str:
+    """What the configured executor will ask for, in one line."""
+    ex = cfg.executor
+    if ex.kind == "ray":
+        r = ex.ray
+        where = f"Ray at {r.address}" if r.address else "a local Ray"
+        mem = f", {r.memory_gb:g} GB memory" if r.memory_gb else ""
+        return f"{where} (per run: {r.num_cpus:g} CPU, {r.num_gpus:g} GPU{mem})"
+    if ex.kind == "slurm":
+        s = ex.slurm
+        mem = f", {s.mem_gb:g} GB" if s.mem_gb else ""
+        return (f"Slurm via submitit (partition {s.partition or 'default'}, per job: {s.runs_per_job} run(s), "
+                f"{s.gpus_per_job} GPU, {s.cpus_per_job} CPU{mem}, {s.time_min} min; {s.array_parallelism} at once)")
+    workers = cfg.runtime.workers
+    return f"this machine ({workers} worker process{'es' if workers > 1 else ''}, {cfg.runtime.threads} thread(s) each)"
+
+
+@dataclass
+class PlanRow:
+    """One method's share of the grid, with what finished runs say about its cost."""
+
+    method: str
+    runs: int
+    done: int
+    failed: int
+    pending: int
+    mean_run_s: float | None
+    peak_train_mem_gb: float | None
+
+
+def plan_summary(cfg: BenchConfig, out_dir: Path) -> list[PlanRow]:
+    """The grid's state without starting anything: nothing is loaded, created or written."""
+    plan = plan_runs(cfg)
+    store = Store(out_dir)
+    records = {r.run_id: r for r in store.records()} if store.path.is_file() else {}
+    rows = []
+    for method in dict.fromkeys(r.method_id for r in plan):
+        mine = [records.get(r.run_id) for r in plan if r.method_id == method]
+        finished = [r for r in mine if r is not None and r.status == "done"]
+        times = [r.timings["total_s"] for r in finished if r.timings and r.timings.get("total_s")]
+        mems = [r.costs["peak_train_mem_gb"] for r in finished if r.costs and r.costs.get("peak_train_mem_gb")]
+        n_final = sum(r is not None and r.status in FINAL for r in mine)
+        rows.append(PlanRow(
+            method=method, runs=len(mine), done=n_final,
+            failed=sum(r is not None and r.status == "failed" for r in mine), pending=len(mine) - n_final,
+            mean_run_s=sum(times) / len(times) if times else None, peak_train_mem_gb=max(mems) if mems else None,
+        ))
+    return rows

@@ -12,7 +12,7 @@ import sys
 from enum import Enum
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -60,10 +60,25 @@ def quickstart_config_path() -> Path:
     return Path(str(resources.files("peftbench") / "configs" / "quickstart.yaml"))
 
 
+class ExecutorKind(str, Enum):
+    local = "local"
+    ray = "ray"
+    slurm = "slurm"
+
+
+ExecutorOption = Annotated[
+    ExecutorKind | None, typer.Option("--executor", help="Where runs execute (executor.kind in the config).")
+]
+DryRunOption = Annotated[
+    bool, typer.Option("--dry-run", help="Print the plan (runs done and pending, resources, estimate); start nothing.")
+]
+
+
 @app.command()
-def quickstart(out: OutOption = None, workers: WorkersOption = None) -> None:
+def quickstart(out: OutOption = None, workers: WorkersOption = None, executor: ExecutorOption = None,
+               dry_run: DryRunOption = False) -> None:
     """Run the embedded offline grid (tiny built-in model, generated tasks, every method × 2 seeds), then report."""
-    _run(quickstart_config_path(), out, [], workers)
+    _run(quickstart_config_path(), out, [], workers, executor, dry_run)
 
 
 @app.command()
@@ -72,16 +87,24 @@ def run(
     out: OutOption = None,
     set_: SetOption = None,
     workers: WorkersOption = None,
+    executor: ExecutorOption = None,
+    dry_run: DryRunOption = False,
 ) -> None:
     """Train, evaluate and cost every run of CONFIG that is not done yet (re-running resumes)."""
-    _run(config, out, set_ or [], workers)
+    _run(config, out, set_ or [], workers, executor, dry_run)
 
 
-def _run(config: Path, out: Path | None, overrides: list[str], workers: int | None) -> None:
+def _run(config: Path, out: Path | None, overrides: list[str], workers: int | None,
+         executor: ExecutorKind | None = None, dry_run: bool = False) -> None:
     from peftbench.bench import run_benchmark
     from peftbench.config import load_config
 
-    cfg = load_config(config, [*overrides, *([f"runtime.workers={workers}"] if workers else [])])
+    overrides = [*overrides, *([f"runtime.workers={workers}"] if workers else []),
+                 *([f"executor.kind={executor.value}"] if executor else [])]
+    cfg = load_config(config, overrides)
+    if dry_run:
+        _print_plan(cfg, Path(out or cfg.output_dir))
+        return
     try:
         result = run_benchmark(cfg, out_dir=out, console=err_console)
     except KeyboardInterrupt:  # typer would turn it into a silent exit 130
@@ -98,6 +121,29 @@ def _run(config: Path, out: Path | None, overrides: list[str], workers: int | No
     )
     if failed:
         raise typer.Exit(1)
+
+
+def _print_plan(cfg: Any, out: Path) -> None:
+    from rich.table import Table
+
+    from peftbench.bench import executor_line, plan_summary
+
+    rows = plan_summary(cfg, out)
+    table = Table(title=f"{cfg.name}: plan for {out}")
+    for column in ("method", "runs", "done", "failed", "pending", "mean run time", "peak train memory"):
+        table.add_column(column, justify="left" if column == "method" else "right", overflow="fold")
+    for r in rows:
+        table.add_row(r.method, str(r.runs), str(r.done), str(r.failed), str(r.pending),
+                      f"{r.mean_run_s / 60:.1f} min" if r.mean_run_s else "–",
+                      f"{r.peak_train_mem_gb:.2f} GB" if r.peak_train_mem_gb else "–")
+    out_console.print(table)
+    pending = sum(r.pending for r in rows)
+    known = [r for r in rows if r.pending and r.mean_run_s]
+    seconds = sum(r.pending * r.mean_run_s for r in known)
+    estimate = (f"≈ {seconds / 3600:.2f} run-hours for the {sum(r.pending for r in known)} pending runs of methods "
+                f"with finished runs" if known else "no finished runs to estimate time from (docs/cluster.md)")
+    out_console.print(f"{pending} of {sum(r.runs for r in rows)} runs pending, to run on {executor_line(cfg)}; "
+                      f"{estimate}. Dry run: nothing was started or written.", highlight=False)
 
 
 @app.command()

@@ -168,6 +168,50 @@ class RuntimeConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+class RayConfig(StrictModel):
+    """Each run is one Ray task with these resources (docs/cluster.md)."""
+
+    address: str | None = Field(default=None, description="cluster to join ('auto', 'ray://host:10001'); "
+                                "none: start a local Ray on this machine")
+    local_cpus: PositiveInt | None = Field(default=None, description="CPUs of a locally started Ray "
+                                           "(default: all of this machine's)")
+    num_cpus: PositiveFloat = Field(default=1, description="CPUs per run")
+    num_gpus: NonNegativeFloat = Field(default=0, description="GPUs per run")
+    memory_gb: PositiveFloat | None = Field(default=None, description="host memory reserved per run")
+
+
+class SlurmConfig(StrictModel):
+    """submitit job arrays; where `sbatch` is missing, submitit's local executor runs the same jobs."""
+
+    folder: Path | None = Field(default=None, description="submitit logs and job files (default: <output>/slurm)")
+    partition: str | None = None
+    time_min: PositiveInt = Field(default=24 * 60, description="wall-clock limit per job, minutes")
+    gpus_per_job: NonNegativeInt = 1
+    cpus_per_job: PositiveInt = 8
+    mem_gb: PositiveFloat | None = None
+    array_parallelism: PositiveInt = Field(default=32, description="jobs of the array running at once")
+    runs_per_job: PositiveInt = Field(default=1, description="runs one job executes on one loaded model")
+    setup: list[str] = Field(default_factory=list, description="shell lines run first in each job "
+                             "(module load, source .venv/bin/activate)")
+    sbatch: dict[str, Any] = Field(default_factory=dict, description="extra sbatch options, e.g. {account: x}")
+
+
+class ExecutorConfig(StrictModel):
+    """Where runs execute. The driver process alone writes the store, whatever the executor."""
+
+    kind: Literal["local", "ray", "slurm"] = "local"
+    max_retries: NonNegativeInt = Field(default=2, description="resubmissions of a run whose worker died")
+    claim_timeout_s: PositiveInt = Field(default=600, description="a claim not renewed for this long is "
+                                         "taken over by another peftbench process")
+    ray: RayConfig = Field(default_factory=RayConfig)
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_shorthand(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value
+
+
 class BenchConfig(StrictModel):
     name: str = "peftbench"
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -180,6 +224,7 @@ class BenchConfig(StrictModel):
     costs: CostsConfig = Field(default_factory=CostsConfig)
     pscp: PSCPConfig = Field(default_factory=PSCPConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     output_dir: Path = Path("runs/peftbench")
     save_adapters: bool = True
 

@@ -102,7 +102,8 @@ def load_tokenizer(source: ModelSource, cfg: ModelConfig) -> Any:
 
 
 def load_model(source: ModelSource, cfg: ModelConfig, device: torch.device) -> Any:
-    """A fresh base model in eval mode; every run starts from one, so no run sees another's changes."""
+    """The base model in eval mode, in the dtype for `device` but kept on the CPU: callers copy it
+    to the device per run, so the weights are read from disk once per process."""
     from transformers import AutoModelForCausalLM
 
     try:
@@ -116,7 +117,7 @@ def load_model(source: ModelSource, cfg: ModelConfig, device: torch.device) -> A
         )
     except (OSError, ValueError) as exc:
         raise PeftbenchError(f"model.name: cannot load {source.name!r}: {str(exc).splitlines()[0]}") from None
-    return model.to(device).eval()
+    return model.eval()
 
 
 def model_revision(model: Any) -> str | None:

@@ -7,6 +7,7 @@ all runs of one process: the model source, tokenizer, task data, base-model FLOP
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -73,13 +74,18 @@ class RunContext:
         self._tasks: dict[str, TaskData] = {}
         self._encoded: dict[str, list[dict[str, list[int]]]] = {}
         self._base: BaseFigures | None = None
+        self._pristine: torch.nn.Module | None = None
 
     @cached_property
     def tokenizer(self) -> Any:
         return load_tokenizer(self.source, self.cfg.model)
 
     def fresh_model(self) -> torch.nn.Module:
-        return load_model(self.source, self.cfg.model, self.device)
+        """A pristine base model for one run: weights are read from disk once per process and
+        every run gets its own copy (methods change the model they are applied to)."""
+        if self._pristine is None:
+            self._pristine = load_model(self.source, self.cfg.model, self.device)
+        return copy.deepcopy(self._pristine).to(self.device)
 
     def task_data(self, task: TaskSpec) -> TaskData:
         """Train/validation/eval rows; validation is a fixed share of train, the same for every seed."""
@@ -189,6 +195,7 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
                 outcome.timings["total_s"] = time.perf_counter() - t_start
                 return outcome
 
+        phase("save", 0, 1)
         adapter_bytes = _save_adapter(method, model, ctx.out_dir / "adapters" / spec.run_id, cfg.save_adapters)
 
         t0 = time.perf_counter()

@@ -2,9 +2,10 @@
 
 Each run is one row keyed by a hash of its resolved configuration and seed, so re-running a
 config finds its finished runs and skips them. Rows move pending → running → done / failed /
-diverged; a claim records its owner (host:pid), and a `running` row whose owner process is gone
-(killed, crashed) is reclaimed by the next run. WAL mode lets readers (reports) work while a
-grid is writing. Predictions live beside the database as JSONL, written before the row is
+diverged; a claim records its owner (host:pid) and is renewed by the owner's heartbeat. A
+`running` row whose owner process is gone (killed, crashed) or whose claim was not renewed within
+the lease (an owner on another host that stopped) is reclaimed by the next run. WAL mode lets
+readers (reports) work while a grid is writing. Predictions live beside the database as JSONL, written before the row is
 marked done, so a done row always has its predictions.
 """
 
@@ -25,6 +26,7 @@ SCHEMA_VERSION = 1
 DB_NAME = "peftbench.db"
 STATUSES = ("pending", "running", "done", "failed", "diverged")
 FINAL = ("done", "diverged")
+DEFAULT_LEASE_S = 600.0
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -145,14 +147,17 @@ class Store:
                 [(rid, m, t, s, json.dumps(c, sort_keys=True), now, now) for rid, m, t, s, c in runs],
             )
 
-    def claim(self, run_id: str, owner: str | None = None) -> bool:
-        """Atomically mark a run as running for `owner`; False if it is final or owned by a live process."""
+    def claim(self, run_id: str, owner: str | None = None, lease_s: float = DEFAULT_LEASE_S) -> bool:
+        """Atomically mark a run as running for `owner`; False if it is final or held by a live owner
+        whose claim was renewed within `lease_s` seconds."""
         owner = owner or owner_id()
         with self._connect() as db:
-            row = db.execute("SELECT status, claimed_by FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            row = db.execute("SELECT status, claimed_by, updated_at FROM runs WHERE run_id = ?",
+                             (run_id,)).fetchone()
             if row is None or row[0] in FINAL:
                 return False
-            if row[0] == "running" and row[1] != owner and _owner_alive(row[1]):
+            held = row[0] == "running" and row[1] != owner
+            if held and _owner_alive(row[1]) and time.time() - row[2] < lease_s:
                 return False
             db.execute(
                 "UPDATE runs SET status = 'running', claimed_by = ?, attempts = attempts + 1, updated_at = ? "
@@ -188,6 +193,12 @@ class Store:
                     run_id,
                 ),
             )
+
+    def heartbeat(self, owner: str | None = None) -> None:
+        """Renew every claim held by `owner`, so that other processes leave its runs alone."""
+        with self._connect() as db:
+            db.execute("UPDATE runs SET updated_at = ? WHERE status = 'running' AND claimed_by = ?",
+                       (time.time(), owner or owner_id()))
 
     def release(self, run_id: str) -> None:
         """Give a claimed run back (e.g. on Ctrl-C) so the next invocation runs it."""

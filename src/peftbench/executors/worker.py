@@ -1,0 +1,42 @@
+"""What a worker does, whatever started it (a local process, a Ray task, a Slurm job).
+
+A worker keeps one `RunContext` per grid, so the base model's weights, the tokenizer and the
+tokenized task data are loaded once and reused by every run it executes (each run still starts
+from a pristine copy of the base model).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from peftbench.config import BenchConfig
+from peftbench.executors.driver import Results, run_one
+from peftbench.modeling import ModelSource
+from peftbench.pipeline import PhaseFn, RunContext
+from peftbench.plan import RunSpec
+
+_CONTEXTS: dict[str, RunContext] = {}
+
+
+def worker_context(cfg: BenchConfig, source: ModelSource, out_dir: Path) -> RunContext:
+    """This process's context for the grid; a new grid replaces the old one (and frees its model)."""
+    key = json.dumps([cfg.model_dump(mode="json"), source.location, source.revision, str(out_dir)], sort_keys=True)
+    if key not in _CONTEXTS:
+        from peftbench.bench import quiet_libraries
+
+        quiet_libraries()
+        _CONTEXTS.clear()
+        _CONTEXTS[key] = RunContext(cfg, source, out_dir)
+    return _CONTEXTS[key]
+
+
+def work(cfg: BenchConfig, source: ModelSource, out_dir: Path, specs: list[RunSpec], executor: str,
+         phase: PhaseFn | None = None, extra: dict[str, Any] | None = None) -> Results:
+    """Run `specs` one after the other; every outcome carries where it ran."""
+    ctx = worker_context(cfg, source, out_dir)
+    where = {"executor": executor, "host": socket.gethostname(), "pid": os.getpid(), **(extra or {})}
+    return {spec.run_id: (run_one(spec, ctx, phase), {**ctx.provenance, "worker": where}) for spec in specs}
