@@ -1,0 +1,163 @@
+"""Executors: the same grid on local, Ray (a local 2-CPU cluster) and Slurm (submitit's local executor)
+gives identical stored results; a worker killed mid-run is retried; a grid started on one executor
+finishes on another; --dry-run starts nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from peftbench.store import Store
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "src/peftbench/configs/quickstart.yaml"
+# The quickstart grid (9 methods x 3 tasks) on a short budget, one seed.
+QUICK = ["--set", "seeds=[0]", "--set", "training.max_steps=20", "--set", "evaluation.max_samples=16",
+         "--set", "costs.latency=false", "--set", "costs.memory_steps=1", "--set", "runtime.workers=1"]
+RAY = ["--executor", "ray", "--set", "executor.ray.local_cpus=2"]
+SLURM = ["--executor", "slurm", "--set", "executor.slurm.array_parallelism=2"]
+SMALL = """
+name: small
+methods: [{name: lora, learning_rate: 5.0e-3}, {name: bitfit, learning_rate: 1.0e-2}, base]
+tasks: [qs_sentiment]
+seeds: [0, 1]
+training: {max_steps: 30, batch_size: 4, cutoff_len: 128}
+evaluation: {batch_size: 32, max_samples: 24}
+costs: {latency: false, memory_steps: 1}
+"""
+# Figures that measure this machine at this moment rather than the run's result.
+MEASURED = ("peak_train_mem_gb", "peak_train_mem_source", "train_run_peak_mem_gb", "train_run_peak_mem_source",
+            "energy_j")
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "peftbench.cli", *args], capture_output=True, text=True,
+                            timeout=900, env={**os.environ, **(env or {})})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def results(out: Path) -> dict[str, tuple]:
+    """Per run: status, metrics, costs without measured figures, and the predictions."""
+    view = {}
+    for r in Store.open(out).records():
+        costs = {k: v for k, v in (r.costs or {}).items() if k not in MEASURED}
+        predictions = Store(out).predictions_path(r.run_id)
+        view[r.run_id] = (r.status, r.metrics, costs, predictions.read_text() if predictions.is_file() else None)
+    return view
+
+
+def test_the_quickstart_grid_gives_identical_results_on_local_ray_and_slurm(tmp_path):
+    local, ray, slurm = tmp_path / "local", tmp_path / "ray", tmp_path / "slurm"
+    cli("run", str(QUICKSTART), "--out", str(local), *QUICK)
+    cli("run", str(QUICKSTART), "--out", str(ray), *QUICK, *RAY)
+    done = cli("run", str(QUICKSTART), "--out", str(slurm), *QUICK, *SLURM,
+               "--set", "executor.slurm.runs_per_job=5")
+    assert "no Slurm here" in done.stderr  # the laptop path: submitit's local executor
+    expected = results(local)
+    assert len(expected) == 27 and {v[0] for v in expected.values()} == {"done"}
+    assert any(v[1]["score"] > 0 for v in expected.values())
+    assert results(ray) == expected
+    assert results(slurm) == expected
+    workers = {json.dumps(r.provenance["worker"].get("executor")) for r in Store.open(ray).records()}
+    assert workers == {'"ray"'}
+    slurm_records = Store.open(slurm).records()
+    assert all(r.attempts == 1 for r in slurm_records)
+    assert all(Path(r.provenance["worker"]["log"]).is_file() for r in slurm_records)
+    # 27 runs in jobs of 5: each job loads the model once for all its runs
+    assert len({r.provenance["worker"]["slurm_job"] for r in slurm_records}) == 6
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> tuple[Path, dict]:
+    """The small config and its uninterrupted local results."""
+    root = tmp_path_factory.mktemp("small")
+    config = root / "small.yaml"
+    config.write_text(SMALL)
+    cli("run", str(config), "--out", str(root / "reference"))
+    return config, results(root / "reference")
+
+
+def trace_lines(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def kill_a_worker_mid_training(config: Path, out: Path, extra: list[str]) -> tuple[str, subprocess.CompletedProcess]:
+    """Start the grid, SIGKILL the process that runs the first LoRA run once it is half-way through
+    training (known from the phase trace, not from timing), and let the grid finish."""
+    trace = out.parent / f"{out.name}.trace"
+    proc = subprocess.Popen([sys.executable, "-m", "peftbench.cli", "run", str(config), "--out", str(out), *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PEFTBENCH_TRACE": str(trace)})
+    deadline = time.monotonic() + 300
+    victim = None
+    while victim is None:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        victim = next((t for t in trace_lines(trace) if t["method"] == "lora" and t["phase"] == "train"
+                       and t["step"] >= 15), None)
+        time.sleep(0.05)
+    assert victim["pid"] != proc.pid  # a worker, not the driver
+    os.kill(victim["pid"], signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    return victim["run_id"], subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
+
+
+@pytest.mark.parametrize("executor", [["--workers", "2"], RAY, SLURM], ids=["local-pool", "ray", "slurm"])
+def test_a_worker_killed_mid_run_is_retried_and_the_grid_completes(small, tmp_path, executor):
+    config, expected = small
+    out = tmp_path / "out"
+    killed, done = kill_a_worker_mid_training(config, out, executor)
+    assert "worker died" in done.stderr and "retrying (1/2)" in done.stderr
+    records = {r.run_id: r for r in Store.open(out).records()}
+    assert len(records) == 6 and {r.status for r in records.values()} == {"done"}
+    assert records[killed].attempts == 2
+    assert results(out) == expected  # the retried run starts afresh: same result as uninterrupted
+
+
+def test_a_grid_started_on_ray_finishes_locally(small, tmp_path):
+    config, expected = small
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "peftbench.cli", "run", str(config), "--out", str(out), *RAY],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not out.joinpath("peftbench.db").is_file() or len(Store.open(out).records("done")) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    statuses = [r.status for r in Store.open(out).records()]
+    assert "running" not in statuses and 2 <= statuses.count("done") < 6
+    cli("run", str(config), "--out", str(out), "--executor", "local")
+    assert results(out) == expected
+    executors = {r.provenance["worker"]["executor"] for r in Store.open(out).records()}
+    assert executors == {"ray", "local"}
+
+
+def test_dry_run_lists_the_plan_and_writes_nothing(small, tmp_path):
+    config, _ = small
+    out = tmp_path / "out"
+    shown = cli("run", str(config), "--out", str(out), "--executor", "ray", "--dry-run").stdout
+    assert "6 of 6 runs pending" in shown and "a local Ray (per run: 1 CPU, 0 GPU)" in shown
+    assert not out.exists()
+    paper = cli("run", str(ROOT / "configs/peftbench-llama3-8b.yaml"), "--out", str(out), "--executor", "slurm",
+                "--dry-run").stdout
+    assert "945 of 945 runs pending" in paper and "Slurm via submitit" in paper
+    assert not out.exists()
+    cli("run", str(config), "--out", str(out), "--set", "methods=[base]")
+    shown = cli("run", str(config), "--out", str(out), "--dry-run").stdout
+    assert "4 of 6 runs pending" in shown and "no finished runs to estimate time from" in shown
+    rows = {cells[1]: cells[2:6] for line in shown.splitlines()
+            if len(cells := [c.strip() for c in line.split("│")]) > 6}
+    assert rows["base"] == ["2", "2", "0", "0"] and rows["lora"] == ["2", "0", "0", "2"]
