@@ -104,3 +104,52 @@ def hand_store(path: Path, rows, costs=None):
                      if done else None,
                      error=None if done else "boom")
     return store
+
+
+# A grid of 6 short runs (3 methods x 1 task x 2 seeds, ~10 s) for fault and executor tests.
+SMALL = """
+name: small
+methods: [{name: lora, learning_rate: 5.0e-3}, {name: bitfit, learning_rate: 1.0e-2}, base]
+tasks: [qs_sentiment]
+seeds: [0, 1]
+training: {max_steps: 30, batch_size: 4, cutoff_len: 128}
+evaluation: {batch_size: 32, max_samples: 24}
+costs: {latency: false, memory_steps: 1}
+"""
+# Figures that measure this machine at this moment rather than the run's result.
+MEASURED = ("peak_train_mem_gb", "peak_train_mem_source", "train_run_peak_mem_gb", "train_run_peak_mem_source",
+            "energy_j")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True):
+    """`python -m peftbench.cli ARGS` in a subprocess."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "peftbench.cli", *args], capture_output=True, text=True,
+                            timeout=1200, env={**os.environ, **(env or {})})
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def stored_results(out: Path) -> dict[str, tuple]:
+    """Per run: status, metrics, costs without measured figures, and the predictions file."""
+    from peftbench.store import Store
+
+    view = {}
+    for r in Store.open(out).records():
+        costs = {k: v for k, v in (r.costs or {}).items() if k not in MEASURED}
+        predictions = Store(out).predictions_path(r.run_id)
+        view[r.run_id] = (r.status, r.metrics, costs, predictions.read_text() if predictions.is_file() else None)
+    return view
+
+
+@pytest.fixture(scope="session")
+def small_grid(tmp_path_factory) -> tuple[Path, dict[str, tuple]]:
+    """The small config and the results of one uninterrupted local run of it."""
+    root = tmp_path_factory.mktemp("small")
+    config = root / "small.yaml"
+    config.write_text(SMALL)
+    run_cli("run", str(config), "--out", str(root / "reference"))
+    return config, stored_results(root / "reference")

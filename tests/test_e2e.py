@@ -1,9 +1,8 @@
-"""End to end through the CLI: the quickstart's acceptance, resume after kill -9 and Ctrl-C."""
+"""End to end through the CLI: the quickstart's acceptance, resume after Ctrl-C, other models."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -12,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import stored_results
 
 from peftbench.store import Store
 from peftbench.tasks import get_task
@@ -56,22 +56,6 @@ def test_quickstart(quickstart_dir):
     assert state(out) == first
 
 
-SMALL = """
-name: small
-methods: [{name: lora, learning_rate: 5.0e-3}, {name: bitfit, learning_rate: 1.0e-2}, base]
-tasks: [qs_sentiment]
-seeds: [0, 1]
-training: {max_steps: 25, batch_size: 4, cutoff_len: 128}
-evaluation: {batch_size: 32, max_samples: 40}
-"""
-
-
-def small_config(tmp_path: Path) -> Path:
-    path = tmp_path / "small.yaml"
-    path.write_text(SMALL)
-    return path
-
-
 def done_count(out: Path) -> int:
     db = out / "peftbench.db"
     if not db.exists():
@@ -94,26 +78,8 @@ def start_and_wait(config: Path, out: Path, n_done: int) -> subprocess.Popen:
     return proc
 
 
-def test_kill_9_then_resume_gives_one_row_per_run_and_same_scores(tmp_path):
-    config = small_config(tmp_path)
-    reference = tmp_path / "ref"
-    cli("run", str(config), "--out", str(reference))
-    expected = {k: (s, m) for k, (s, m, _) in state(reference).items()}
-
-    out = tmp_path / "killed"
-    proc = start_and_wait(config, out, n_done=2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 2 <= done_count(out) < 6
-    cli("run", str(config), "--out", str(out))
-    resumed = state(out)
-    assert len(resumed) == 6
-    assert {k: (s, m) for k, (s, m, _) in resumed.items()} == expected
-    assert sorted(os.listdir(out / "predictions")) == sorted(f"{k}.jsonl" for k in expected)
-
-
-def test_ctrl_c_releases_the_run_in_flight(tmp_path):
-    config = small_config(tmp_path)
+def test_ctrl_c_releases_the_run_in_flight(small_grid, tmp_path):
+    config, expected = small_grid
     out = tmp_path / "interrupted"
     proc = start_and_wait(config, out, n_done=1)
     proc.send_signal(signal.SIGINT)
@@ -123,7 +89,7 @@ def test_ctrl_c_releases_the_run_in_flight(tmp_path):
     statuses = [s for s, _, _ in state(out).values()]
     assert "running" not in statuses
     cli("run", str(config), "--out", str(out))
-    assert [s for s, _, _ in state(out).values()] == ["done"] * 6
+    assert stored_results(out) == expected
 
 
 def test_a_local_hugging_face_model_directory(tmp_path, tokenizer):

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import run_cli as cli
+from conftest import stored_results as results
 
 from peftbench.store import Store
 
@@ -24,35 +26,6 @@ QUICK = ["--set", "seeds=[0]", "--set", "training.max_steps=20", "--set", "evalu
          "--set", "costs.latency=false", "--set", "costs.memory_steps=1", "--set", "runtime.workers=1"]
 RAY = ["--executor", "ray", "--set", "executor.ray.local_cpus=2"]
 SLURM = ["--executor", "slurm", "--set", "executor.slurm.array_parallelism=2"]
-SMALL = """
-name: small
-methods: [{name: lora, learning_rate: 5.0e-3}, {name: bitfit, learning_rate: 1.0e-2}, base]
-tasks: [qs_sentiment]
-seeds: [0, 1]
-training: {max_steps: 30, batch_size: 4, cutoff_len: 128}
-evaluation: {batch_size: 32, max_samples: 24}
-costs: {latency: false, memory_steps: 1}
-"""
-# Figures that measure this machine at this moment rather than the run's result.
-MEASURED = ("peak_train_mem_gb", "peak_train_mem_source", "train_run_peak_mem_gb", "train_run_peak_mem_source",
-            "energy_j")
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "peftbench.cli", *args], capture_output=True, text=True,
-                            timeout=900, env={**os.environ, **(env or {})})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-def results(out: Path) -> dict[str, tuple]:
-    """Per run: status, metrics, costs without measured figures, and the predictions."""
-    view = {}
-    for r in Store.open(out).records():
-        costs = {k: v for k, v in (r.costs or {}).items() if k not in MEASURED}
-        predictions = Store(out).predictions_path(r.run_id)
-        view[r.run_id] = (r.status, r.metrics, costs, predictions.read_text() if predictions.is_file() else None)
-    return view
 
 
 def test_the_quickstart_grid_gives_identical_results_on_local_ray_and_slurm(tmp_path):
@@ -74,16 +47,6 @@ def test_the_quickstart_grid_gives_identical_results_on_local_ray_and_slurm(tmp_
     assert all(Path(r.provenance["worker"]["log"]).is_file() for r in slurm_records)
     # 27 runs in jobs of 5: each job loads the model once for all its runs
     assert len({r.provenance["worker"]["slurm_job"] for r in slurm_records}) == 6
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory) -> tuple[Path, dict]:
-    """The small config and its uninterrupted local results."""
-    root = tmp_path_factory.mktemp("small")
-    config = root / "small.yaml"
-    config.write_text(SMALL)
-    cli("run", str(config), "--out", str(root / "reference"))
-    return config, results(root / "reference")
 
 
 def trace_lines(path: Path) -> list[dict]:
@@ -114,8 +77,8 @@ def kill_a_worker_mid_training(config: Path, out: Path, extra: list[str]) -> tup
 
 
 @pytest.mark.parametrize("executor", [["--workers", "2"], RAY, SLURM], ids=["local-pool", "ray", "slurm"])
-def test_a_worker_killed_mid_run_is_retried_and_the_grid_completes(small, tmp_path, executor):
-    config, expected = small
+def test_a_worker_killed_mid_run_is_retried_and_the_grid_completes(small_grid, tmp_path, executor):
+    config, expected = small_grid
     out = tmp_path / "out"
     killed, done = kill_a_worker_mid_training(config, out, executor)
     assert "worker died" in done.stderr and "retrying (1/2)" in done.stderr
@@ -125,8 +88,8 @@ def test_a_worker_killed_mid_run_is_retried_and_the_grid_completes(small, tmp_pa
     assert results(out) == expected  # the retried run starts afresh: same result as uninterrupted
 
 
-def test_a_grid_started_on_ray_finishes_locally(small, tmp_path):
-    config, expected = small
+def test_a_grid_started_on_ray_finishes_locally(small_grid, tmp_path):
+    config, expected = small_grid
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "peftbench.cli", "run", str(config), "--out", str(out), *RAY],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -145,8 +108,8 @@ def test_a_grid_started_on_ray_finishes_locally(small, tmp_path):
     assert executors == {"ray", "local"}
 
 
-def test_dry_run_lists_the_plan_and_writes_nothing(small, tmp_path):
-    config, _ = small
+def test_dry_run_lists_the_plan_and_writes_nothing(small_grid, tmp_path):
+    config, _ = small_grid
     out = tmp_path / "out"
     shown = cli("run", str(config), "--out", str(out), "--executor", "ray", "--dry-run").stdout
     assert "6 of 6 runs pending" in shown and "a local Ray (per run: 1 CPU, 0 GPU)" in shown

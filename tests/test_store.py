@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 from peftbench.store import Store
 
@@ -54,11 +55,36 @@ def test_live_claims_are_exclusive_and_dead_ones_reclaimed(tmp_path):
     assert store.get("a").attempts == 2
 
 
+def test_a_claim_on_another_host_is_taken_over_when_its_lease_lapses(tmp_path):
+    store = make(tmp_path)
+    assert store.claim("a", "elsewhere:1", lease_s=60)
+    assert not store.claim("a", lease_s=60), "another host's owner is assumed alive while it renews"
+    store.heartbeat("elsewhere:1")
+    assert not store.claim("a", lease_s=60)
+    time.sleep(0.05)
+    assert store.claim("a", lease_s=0.01), "not renewed within the lease: taken over"
+    assert store.get("a").attempts == 2
+
+
+def test_heartbeat_renews_only_the_owners_claims(tmp_path):
+    store = make(tmp_path)
+    store.claim("a", "elsewhere:1")
+    store.claim("b", "elsewhere:2")
+    before = {r.run_id: r for r in store.records()}
+    time.sleep(0.05)
+    store.heartbeat("elsewhere:1")
+    assert not store.claim("a", lease_s=0.04) and store.claim("b", lease_s=0.04)
+    assert before["a"].status == "running"
+
+
 def test_release_and_failed_runs_are_retried(tmp_path):
     store = make(tmp_path)
+    store.register([("c", "bitfit", "t", 1, {})])
     store.claim("a")
-    store.release("a")
+    store.claim("c", "elsewhere:1")
+    store.release()
     assert store.get("a").status == "pending"
+    assert store.get("c").status == "running", "release gives back only this process's claims"
     store.claim("b")
     store.finish("b", "failed", error="boom")
     assert store.get("b").error == "boom"

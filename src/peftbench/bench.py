@@ -7,6 +7,7 @@ nothing half-written behind.
 
 from __future__ import annotations
 
+import sqlite3
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,9 +77,13 @@ def run_benchmark(cfg: BenchConfig, *, out_dir: Path | None = None, console: Con
         ctx.task_data(task.spec())
     plan = plan_runs(cfg)
 
-    store = Store.create(out_dir)
-    atomic_write_text(out_dir / CONFIG_FILE, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    store.register([(r.run_id, r.method_id, r.task, r.seed, r.identity) for r in plan])
+    try:
+        store = Store.create(out_dir)
+        atomic_write_text(out_dir / CONFIG_FILE, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        store.register([(r.run_id, r.method_id, r.task, r.seed, r.identity) for r in plan])
+    except (OSError, sqlite3.Error) as exc:
+        raise PeftbenchError(f"output_dir: cannot write to {out_dir}: {getattr(exc, 'strerror', None) or exc}") \
+            from None
     status = {r.run_id: r.status for r in store.records()}
     pending: list[RunSpec] = [r for r in plan if status.get(r.run_id) not in FINAL]
     done = len(plan) - len(pending)

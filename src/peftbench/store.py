@@ -200,13 +200,15 @@ class Store:
             db.execute("UPDATE runs SET updated_at = ? WHERE status = 'running' AND claimed_by = ?",
                        (time.time(), owner or owner_id()))
 
-    def release(self, run_id: str) -> None:
-        """Give a claimed run back (e.g. on Ctrl-C) so the next invocation runs it."""
+    def release(self, owner: str | None = None) -> None:
+        """Give back every run `owner` holds (on Ctrl-C, or when the grid must stop) so that the next
+        invocation runs them; by owner rather than by run id, so a claim made just before the
+        interrupt is released too."""
         with self._connect() as db:
             db.execute(
                 "UPDATE runs SET status = 'pending', claimed_by = NULL, updated_at = ? "
-                "WHERE run_id = ? AND status = 'running'",
-                (time.time(), run_id),
+                "WHERE claimed_by = ? AND status = 'running'",
+                (time.time(), owner or owner_id()),
             )
 
     def records(self, status: str | None = None) -> list[RunRecord]:

@@ -103,12 +103,16 @@ def flops_per_generated_token(model: nn.Module, *, context_len: int, new_tokens:
 
 
 def train_step_flops(model: nn.Module, *, batch_size: int, seq_len: int, vocab_size: int) -> int:
-    """FLOPs of one training step's forward and backward (the optimiser update is element-wise)."""
+    """FLOPs of one training step's forward and backward (the optimiser update is element-wise);
+    a `meta` model runs under fake tensors, as in `forward_flops`."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
     ids = _token_ids(model, batch_size, seq_len, vocab_size)
     was_training = model.training
     model.train()
     counter = FlopCounterMode(display=False)
-    with counter:
+    fake = FakeTensorMode(allow_non_fake_inputs=True) if ids.device.type == "meta" else contextlib.nullcontext()
+    with fake, counter:
         model(input_ids=ids, labels=ids).loss.backward()
     model.zero_grad(set_to_none=True)
     model.train(was_training)

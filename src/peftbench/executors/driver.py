@@ -11,9 +11,11 @@ output leaves them alone, and takes them over once the driver is gone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
+import sqlite3
 import threading
 import time
 import traceback
@@ -22,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -78,7 +81,7 @@ def drive(pending: list[RunSpec], ctx: RunContext, store: Store, console: Consol
                 if not in_flight:
                     continue
                 for handle in backend.wait(list(in_flight), timeout=5.0):
-                    batch = in_flight.pop(handle)
+                    batch = in_flight[handle]  # stays claimed (and released on a stop) until recorded
                     results, died = backend.collect(handle)
                     for spec in batch:
                         if spec.run_id in results:
@@ -91,17 +94,32 @@ def drive(pending: list[RunSpec], ctx: RunContext, store: Store, console: Consol
                             continue
                         else:
                             outcome, provenance = RunOutcome(status="failed", error=f"worker died: {died}"), {}
-                        record(store, spec, outcome, provenance)
+                        _record_or_stop(store, spec, outcome, provenance)
                         progress.finished(spec, outcome)
-        except KeyboardInterrupt:
-            for batch in in_flight.values():
-                for spec in batch:
-                    store.release(spec.run_id)
+                    del in_flight[handle]
+        except (KeyboardInterrupt, ResultsNotWritten):
+            with contextlib.suppress(sqlite3.Error):  # on a full disk, the dead-owner rule reclaims them later
+                store.release(owner)
             backend.cancel(list(in_flight))
             raise
         finally:
             backend.close()
     return progress.counts
+
+
+class ResultsNotWritten(PeftbenchError):
+    """The output directory stopped accepting writes (disk full, permissions): stop the grid."""
+
+
+def _record_or_stop(store: Store, spec: RunSpec, outcome: RunOutcome, provenance: dict[str, Any]) -> None:
+    try:
+        record(store, spec, outcome, provenance)
+    except (OSError, sqlite3.Error) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ResultsNotWritten(
+            f"cannot write results to {store.out_dir}: {reason}; finished runs are stored, run the same "
+            f"command again once it is writable"
+        ) from None
 
 
 def _claim_batch(todo: deque[RunSpec], size: int, store: Store, owner: str, lease: float,
@@ -147,19 +165,23 @@ def run_one(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) -> Run
         return _failed(exc, ctx.out_dir / "logs" / f"{spec.run_id}.log")
 
 
-def _traced(spec: RunSpec, phase: PhaseFn | None) -> PhaseFn | None:
-    """With PEFTBENCH_TRACE=FILE, every phase step of every run is appended to FILE as a JSON line
-    (run id, phase, step, pid): where each run is, and in which process, for debugging and for
-    fault-injection tests that must act at a known point of a run."""
+def trace(spec: RunSpec, name: str, done: int = 0, total: int = 1) -> None:
+    """With PEFTBENCH_TRACE=FILE, append where a run is (run id, phase, step, pid) to FILE as a JSON
+    line: for debugging, and for fault-injection tests that must act at a known point of a run."""
     path = os.environ.get("PEFTBENCH_TRACE")
-    if not path:
-        return phase
-
-    def traced(name: str, done: int, total: int) -> None:
+    if path:
         line = {"run_id": spec.run_id, "method": spec.method_id, "seed": spec.seed, "phase": name, "step": done,
                 "total": total, "pid": os.getpid()}
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
+
+
+def _traced(spec: RunSpec, phase: PhaseFn | None) -> PhaseFn | None:
+    if not os.environ.get("PEFTBENCH_TRACE"):
+        return phase
+
+    def traced(name: str, done: int, total: int) -> None:
+        trace(spec, name, done, total)
         if phase is not None:
             phase(name, done, total)
 
@@ -168,6 +190,7 @@ def _traced(spec: RunSpec, phase: PhaseFn | None) -> PhaseFn | None:
 
 def record(store: Store, spec: RunSpec, outcome: RunOutcome, provenance: dict[str, Any]) -> None:
     """Predictions first (atomically), then the row: a done row always has its predictions."""
+    trace(spec, "record")
     if outcome.predictions:
         atomic_write_jsonl(store.predictions_path(spec.run_id), outcome.predictions)
     store.finish(
@@ -183,13 +206,15 @@ def record(store: Store, spec: RunSpec, outcome: RunOutcome, provenance: dict[st
 
 
 def _failed(exc: BaseException, log_path: Path) -> RunOutcome:
+    """The reason first: `out of memory: …` for an OOM (the grid goes on with smaller runs), the
+    user's mistake as is, anything else with its type and a saved traceback."""
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError":
-        message = f"out of memory: {message}"
     if isinstance(exc, PeftbenchError):
         return RunOutcome(status="failed", error=message)
     atomic_write_text(log_path, "".join(traceback.format_exception(exc)))
-    return RunOutcome(status="failed", error=f"{type(exc).__name__}: {message} (traceback in {log_path})")
+    oom = isinstance(exc, torch.OutOfMemoryError) or "out of memory" in message.lower()
+    reason = f"out of memory: {message}" if oom else f"{type(exc).__name__}: {message}"
+    return RunOutcome(status="failed", error=f"{reason} (traceback in {log_path})")
 
 
 def _label(spec: RunSpec) -> str:

@@ -1,0 +1,169 @@
+"""Faults: kill -9 at every phase of a run, two drivers on one output, a full disk, an unwritable
+output, out of memory, divergence, no network. Each test acts at a point the run reports (the
+PEFTBENCH_TRACE phase markers), never after a sleep, and checks the store against an uninterrupted run."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_cli, stored_results
+
+from peftbench.cli import main
+from peftbench.store import Store
+
+pytestmark = pytest.mark.slow
+# Where a run can be killed: model build, training, adapter save, evaluation, cost measurement,
+# and the driver's store write (the marker comes right before predictions and row are written).
+PHASES = [("load", 0), ("train", 12), ("save", 0), ("eval", 0), ("costs", 0), ("record", 0)]
+
+
+def start(config: Path, out: Path, trace: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "peftbench.cli", "run", str(config), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PEFTBENCH_TRACE": str(trace)})
+
+
+def wait_for(proc: subprocess.Popen, trace: Path, phase: str, step: int) -> dict:
+    deadline = time.monotonic() + 300
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        lines = trace.read_text().splitlines() if trace.is_file() else []
+        for line in lines:
+            if line.endswith("}") and (mark := json.loads(line))["phase"] == phase and mark["step"] >= step \
+                    and mark["method"] == "lora":
+                return mark
+        time.sleep(0.02)
+
+
+def test_kill_9_at_every_phase_then_rerun_completes_with_the_same_results(small_grid, tmp_path):
+    config, expected = small_grid
+    out = tmp_path / "out"
+    for i, (phase, step) in enumerate(PHASES):
+        trace = tmp_path / f"trace{i}"
+        proc = start(config, out, trace)
+        mark = wait_for(proc, trace, phase, step)
+        assert mark["pid"] == proc.pid
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        # left claimed by a dead owner; only the store write may have completed before the kill landed
+        assert Store.open(out).get(mark["run_id"]).status in (("running", "done") if phase == "record" else
+                                                              ("running",))
+    run_cli("run", str(config), "--out", str(out))
+    records = Store.open(out).records()
+    assert len(records) == 6 and {r.status for r in records} == {"done"}
+    # the first LoRA run was killed in each phase (in the last one, perhaps just after its row was written)
+    assert max(r.attempts for r in records) in (len(PHASES), len(PHASES) + 1)
+    assert stored_results(out) == expected
+    predictions = sorted(p.name for p in (out / "predictions").iterdir())
+    assert predictions == sorted(f"{run_id}.jsonl" for run_id in expected)  # no temporary files left
+
+
+def test_two_drivers_on_one_output_take_different_runs(small_grid, tmp_path):
+    config, expected = small_grid
+    out = tmp_path / "out"
+    procs = [subprocess.Popen([sys.executable, "-m", "peftbench.cli", "run", str(config), "--out", str(out)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr[-3000:]
+    records = Store.open(out).records()
+    assert len(records) == 6 and all(r.attempts == 1 for r in records)  # no run was done twice
+    assert stored_results(out) == expected
+    owners = {r.provenance["worker"]["pid"] for r in records}
+    assert owners == {p.pid for p in procs}  # both drivers did work
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """`peftbench ARGS` in this process, so a test can inject a fault; returns (exit code, stderr)."""
+
+    def invoke(*args: str) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["peftbench", *args])
+        with pytest.raises(SystemExit) as exited:
+            main()
+        return exited.value.code or 0, capsys.readouterr().err
+
+    return invoke
+
+
+def test_a_full_disk_stops_the_grid_with_a_clear_error_and_the_store_intact(small_grid, tmp_path, monkeypatch, cli):
+    from peftbench.executors import driver
+
+    config, expected = small_grid
+    out = tmp_path / "out"
+    real_write = driver.atomic_write_jsonl
+    writes = []
+
+    def fill_up(path: Path, rows: list) -> None:
+        writes.append(path)
+        if len(writes) > 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real_write(path, rows)
+
+    monkeypatch.setattr(driver, "atomic_write_jsonl", fill_up)
+    code, err = cli("run", str(config), "--out", str(out))
+    lines = err.strip().splitlines()
+    assert code == 2 and lines[-1].startswith("error: cannot write results to") and "No space left" in lines[-1]
+    assert "Traceback" not in err
+    statuses = [r.status for r in Store.open(out).records()]
+    assert sorted(statuses) == ["done", "done", "pending", "pending", "pending", "pending"]
+    assert len(list((out / "predictions").iterdir())) == 2
+    monkeypatch.setattr(driver, "atomic_write_jsonl", real_write)
+    assert cli("run", str(config), "--out", str(out))[0] == 0
+    assert stored_results(out) == expected
+
+
+def test_an_unwritable_output_is_a_clear_error(small_grid, tmp_path, cli):
+    config, _ = small_grid
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, err = cli("run", str(config), "--out", str(blocker / "out"))
+    assert code == 2 and err.strip().startswith("error: output_dir: cannot write to") and len(err.splitlines()) == 1
+
+
+FAULTY = """
+name: faulty
+methods: [{name: lora, learning_rate: 1.0e+30}, {name: bitfit, learning_rate: 0.0123}, base]
+tasks: [qs_sentiment]
+training: {max_steps: 10, batch_size: 4, cutoff_len: 128}
+evaluation: {max_samples: 8}
+costs: {latency: false, memory_steps: 1}
+"""
+
+
+def test_oom_and_divergence_are_recorded_the_grid_goes_on_and_nothing_touches_the_network(tmp_path, monkeypatch,
+                                                                                           cli):
+    from peftbench import pipeline
+
+    config = tmp_path / "faulty.yaml"
+    config.write_text(FAULTY)
+    real_train = pipeline.train
+
+    def train(*args, **kwargs):
+        if kwargs["learning_rate"] == 0.0123:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_train(*args, **kwargs)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"an offline run opened a connection: {args}")
+
+    monkeypatch.setattr(pipeline, "train", train)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    code, _ = cli("run", str(config), "--out", str(tmp_path / "out"))
+    assert code == 1  # some runs failed; the grid finished
+    by = {r.method: r for r in Store.open(tmp_path / "out").records()}
+    assert by["bitfit"].status == "failed" and by["bitfit"].error.startswith("out of memory: CUDA out of memory")
+    assert by["lora"].status == "diverged"
+    assert "non-finite loss or gradient at step" in by["lora"].error and "last finite loss" in by["lora"].error
+    assert by["base"].status == "done" and by["base"].metrics["n_eval"] == 8
