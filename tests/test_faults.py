@@ -167,3 +167,55 @@ def test_oom_and_divergence_are_recorded_the_grid_goes_on_and_nothing_touches_th
     assert by["lora"].status == "diverged"
     assert "non-finite loss or gradient at step" in by["lora"].error and "last finite loss" in by["lora"].error
     assert by["base"].status == "done" and by["base"].metrics["n_eval"] == 8
+
+
+def test_an_interrupted_run_resumes_from_its_last_checkpoint_with_the_uninterrupted_result(small_grid, tmp_path):
+    config, expected = small_grid
+    out = tmp_path / "out"
+    args = ["run", str(config), "--out", str(out), "--set", "training.checkpoint_steps=5"]
+    first, second = tmp_path / "trace1", tmp_path / "trace2"
+    proc = subprocess.Popen([sys.executable, "-m", "peftbench.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PEFTBENCH_TRACE": str(first)})
+    mark = wait_for(proc, first, "train", 17)  # checkpoints at steps 5, 10 and 15 are on disk
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert sorted(p.name for p in (out / "checkpoints" / mark["run_id"]).iterdir()) == ["checkpoint-15"]
+    run_cli(*args, env={"PEFTBENCH_TRACE": str(second)})
+    steps = [m["step"] for m in map(json.loads, second.read_text().splitlines())
+             if m["run_id"] == mark["run_id"] and m["phase"] == "train"]
+    assert steps[0] == 16 and steps[-1] == 30  # continued after step 15, not from step 0
+    assert stored_results(out) == expected  # checkpoints do not change results, resuming neither
+    assert not (out / "checkpoints").exists() or not any((out / "checkpoints").iterdir())
+
+
+def remote_code_model(path: Path, marker: Path) -> Path:
+    """A model directory whose config asks for code of its own, which would leave `marker` if it ran."""
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({
+        "model_type": "evil", "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.Evil"},
+    }))
+    (path / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    (path / "model.safetensors").write_bytes(b"")
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing", "not-a-model", "pickle-weights-only", "remote-code"])
+def test_a_bad_or_hostile_model_is_a_clear_error_and_runs_nothing(small_grid, tmp_path, cli, case):
+    config, _ = small_grid
+    marker = tmp_path / "code-ran"
+    model = tmp_path / "model"
+    if case == "not-a-model":
+        model.mkdir()
+        (model / "notes.txt").write_text("hello")
+    elif case == "pickle-weights-only":
+        model.mkdir()
+        (model / "config.json").write_text(json.dumps({"model_type": "llama"}))
+        (model / "pytorch_model.bin").write_bytes(b"not loaded: pickles can run code")
+    elif case == "remote-code":
+        remote_code_model(model, marker)
+    out = tmp_path / "out"
+    code, err = cli("run", str(config), "--out", str(out), "--set", f"model.name={model}")
+    expected = {"missing": "does not exist", "not-a-model": "no config.json", "pickle-weights-only":
+                "no *.safetensors weights", "remote-code": "trust_remote_code"}[case]
+    assert code == 2 and len(err.strip().splitlines()) == 1 and expected in err, err
+    assert not out.exists() and not marker.exists()

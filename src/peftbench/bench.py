@@ -54,11 +54,17 @@ def check_methods(cfg: BenchConfig, source: ModelSource) -> None:
 
     from peftbench.methods import resolve_method
 
-    model_config = AutoConfig.from_pretrained(
-        source.location, revision=source.revision, trust_remote_code=cfg.model.trust_remote_code
-    )
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(model_config, trust_remote_code=cfg.model.trust_remote_code)
+    remote = cfg.model.trust_remote_code
+    try:
+        model_config = AutoConfig.from_pretrained(source.location, revision=source.revision, trust_remote_code=remote)
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(model_config, trust_remote_code=remote)
+    except (OSError, ValueError, KeyError) as exc:
+        if "trust_remote_code" in str(exc):
+            raise PeftbenchError(f"model.name: {cfg.model.name!r} needs code of its own to load; peftbench runs "
+                                 f"it only when the config sets model.trust_remote_code: true") from None
+        raise PeftbenchError(f"model.name: cannot load the configuration of {cfg.model.name!r}: "
+                             f"{str(exc).strip().splitlines()[0]}") from None
     for i, m in enumerate(cfg.methods):
         try:
             resolve_method(m.name, m.args).check(skeleton)

@@ -118,6 +118,9 @@ class TrainingConfig(StrictModel):
     max_grad_norm: PositiveFloat = 1.0
     cutoff_len: PositiveInt = 2048
     max_train_samples: PositiveInt | None = None
+    checkpoint_steps: PositiveInt | None = Field(
+        default=None, description="save a resumable checkpoint every N steps (under <output>/checkpoints/); "
+        "an interrupted run resumes from it. Not part of a run's identity: it does not change results")
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
     eval_steps: PositiveInt | None = Field(default=None, description="validation interval; default per epoch")
     select_best: bool = Field(default=True, description="restore the weights of lowest validation loss")

@@ -173,11 +173,13 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
             tok = ctx.tokenizer
             train_ex, val_ex = ctx.encoded(task, data.train), ctx.encoded(task, data.val)
             t0 = time.perf_counter()
+            checkpoints = checkpoint_dir(ctx.out_dir, spec.run_id) if cfg.training.checkpoint_steps else None
             with tempfile.TemporaryDirectory(prefix="peftbench-trainer-") as workdir, \
                     peak_memory(ctx.device, model) as peak, EnergyMeter(ctx.device) as energy:
                 result = train(
                     model, tok, train_ex, val_ex, cfg.training,
-                    learning_rate=spec.learning_rate, seed=spec.seed, device=ctx.device, workdir=Path(workdir),
+                    learning_rate=spec.learning_rate, seed=spec.seed, device=ctx.device,
+                    workdir=checkpoints or Path(workdir),
                     progress=lambda done, total_: phase("train", done, total_),
                 )
             outcome.timings["train_s"] = time.perf_counter() - t0
@@ -224,6 +226,11 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
         if not math.isfinite(scores.primary):
             outcome.status, outcome.error = "failed", "the evaluation split is empty"
         return outcome
+
+
+def checkpoint_dir(out_dir: Path, run_id: str) -> Path:
+    """Where a run's resumable training checkpoints live until the run is recorded."""
+    return out_dir / "checkpoints" / run_id
 
 
 def evaluate(model: torch.nn.Module, task: TaskSpec, rows: list[Row], ctx: RunContext,

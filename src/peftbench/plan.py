@@ -53,7 +53,7 @@ def run_identity(cfg: BenchConfig, method_cfg: MethodConfig, task: TaskConfig, s
         "method": {"id": method_cfg.id, "name": method_cfg.name, "args": method.args, "learning_rate": lr},
         "task": {"name": task.name, "fingerprint": task_fingerprint(task.spec())},
         "data_dir": str(cfg.data_dir) if cfg.data_dir else None,
-        "training": cfg.training.model_dump(mode="json"),
+        "training": cfg.training.model_dump(mode="json", exclude={"checkpoint_steps"}),
         "evaluation": cfg.evaluation.model_dump(mode="json"),
         "costs": cfg.costs.model_dump(mode="json"),
         "seed": seed,

@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from peftbench.config import TrainingConfig
 from peftbench.tasks.prompts import IGNORE_INDEX
 
 ProgressFn = Callable[[int, int], None]
 MAX_HISTORY = 200
+WATCH_STATE = "peftbench_watch.pt"
 
 
 @dataclass
@@ -88,6 +90,17 @@ class _Watch(TrainerCallback):
                 self.best = {n: p.detach().to("cpu", copy=True) for n, p in self.model.named_parameters()
                              if p.requires_grad}
 
+    def on_save(self, args, state, control, **kwargs):
+        """Our part of a resumable checkpoint: the best snapshot and what the result has so far."""
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        torch.save({"best": self.best, "result": asdict(self.result)}, folder / WATCH_STATE)
+
+    def resume(self, checkpoint: Path) -> None:
+        saved = torch.load(checkpoint / WATCH_STATE)
+        self.best = saved["best"]
+        for key, value in saved["result"].items():
+            setattr(self.result, key, value)
+
     def restore_best(self) -> None:
         if self.best is None:
             return
@@ -110,6 +123,9 @@ def train(
     workdir: Path,
     progress: ProgressFn | None = None,
 ) -> TrainResult:
+    """Train `model` in place. With `cfg.checkpoint_steps`, `workdir` receives a resumable checkpoint
+    (weights, optimiser, scheduler, RNG and data position, best snapshot) every that many steps, and a
+    call that finds one there continues from it instead of from step 0."""
     result = TrainResult(train_tokens=sum(len(e["input_ids"]) for e in train_examples))
     use_bf16 = cfg.precision == "bf16" or (
         cfg.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -129,7 +145,9 @@ def train(
         max_grad_norm=cfg.max_grad_norm,
         eval_strategy="steps" if cfg.eval_steps else "epoch",
         eval_steps=cfg.eval_steps,
-        save_strategy="no",
+        save_strategy="steps" if cfg.checkpoint_steps else "no",
+        save_steps=cfg.checkpoint_steps or 500,
+        save_total_limit=1,
         logging_strategy="steps",
         logging_steps=1,
         logging_nan_inf_filter=False,
@@ -156,7 +174,10 @@ def train(
         callbacks=[watch],
     )
     trainer.remove_callback(PrinterCallback)  # progress is ours; Trainer would print every log line
-    output = trainer.train()
+    checkpoint = get_last_checkpoint(str(workdir)) if cfg.checkpoint_steps and workdir.is_dir() else None
+    if checkpoint:
+        watch.resume(Path(checkpoint))
+    output = trainer.train(resume_from_checkpoint=checkpoint)
     result.train_loss = float(output.training_loss) if math.isfinite(output.training_loss) else None
     if not result.diverged:
         final = trainer.evaluate()  # the last interval may end between scheduled evaluations

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import queue
+import shutil
 import sqlite3
 import threading
 import time
@@ -30,7 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from peftbench.config import ExecutorConfig
 from peftbench.errors import PeftbenchError
-from peftbench.pipeline import PhaseFn, RunContext, RunOutcome, execute_run
+from peftbench.pipeline import PhaseFn, RunContext, RunOutcome, checkpoint_dir, execute_run
 from peftbench.plan import RunSpec
 from peftbench.store import Store, owner_id
 from peftbench.utils import atomic_write_jsonl, atomic_write_text
@@ -203,6 +204,7 @@ def record(store: Store, spec: RunSpec, outcome: RunOutcome, provenance: dict[st
         provenance=provenance,
         error=outcome.error,
     )
+    shutil.rmtree(checkpoint_dir(store.out_dir, spec.run_id), ignore_errors=True)  # kept until the run is stored
 
 
 def _failed(exc: BaseException, log_path: Path) -> RunOutcome:
