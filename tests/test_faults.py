@@ -219,3 +219,14 @@ def test_a_bad_or_hostile_model_is_a_clear_error_and_runs_nothing(small_grid, tm
                 "no *.safetensors weights", "remote-code": "trust_remote_code"}[case]
     assert code == 2 and len(err.strip().splitlines()) == 1 and expected in err, err
     assert not out.exists() and not marker.exists()
+
+
+@pytest.mark.parametrize("override", ["model.name=meta-llama/Meta-Llama-3-8B-Instruct", "tasks=[sst2]"],
+                         ids=["hub-model", "hub-dataset"])
+def test_without_the_hub_a_run_that_needs_it_stops_at_once_with_what_to_do(small_grid, tmp_path, override):
+    config, _ = small_grid
+    out = tmp_path / "out"
+    env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://192.0.2.1:81", "HF_HOME": str(tmp_path / "hf")}
+    result = run_cli("run", str(config), "--out", str(out), "--set", override, env=env, check=False)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "unreachable" in result.stderr and not out.exists()

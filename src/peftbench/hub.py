@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from urllib.parse import urlparse
 
@@ -25,3 +27,20 @@ def hub_reachable(timeout: float = 3.0) -> bool:
             return True
     except OSError:
         return False
+
+
+@contextmanager
+def cache_only() -> Iterator[None]:
+    """Within this block the HF libraries read their caches and make no request. Used when the hub
+    is unreachable: a cached dataset still loads, and a missing one fails at once instead of
+    after the libraries' retries. (Their offline flags are read at import; this sets them for the
+    block and puts them back.)"""
+    import datasets
+    import huggingface_hub.constants as hub_constants
+
+    saved = hub_constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    hub_constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved

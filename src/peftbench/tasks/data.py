@@ -6,11 +6,12 @@ the same row → prompt code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 from peftbench.errors import PeftbenchError
-from peftbench.hub import hub_reachable
+from peftbench.hub import cache_only, hub_reachable
 from peftbench.tasks.spec import GeneratedSource, HubSource, Row, TaskSpec
 
 
@@ -73,10 +74,12 @@ def read_jsonl(path: Path, *, task: str) -> list[Row]:
 def _load_from_hub(task: TaskSpec, source: HubSource, split: str) -> list[Row]:
     import datasets
 
+    online = hub_reachable()
     try:
-        ds = datasets.load_dataset(source.path, source.name, revision=source.revision, split=split)
+        with contextlib.nullcontext() if online else cache_only():
+            ds = datasets.load_dataset(source.path, source.name, revision=source.revision, split=split)
     except Exception as exc:
-        if not hub_reachable():
+        if not online:
             raise PeftbenchError(
                 f"task {task.name!r}: dataset {source.path} ({source.name or 'default'}, revision "
                 f"{source.revision}) is not cached and the Hugging Face hub is unreachable; pass --data-dir "
