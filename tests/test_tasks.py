@@ -110,7 +110,8 @@ def test_record_trains_on_one_target_per_query():
     [
         ('{"sentence": "fine", "label": 1}\n{"sentense": "typo", "label": 0}\n', "row 2: missing field 'sentence'"),
         ('{"sentence": "fine", "label": 5}\n', "row 1: field 'label' is 5, expected 0..1"),
-        ('{"sentence": "fine", "label": "one"}\n', "row 1: malformed row"),
+        ('{"sentence": "fine", "label": "one"}\n', "row 1: field 'label' is 'one', expected a class index 0..1"),
+        ('{"sentence": ["a", "list"], "label": 1}\n', "row 1: field 'sentence' is list, expected text"),
         ('{"sentence": "fine", "label": 1}\n{not json}\n', "line 2 is not valid JSON"),
         ("\n", "the split is empty"),
     ],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
+from string import Formatter
 
 from peftbench.errors import PeftbenchError
 from peftbench.hub import cache_only, hub_reachable
@@ -44,10 +45,34 @@ def check_row(task: TaskSpec, row: Row, *, where: str) -> None:
             )
         task.render_input(row)
         task.render_target(row)
+        wrong = _wrong_field(task, task.prepared(row))
+        if wrong:
+            raise PeftbenchError(f"task {task.name!r}: {where}: {wrong}")
     except KeyError as exc:
         raise PeftbenchError(f"task {task.name!r}: {where}: missing field {exc.args[0]!r}") from None
     except (TypeError, ValueError, AttributeError, IndexError) as exc:
-        raise PeftbenchError(f"task {task.name!r}: {where}: malformed row ({type(exc).__name__}: {exc})") from None
+        what = _wrong_label(task, row) or f"malformed row ({type(exc).__name__}: {exc})"
+        raise PeftbenchError(f"task {task.name!r}: {where}: {what}") from None
+
+
+def _wrong_label(task: TaskSpec, row: Row) -> str | None:
+    """Why a row's class label could not be read, when that is what failed."""
+    if task.kind == "classification" and task.gold is None and task.prepare is None:
+        value = row.get(task.label_field)
+        try:
+            int(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return f"field {task.label_field!r} is {value!r}, expected a class index 0..{len(task.labels) - 1}"
+    return None
+
+
+def _wrong_field(task: TaskSpec, row: Row) -> str | None:
+    """An input field that would render as something other than text (a list, a mapping, null)."""
+    for _, name, _, _ in Formatter().parse(task.template):
+        field = (name or "").split(".")[0].split("[")[0]
+        if field in row and not isinstance(row[field], (str, int, float)):
+            return f"field {field!r} is {type(row[field]).__name__}, expected text"
+    return None
 
 
 def read_jsonl(path: Path, *, task: str) -> list[Row]:
