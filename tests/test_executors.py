@@ -124,3 +124,26 @@ def test_dry_run_lists_the_plan_and_writes_nothing(small_grid, tmp_path):
     rows = {cells[1]: cells[2:6] for line in shown.splitlines()
             if len(cells := [c.strip() for c in line.split("│")]) > 6}
     assert rows["base"] == ["2", "2", "0", "0"] and rows["lora"] == ["2", "0", "0", "2"]
+
+
+def test_a_worker_reads_the_weights_once_and_gives_each_run_its_own_copy(monkeypatch, tmp_path):
+    import torch
+
+    from peftbench import pipeline
+    from peftbench.config import validate_config
+    from peftbench.executors.worker import worker_context
+    from peftbench.modeling import resolve_model
+
+    reads = []
+    real = pipeline.load_model
+    monkeypatch.setattr(pipeline, "load_model", lambda *args: reads.append(args) or real(*args))
+    cfg = validate_config({"methods": ["lora"], "tasks": ["qs_arith"]})
+    ctx = worker_context(cfg, resolve_model(cfg.model), tmp_path)
+    assert worker_context(cfg, resolve_model(cfg.model), tmp_path) is ctx  # one context per grid and process
+    first, second = ctx.fresh_model(), ctx.fresh_model()
+    assert len(reads) == 1
+    with torch.no_grad():
+        first.get_input_embeddings().weight.add_(1.0)  # what one run does to its model ...
+    pristine = ctx.fresh_model().get_input_embeddings().weight
+    assert torch.equal(second.get_input_embeddings().weight, pristine)  # ... no other run sees
+    assert not torch.equal(first.get_input_embeddings().weight, pristine)

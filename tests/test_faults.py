@@ -179,7 +179,11 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint_with_the_uninterrup
     mark = wait_for(proc, first, "train", 17)  # checkpoints at steps 5, 10 and 15 are on disk
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert sorted(p.name for p in (out / "checkpoints" / mark["run_id"]).iterdir()) == ["checkpoint-15"]
+    checkpoints = out / "checkpoints" / mark["run_id"]
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-15"]
+    partial = checkpoints / "checkpoint-20"  # as if killed while saving the next one
+    partial.mkdir()
+    (partial / "adapter_model.safetensors").write_bytes(b"half-written")
     run_cli(*args, env={"PEFTBENCH_TRACE": str(second)})
     steps = [m["step"] for m in map(json.loads, second.read_text().splitlines())
              if m["run_id"] == mark["run_id"] and m["phase"] == "train"]

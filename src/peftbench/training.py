@@ -10,6 +10,8 @@ actually change are exact and cheap for PEFT methods.
 from __future__ import annotations
 
 import math
+import os
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from peftbench.config import TrainingConfig
 from peftbench.tasks.prompts import IGNORE_INDEX
@@ -91,9 +93,15 @@ class _Watch(TrainerCallback):
                              if p.requires_grad}
 
     def on_save(self, args, state, control, **kwargs):
-        """Our part of a resumable checkpoint: the best snapshot and what the result has so far."""
+        """Complete a resumable checkpoint: our state (best snapshot, the result so far) is written last
+        and atomically, so its presence marks the checkpoint whole; then older checkpoints go."""
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        torch.save({"best": self.best, "result": asdict(self.result)}, folder / WATCH_STATE)
+        tmp = folder / f".{WATCH_STATE}.tmp"
+        torch.save({"best": self.best, "result": asdict(self.result)}, tmp)
+        os.replace(tmp, folder / WATCH_STATE)
+        for other in Path(args.output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+            if other != folder:
+                shutil.rmtree(other, ignore_errors=True)
 
     def resume(self, checkpoint: Path) -> None:
         saved = torch.load(checkpoint / WATCH_STATE)
@@ -108,6 +116,17 @@ class _Watch(TrainerCallback):
         with torch.no_grad():
             for name, value in self.best.items():
                 params[name].copy_(value)
+
+
+def last_complete_checkpoint(workdir: Path) -> Path | None:
+    """The newest checkpoint that was written to the end; a partial one (killed while saving) is removed."""
+    complete = None
+    for folder in sorted(workdir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"), key=lambda f: int(f.name.rsplit("-", 1)[1])):
+        if (folder / WATCH_STATE).is_file():
+            complete = folder
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    return complete
 
 
 def train(
@@ -147,7 +166,7 @@ def train(
         eval_steps=cfg.eval_steps,
         save_strategy="steps" if cfg.checkpoint_steps else "no",
         save_steps=cfg.checkpoint_steps or 500,
-        save_total_limit=1,
+        save_total_limit=None,  # rotation is ours (_Watch.on_save), once the new checkpoint is whole
         logging_strategy="steps",
         logging_steps=1,
         logging_nan_inf_filter=False,
@@ -174,10 +193,10 @@ def train(
         callbacks=[watch],
     )
     trainer.remove_callback(PrinterCallback)  # progress is ours; Trainer would print every log line
-    checkpoint = get_last_checkpoint(str(workdir)) if cfg.checkpoint_steps and workdir.is_dir() else None
+    checkpoint = last_complete_checkpoint(workdir) if cfg.checkpoint_steps else None
     if checkpoint:
-        watch.resume(Path(checkpoint))
-    output = trainer.train(resume_from_checkpoint=checkpoint)
+        watch.resume(checkpoint)
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     result.train_loss = float(output.training_loss) if math.isfinite(output.training_loss) else None
     if not result.diverged:
         final = trainer.evaluate()  # the last interval may end between scheduled evaluations
