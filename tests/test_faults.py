@@ -234,3 +234,14 @@ def test_without_the_hub_a_run_that_needs_it_stops_at_once_with_what_to_do(small
     result = run_cli("run", str(config), "--out", str(out), "--set", override, env=env, check=False)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "unreachable" in result.stderr and not out.exists()
+
+
+def test_an_executor_whose_engine_is_missing_is_a_clear_error(small_grid, tmp_path, monkeypatch, cli):
+    import importlib.util
+
+    config, _ = small_grid
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    code, err = cli("run", str(config), "--out", str(tmp_path / "out"), "--executor", "ray")
+    assert code == 2 and "pip install 'peftbench[ray]'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

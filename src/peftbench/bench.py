@@ -7,6 +7,7 @@ nothing half-written behind.
 
 from __future__ import annotations
 
+import importlib.util
 import sqlite3
 import warnings
 from dataclasses import dataclass
@@ -72,10 +73,19 @@ def check_methods(cfg: BenchConfig, source: ModelSource) -> None:
             raise PeftbenchError(f"methods[{i}] ({m.id}): {exc}") from None
 
 
+def check_executor(cfg: BenchConfig) -> None:
+    """The optional engine of the configured executor is installed."""
+    needs = {"ray": ("ray", "ray"), "slurm": ("submitit", "slurm")}.get(cfg.executor.kind)
+    if needs and importlib.util.find_spec(needs[0]) is None:
+        raise PeftbenchError(f"executor.kind: {cfg.executor.kind!r} needs {needs[0]}, which is not installed "
+                             f"(pip install 'peftbench[{needs[1]}]')")
+
+
 def run_benchmark(cfg: BenchConfig, *, out_dir: Path | None = None, console: Console | None = None) -> GridResult:
     console = console or Console(stderr=True)
     quiet_libraries()
     out_dir = Path(out_dir or cfg.output_dir)
+    check_executor(cfg)
     source = resolve_model(cfg.model)
     check_methods(cfg, source)
     ctx = RunContext(cfg, source, out_dir)

@@ -32,10 +32,7 @@ class RayBackend:
     batch_size = 1
 
     def __init__(self, ctx: RunContext, progress: GridProgress, cfg: RayConfig, n_runs: int) -> None:
-        try:
-            import ray
-        except ImportError:
-            raise PeftbenchError("executor.kind: 'ray' needs Ray: pip install 'peftbench[ray]'") from None
+        import ray  # installed: checked before the run started (bench.check_executor)
         self.ray = ray
         self.started = not ray.is_initialized()
         if self.started:

@@ -18,7 +18,6 @@ from typing import Any
 from rich.console import Console
 
 from peftbench.config import BenchConfig, SlurmConfig
-from peftbench.errors import PeftbenchError
 from peftbench.executors.driver import GridProgress, Results, wait_polling
 from peftbench.executors.worker import work
 from peftbench.modeling import ModelSource
@@ -38,10 +37,7 @@ def _slurm_job(cfg: BenchConfig, source: ModelSource, out_dir: Path, specs: list
 class SlurmBackend:
     def __init__(self, ctx: RunContext, progress: GridProgress, cfg: SlurmConfig, n_runs: int,
                  console: Console) -> None:
-        try:
-            import submitit
-        except ImportError:
-            raise PeftbenchError("executor.kind: 'slurm' needs submitit: pip install 'peftbench[slurm]'") from None
+        import submitit  # installed: checked before the run started (bench.check_executor)
         self.ctx = ctx
         folder = Path(cfg.folder or ctx.out_dir / "slurm")
         self.outcomes = folder / "outcomes"
