@@ -51,3 +51,23 @@ def test_score_numeric():
     result = score(task, rows, [" 7", "twelve", "3."])
     assert result.primary == pytest.approx(200 / 3)
     assert result.invalid_rate == pytest.approx(1 / 3)
+
+
+def test_sampling_gives_n_reproducible_continuations_per_prompt(tokenizer):
+    import torch
+    from conftest import llama
+
+    from peftbench.evaluation import Sampling, generate
+
+    model = llama(tokenizer)
+    prompts = ["The cat sat", "Numbers: 1 2"]
+
+    def sample(seed: int) -> list[list[str]]:
+        torch.manual_seed(seed)
+        return generate(model, tokenizer, prompts, batch_size=2, max_new_tokens=6, sampling=Sampling(4, 1.0, 1.0))
+
+    first = sample(0)
+    assert [len(o) for o in first] == [4, 4] and first == sample(0)
+    assert len(set(first[0])) > 1 and first != sample(1)  # samples differ from each other and across seeds
+    greedy = generate(model, tokenizer, prompts, batch_size=2, max_new_tokens=6)
+    assert [type(o) for o in greedy] == [str, str]

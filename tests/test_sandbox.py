@@ -77,3 +77,18 @@ def test_the_benchmark_process_is_unharmed():
     run_python("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", limits=FAST)
     run_python("import os\nos.killpg(0, 9)", limits=FAST)
     assert (os.getpid(), os.getcwd()) == before
+
+
+def test_pass_at_k_from_sampled_programs_runs_each_sample():
+    from peftbench.scoring import pass_at_ks
+    from peftbench.tasks.spec import GeneratedSource, TaskSpec
+
+    task = TaskSpec(name="double", category="code", description="", instruction="", template="{q}", kind="code",
+                    source=GeneratedSource(lambda *a: [], {"test": 1}), metrics=("pass_at_1",),
+                    primary_metric="pass_at_1", max_new_tokens=64, gold=lambda row: {"code": "", "tests": DOUBLE})
+    right, wrong = "print(2 * int(input()))", "print(int(input()))"
+    samples = [[right, wrong, f"```python\n{right}\n```", wrong, "def ("], [wrong] * 5]
+    metrics, passed = pass_at_ks(task, [{"q": "a"}, {"q": "b"}], samples)
+    assert passed == [2, 0]
+    assert metrics == {"pass_at_1_sampled": pytest.approx(100 * (2 / 5 + 0) / 2),
+                       "pass_at_5_sampled": pytest.approx(100 * (1 + 0) / 2)}

@@ -130,3 +130,22 @@ def test_non_utf8_file(tmp_path):
     (tmp_path / "sst2" / "train.jsonl").write_bytes(b'{"sentence": "caf\xe9", "label": 1}\n')
     with pytest.raises(PeftbenchError, match="not UTF-8"):
         load_rows(get_task("sst2"), "train", tmp_path)
+
+
+def test_apps_with_sampling_reports_pass_at_k_beside_greedy_pass_at_1(tmp_path):
+    from peftbench.bench import run_benchmark
+    from peftbench.config import validate_config
+    from peftbench.store import Store
+
+    (tmp_path / "apps").mkdir()
+    for split in ("train", "test"):
+        (tmp_path / "apps" / f"{split}.jsonl").write_text(json.dumps(APPS) + "\n")
+    cfg = validate_config({"methods": ["base"], "tasks": ["apps"], "data_dir": str(tmp_path),
+                           "evaluation": {"code_samples": 5, "max_new_tokens": 8},
+                           "costs": {"latency": False, "memory_steps": 0}})
+    run_benchmark(cfg, out_dir=tmp_path / "out")
+    (record,) = Store.open(tmp_path / "out").records()
+    assert record.status == "done", record.error
+    assert {"pass_at_1", "codebleu", "pass_at_1_sampled", "pass_at_5_sampled"} <= set(record.metrics)
+    (prediction,) = map(json.loads, Store(tmp_path / "out").predictions_path(record.run_id).read_text().splitlines())
+    assert len(prediction["samples"]) == 5 and prediction["samples_passed"] == 0  # an untrained tiny model

@@ -136,6 +136,11 @@ class EvaluationConfig(StrictModel):
     batch_size: PositiveInt = 16
     max_new_tokens: PositiveInt | None = Field(default=None, description="default: the task's own")
     max_samples: PositiveInt | None = None
+    code_samples: PositiveInt = Field(
+        default=1, description="execution-scored code tasks (APPS): sampled programs per problem on top of the "
+        "greedy one, for pass@k (k = 1, 5, 10, ... up to this); 1: greedy pass@1 only, as PEFT-Bench")
+    temperature: PositiveFloat = Field(default=0.8, description="sampling temperature for code_samples")
+    top_p: Annotated[float, Field(gt=0, le=1)] = Field(default=0.95, description="nucleus sampling for code_samples")
 
 
 class CostsConfig(StrictModel):

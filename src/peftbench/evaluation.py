@@ -1,4 +1,4 @@
-"""Evaluation: batched greedy generation (scoring the outputs is `scoring.score`).
+"""Evaluation: batched greedy (or sampled) generation (scoring the outputs is `scoring.score`).
 
 Prompts are sorted by length before batching (left padding, less padding, same batches every
 time), so predictions are deterministic for a given evaluation batch size.
@@ -7,12 +7,20 @@ time), so predictions are deterministic for a given evaluation batch size.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from peftbench.tasks.prompts import encode_prompt
+
+
+@dataclass(frozen=True)
+class Sampling:
+    n: int
+    temperature: float
+    top_p: float
 
 
 @torch.no_grad()
@@ -24,8 +32,10 @@ def generate(
     batch_size: int,
     max_new_tokens: int,
     progress: Callable[[int, int], None] | None = None,
-) -> list[str]:
-    """Greedy continuations of `prompts` (decoded new tokens only), in the input order."""
+    sampling: Sampling | None = None,
+) -> list[str] | list[list[str]]:
+    """Greedy continuations of `prompts` (decoded new tokens only), in the input order; with
+    `sampling`, `sampling.n` sampled continuations per prompt (the run's seed makes them reproducible)."""
     from transformers import GenerationConfig
 
     device = next(model.parameters()).device
@@ -34,26 +44,30 @@ def generate(
     eos = {tokenizer.eos_token_id}
     model_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     eos |= set(model_eos if isinstance(model_eos, list) else [model_eos] if model_eos is not None else [])
+    decoding = ({"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0,
+                 "num_return_sequences": sampling.n} if sampling else {"do_sample": False})
     gen_config = GenerationConfig(
         max_new_tokens=max_new_tokens,
-        do_sample=False,
         num_beams=1,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=sorted(e for e in eos if e is not None),
+        **decoding,
     )
+    n = sampling.n if sampling else 1
     tokenizer.padding_side = "left"
-    outputs: list[str] = [""] * len(prompts)
+    outputs: list[list[str]] = [[] for _ in prompts]
     model.eval()
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch = tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt").to(device)
         out = model.generate(**batch, generation_config=gen_config)
         new_tokens = out[:, batch["input_ids"].shape[1] :]
-        for i, text in zip(idx, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
-            outputs[i] = text
+        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        for j, i in enumerate(idx):  # generate returns each prompt's n sequences together
+            outputs[i] = texts[j * n : (j + 1) * n]
         if progress:
             progress(min(start + batch_size, len(order)), len(order))
-    return outputs
+    return outputs if sampling else [o[0] for o in outputs]
 
 
 @torch.no_grad()

@@ -31,10 +31,10 @@ from peftbench.config import BenchConfig
 from peftbench.costs import peak_memory
 from peftbench.costs.energy import EnergyMeter
 from peftbench.costs.run import BaseFigures, measure_base, measure_run_costs
-from peftbench.evaluation import generate, label_logprobs
+from peftbench.evaluation import Sampling, generate, label_logprobs
 from peftbench.modeling import ModelSource, load_model, load_tokenizer, model_revision, pick_device
 from peftbench.plan import RunSpec, task_fingerprint
-from peftbench.scoring import Scores, score
+from peftbench.scoring import Scores, pass_at_ks, score
 from peftbench.tasks import Row, TaskSpec, load_rows
 from peftbench.tasks.prompts import encode_example, render_prompt
 from peftbench.training import train
@@ -244,12 +244,23 @@ def evaluate(model: torch.nn.Module, task: TaskSpec, rows: list[Row], ctx: RunCo
         logprobs = label_logprobs(model, ctx.tokenizer, prompts, task.labels, batch_size=cfg.batch_size)
         outputs = [task.labels[max(range(len(lp)), key=lp.__getitem__)] for lp in logprobs]
         return score(task, rows, outputs), "loglik"
+    max_new_tokens = cfg.max_new_tokens or task.max_new_tokens
     outputs = generate(
-        model, ctx.tokenizer, prompts, batch_size=cfg.batch_size,
-        max_new_tokens=cfg.max_new_tokens or task.max_new_tokens,
+        model, ctx.tokenizer, prompts, batch_size=cfg.batch_size, max_new_tokens=max_new_tokens,
         progress=lambda done, total: phase("eval", done, total),
     )
-    return score(task, rows, outputs), "generate"
+    scores = score(task, rows, outputs)
+    if cfg.code_samples > 1 and "pass_at_1" in task.metrics:  # pass@k from sampled programs, beside greedy pass@1
+        samples = generate(
+            model, ctx.tokenizer, prompts, batch_size=cfg.batch_size, max_new_tokens=max_new_tokens,
+            progress=lambda done, total: phase("sample", done, total),
+            sampling=Sampling(cfg.code_samples, cfg.temperature, cfg.top_p),
+        )
+        sampled, passed = pass_at_ks(task, rows, samples)
+        scores.metrics.update(sampled)
+        for record, outs, c in zip(scores.records, samples, passed, strict=True):
+            record.update(samples=outs, samples_passed=c)
+    return scores, "generate"
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

@@ -13,7 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from peftbench.metrics import INVALID, METRICS, codebleu, max_over_golds, multirc_em, parse_number, record_scores
+from peftbench.metrics import (
+    INVALID,
+    METRICS,
+    codebleu,
+    max_over_golds,
+    multirc_em,
+    parse_number,
+    pass_at_k,
+    record_scores,
+)
 from peftbench.tasks.spec import Row, TaskSpec
 
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
@@ -136,6 +145,19 @@ def _code(task: TaskSpec, rows: list[Row], golds: list[Any], outputs: list[str])
         correct = [p is not None and passes_tests(p, g["tests"]) for g, p in zip(golds, programs, strict=True)]
         metrics["pass_at_1"] = 100.0 * sum(correct) / len(correct) if correct else math.nan
     return metrics, programs, correct
+
+
+def pass_at_ks(task: TaskSpec, rows: list[Row], samples: list[list[str]]) -> tuple[dict[str, float], list[int]]:
+    """pass@k ×100 for k = 1, 5, 10, 20, ... up to the number of samples per row (unbiased estimator,
+    Chen et al. 2021), from each row's sampled programs run against its tests; and the passes per row."""
+    from peftbench.sandbox import passes_tests
+
+    n = min(len(s) for s in samples) if samples else 0
+    passed = [sum(1 for o in outs if (p := clean_output(o)) and passes_tests(p, task.gold_of(r)["tests"]))
+              for r, outs in zip(rows, samples, strict=True)]
+    ks = [k for k in (1, 5, 10, 20, 50, 100) if k <= n]
+    return {f"pass_at_{k}_sampled": 100.0 * sum(pass_at_k(n, c, k) for c in passed) / len(passed)
+            for k in ks}, passed
 
 
 SCORERS: dict[str, Scorer] = {
