@@ -90,18 +90,22 @@ class PoolBackend:
         self.pump = threading.Thread(target=progress.pump, args=(self.messages, self.stop), daemon=True)
         self.pump.start()
         self.pool = self._new_pool()
-        self.broken = False
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.capacity, mp_context=self.spawn, initializer=_init_worker,
                                    initargs=(self.messages,))
 
     def submit(self, batches: list[list[RunSpec]]) -> list[Future]:
-        if self.broken:  # a worker died: start a fresh pool for what is left
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool, self.broken = self._new_pool(), False
-        ctx = self.ctx
-        return [self.pool.submit(_work, ctx.cfg, ctx.source, ctx.out_dir, spec) for (spec,) in batches]
+        ctx, futures = self.ctx, []
+        for (spec,) in batches:
+            try:
+                future = self.pool.submit(_work, ctx.cfg, ctx.source, ctx.out_dir, spec)
+            except BrokenProcessPool:  # a worker died: its runs come back through collect; go on in a new pool
+                self.pool.shutdown(wait=False, cancel_futures=True)
+                self.pool = self._new_pool()
+                future = self.pool.submit(_work, ctx.cfg, ctx.source, ctx.out_dir, spec)
+            futures.append(future)
+        return futures
 
     def wait(self, handles: list[Future], timeout: float) -> list[Future]:
         done, _ = wait(handles, timeout=timeout, return_when=FIRST_COMPLETED)
@@ -111,7 +115,6 @@ class PoolBackend:
         try:
             return handle.result(), None
         except BrokenProcessPool as exc:
-            self.broken = True
             return {}, f"worker process died: {exc}"
 
     def cancel(self, handles: list[Future]) -> None:
