@@ -69,18 +69,26 @@ def test_kill_9_at_every_phase_then_rerun_completes_with_the_same_results(small_
 
 
 def test_two_drivers_on_one_output_take_different_runs(small_grid, tmp_path):
+    """Driver A is paused (SIGSTOP) while it trains the first run; driver B, started on the same output,
+    must leave that run alone and do the other five; A then resumes and finishes its run."""
     config, expected = small_grid
     out = tmp_path / "out"
-    procs = [subprocess.Popen([sys.executable, "-m", "peftbench.cli", "run", str(config), "--out", str(out)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    for proc in procs:
-        _, stderr = proc.communicate(timeout=600)
-        assert proc.returncode == 0, stderr[-3000:]
-    records = Store.open(out).records()
-    assert len(records) == 6 and all(r.attempts == 1 for r in records)  # no run was done twice
+    trace = tmp_path / "trace"
+    first = start(config, out, trace)
+    held = wait_for(first, trace, "train", 5)
+    first.send_signal(signal.SIGSTOP)
+    try:
+        run_cli("run", str(config), "--out", str(out))
+    finally:
+        first.send_signal(signal.SIGCONT)
+    _, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr[-3000:]
+    records = {r.run_id: r for r in Store.open(out).records()}
+    assert len(records) == 6 and all(r.attempts == 1 for r in records.values())  # no run was done twice
+    assert records[held["run_id"]].provenance["worker"]["pid"] == first.pid
+    others = {r.provenance["worker"]["pid"] for k, r in records.items() if k != held["run_id"]}
+    assert len(others) == 1 and first.pid not in others  # B did the other five
     assert stored_results(out) == expected
-    owners = {r.provenance["worker"]["pid"] for r in records}
-    assert owners == {p.pid for p in procs}  # both drivers did work
 
 
 @pytest.fixture

@@ -38,7 +38,12 @@ scalars = st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats()
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
                       | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=6)
 keys = st.sampled_from(KEYS) | st.sampled_from(KEYS).map(lambda k: f"{k}.x") | st.text(min_size=1, max_size=10)
-many = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SCALE = int(os.environ.get("PEFTBENCH_HYPOTHESIS_SCALE", "1"))  # more examples for a longer hunt
+
+
+def examples(n: int) -> settings:
+    return settings(max_examples=n * SCALE, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
 def with_value(key: str, value: Any) -> dict[str, Any]:
@@ -60,7 +65,7 @@ def assert_one_line(exc: PeftbenchError, *names: str) -> None:
 
 
 @given(key=keys, value=values)
-@many
+@examples(300)
 def test_any_value_at_any_key_validates_or_fails_in_one_line_naming_the_key(key, value):
     try:
         validate_config(with_value(key, value))
@@ -69,7 +74,7 @@ def test_any_value_at_any_key_validates_or_fails_in_one_line_naming_the_key(key,
 
 
 @given(text=st.text(max_size=200) | values.map(lambda v: yaml.safe_dump(v)))
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@examples(200)
 def test_any_yaml_document_validates_or_fails_in_one_line(text, tmp_path):
     path = tmp_path / "doc.yaml"
     path.write_text(text, encoding="utf-8")
@@ -80,7 +85,7 @@ def test_any_yaml_document_validates_or_fails_in_one_line(text, tmp_path):
 
 
 @given(assignment=st.text(max_size=40) | st.tuples(keys, values).map(lambda kv: f"{kv[0]}={yaml.safe_dump(kv[1])}"))
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@examples(300)
 def test_any_set_override_validates_or_fails_in_one_line(assignment, tmp_path):
     path = tmp_path / "ok.yaml"
     path.write_text(yaml.safe_dump(VALID))
@@ -103,7 +108,7 @@ def run_cli(*args: str) -> tuple[int, str]:
 
 
 @given(key=keys, value=values)
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@examples(40)
 def test_through_the_cli_an_invalid_config_exits_2_with_one_line_and_writes_nothing(key, value, tmp_path):
     data = with_value(key, value)
     try:

@@ -305,8 +305,11 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     key = key.strip()
     if not sep or not key:
         raise PeftbenchError(f"--set {assignment!r}: expected key=value, e.g. training.max_steps=100")
-    value = parse_yaml(raw, source=f"--set {key}") if raw.strip() else None
     parts = key.split(".")
+    if not all(part.strip() for part in parts):
+        raise PeftbenchError(f"--set {assignment!r}: the key has an empty part; expected a dotted key like "
+                             f"training.max_steps")
+    value = parse_yaml(raw, source=f"--set {key}") if raw.strip() else None
     node: Any = data
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
@@ -378,7 +381,10 @@ def describe_validation_error(exc: ValidationError) -> str:
         shown = "" if isinstance(got, (dict, list)) or kind == "value_error" else f" (got {got!r})"
         what = f"{msg}{shown}"
     more = f" [and {len(errors) - 1} more error(s)]" if len(errors) > 1 else ""
-    return f"key '{key}': {what}{more}" if key else f"{what}{more}"
+    return f"key '{key}': {what}{more}" if loc else f"{what}{more}"
+
+
+_VALIDATOR_STEP = re.compile(r"function-(after|before|wrap|plain)\[")
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
@@ -386,7 +392,7 @@ def _dotted(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif str(part).startswith("function-"):
+        elif _VALIDATOR_STEP.match(str(part)):  # pydantic's name for a validator, not a key of the user's
             continue
         else:
             out += f".{part}" if out else str(part)
