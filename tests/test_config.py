@@ -23,6 +23,23 @@ def test_shipped_configs_validate(path):
     assert cfg.methods and cfg.tasks and cfg.seeds
 
 
+DOCS = [Path(__file__).resolve().parents[1] / name for name in ("README.md", "docs/cluster.md")]
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[d.name for d in DOCS])
+def test_config_snippets_in_the_docs_validate(doc):
+    """Every YAML block of the README and the cluster guide is a valid config (sections completed with
+    a method and a task where the snippet shows only its part)."""
+    import re
+
+    import yaml
+
+    blocks = re.findall(r"```yaml\n(.*?)```", doc.read_text(), re.DOTALL)
+    assert blocks
+    for block in blocks:
+        validate_config({**MINIMAL, **yaml.safe_load(block)})
+
+
 def test_paper_protocol_defaults():
     cfg = validate_config(MINIMAL)
     t = cfg.training
