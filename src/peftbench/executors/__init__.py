@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from peftbench.executors.driver import Backend, GridProgress, drive, record, run_one
+from peftbench.executors.driver import Backend, GridProgress, drive
 from peftbench.pipeline import RunContext
 from peftbench.plan import RunSpec
 from peftbench.store import Store
 
-__all__ = ["execute_grid", "record", "run_one"]
+__all__ = ["execute_grid"]
 
 
 def execute_grid(pending: list[RunSpec], ctx: RunContext, store: Store, console: Console) -> dict[str, int]:
