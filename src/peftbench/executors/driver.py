@@ -18,7 +18,6 @@ import queue
 import shutil
 import sqlite3
 import threading
-import time
 import traceback
 from collections import deque
 from collections.abc import Callable
@@ -280,13 +279,3 @@ class GridProgress:
             self.progress.advance(self.grid)
         if outcome and outcome.status != "done":
             self.console.print(f"[yellow]{label}: {outcome.status}: {outcome.error}[/yellow]", highlight=False)
-
-
-def wait_polling(handles: list[Any], done: Callable[[Any], bool], timeout: float) -> list[Any]:
-    """Handles that are done, polling every half second up to `timeout` (for backends without a wait)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        ready = [h for h in handles if done(h)]
-        if ready or time.monotonic() >= deadline:
-            return ready
-        time.sleep(0.5)

@@ -12,13 +12,15 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from peftbench.config import BenchConfig, SlurmConfig
-from peftbench.executors.driver import GridProgress, Results, wait_polling
+from peftbench.executors.driver import GridProgress, Results
 from peftbench.executors.worker import work
 from peftbench.modeling import ModelSource
 from peftbench.pipeline import RunContext
@@ -69,7 +71,7 @@ class SlurmBackend:
         return jobs
 
     def wait(self, handles: list[Any], timeout: float) -> list[Any]:
-        return wait_polling(handles, lambda job: job.done(), timeout)
+        return _wait_polling(handles, lambda job: job.done(), timeout)
 
     def collect(self, handle: Any) -> tuple[Results, str | None]:
         died = None
@@ -93,3 +95,13 @@ class SlurmBackend:
 
     def close(self) -> None:
         pass
+
+
+def _wait_polling(handles: list[Any], done: Callable[[Any], bool], timeout: float) -> list[Any]:
+    """Handles that are done, polling every half second up to `timeout` (submitit has no wait for several jobs)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ready = [h for h in handles if done(h)]
+        if ready or time.monotonic() >= deadline:
+            return ready
+        time.sleep(0.5)
