@@ -11,6 +11,8 @@ registered here with the same count as the GPU kernels: CPU and GPU figures agre
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,25 +61,28 @@ def _token_ids(model: nn.Module, batch_size: int, seq_len: int, vocab_size: int)
     return torch.randint(0, vocab_size, (batch_size, seq_len), generator=gen).to(device)
 
 
-@torch.no_grad()
-def forward_flops(model: nn.Module, *, batch_size: int, seq_len: int, vocab_size: int) -> int:
-    """FLOPs of one forward pass over `batch_size × seq_len` token ids (eval mode, no cache).
-
-    A model on the `meta` device (costing from a config, no weights) runs under fake tensors:
-    shapes propagate, nothing is allocated, and transformers skips its value-dependent mask checks.
-    """
+def _count(model: nn.Module, ids: torch.Tensor, training: bool, step: Callable[[], Any]) -> int:
+    """FLOPs of `step()` with the model in train or eval mode. A model on the `meta` device (costing
+    from a config, no weights) runs under fake tensors: shapes propagate, nothing is allocated, and
+    transformers skips its value-dependent mask checks."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    ids = _token_ids(model, batch_size, seq_len, vocab_size)
-    # No attention mask: every token is real, and mask helpers inspect values that meta tensors lack.
     was_training = model.training
-    model.eval()
+    model.train(training)
     counter = FlopCounterMode(display=False)
     fake = FakeTensorMode(allow_non_fake_inputs=True) if ids.device.type == "meta" else contextlib.nullcontext()
     with fake, counter:
-        model(input_ids=ids, use_cache=False)
+        step()
     model.train(was_training)
     return int(counter.get_total_flops())
+
+
+@torch.no_grad()
+def forward_flops(model: nn.Module, *, batch_size: int, seq_len: int, vocab_size: int) -> int:
+    """FLOPs of one forward pass over `batch_size × seq_len` token ids (eval mode, no cache)."""
+    ids = _token_ids(model, batch_size, seq_len, vocab_size)
+    # No attention mask: every token is real, and mask helpers inspect values that meta tensors lack.
+    return _count(model, ids, False, lambda: model(input_ids=ids, use_cache=False))
 
 
 @torch.no_grad()
@@ -103,17 +108,8 @@ def flops_per_generated_token(model: nn.Module, *, context_len: int, new_tokens:
 
 
 def train_step_flops(model: nn.Module, *, batch_size: int, seq_len: int, vocab_size: int) -> int:
-    """FLOPs of one training step's forward and backward (the optimiser update is element-wise);
-    a `meta` model runs under fake tensors, as in `forward_flops`."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
+    """FLOPs of one training step's forward and backward (the optimiser update is element-wise)."""
     ids = _token_ids(model, batch_size, seq_len, vocab_size)
-    was_training = model.training
-    model.train()
-    counter = FlopCounterMode(display=False)
-    fake = FakeTensorMode(allow_non_fake_inputs=True) if ids.device.type == "meta" else contextlib.nullcontext()
-    with fake, counter:
-        model(input_ids=ids, labels=ids).loss.backward()
+    flops = _count(model, ids, True, lambda: model(input_ids=ids, labels=ids).loss.backward())
     model.zero_grad(set_to_none=True)
-    model.train(was_training)
-    return int(counter.get_total_flops())
+    return flops
