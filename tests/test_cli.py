@@ -79,7 +79,9 @@ def test_set_override_errors_too(cli, tmp_path):
 def test_paper_config_validates_and_fails_only_for_missing_weights(cli, tmp_path):
     config = REPO / "configs" / "peftbench-llama3-8b.yaml"
     ok = cli("validate", str(config))
-    assert ok.returncode == 0 and "7 methods" in ok.stdout
+    assert ok.returncode == 0 and "7 methods" in ok.stdout and "945 runs" in ok.stdout
+    on_slurm = cli("validate", str(config), "--set", "executor.kind=slurm", "--set", "executor.slurm.partition=gpu")
+    assert "Slurm via submitit (partition gpu, per job: 1 run(s), 1 GPU" in on_slurm.stdout.replace("\n", " ")
     # the installed console script, as a user runs it
     result = subprocess.run(["peftbench", "run", str(config), "--out", str(tmp_path / "out")],
                             capture_output=True, text=True, timeout=300, env={**_env(), "HF_HUB_OFFLINE": "1"})

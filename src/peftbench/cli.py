@@ -242,13 +242,14 @@ def validate(
     set_: SetOption = None,
 ) -> None:
     """Check a config without running it; print the number of runs it defines."""
+    from peftbench.bench import executor_line
     from peftbench.config import load_config
     from peftbench.plan import plan_runs
 
     cfg = load_config(config, set_ or [])
     runs = plan_runs(cfg)
     print(f"{config}: valid — {len(cfg.methods)} methods × {len(cfg.tasks)} tasks × {len(cfg.seeds)} seeds "
-          f"= {len(runs)} runs, model {cfg.model.name}")
+          f"= {len(runs)} runs, model {cfg.model.name}, on {executor_line(cfg)}")
 
 
 DataDirOption = Annotated[
