@@ -88,7 +88,7 @@ def drive(pending: list[RunSpec], ctx: RunContext, store: Store, console: Consol
                             outcome, provenance = results[spec.run_id]
                         elif retried.get(spec.run_id, 0) < executor.max_retries:
                             retried[spec.run_id] = retried.get(spec.run_id, 0) + 1
-                            console.print(f"[yellow]{_label(spec)}: worker died ({died}); retrying "
+                            console.print(f"[yellow]{run_label(spec)}: worker died ({died}); retrying "
                                           f"({retried[spec.run_id]}/{executor.max_retries})[/yellow]", highlight=False)
                             todo.appendleft(spec)
                             continue
@@ -218,7 +218,8 @@ def _failed(exc: BaseException, log_path: Path) -> RunOutcome:
     return RunOutcome(status="failed", error=f"{reason} (traceback in {log_path})")
 
 
-def _label(spec: RunSpec) -> str:
+def run_label(spec: RunSpec) -> str:
+    """How a run is named on the progress display and in messages."""
     return f"{spec.method_id} · {spec.task} · seed {spec.seed}"
 
 
@@ -245,7 +246,7 @@ class GridProgress:
         self.progress.__exit__(*exc)
 
     def phase_fn(self, spec: RunSpec) -> PhaseFn:
-        label = _label(spec)
+        label = run_label(spec)
         return lambda name, done, total: self.update(label, name, done, total)
 
     def update(self, label: str, name: str, done: int, total: int) -> None:
@@ -269,7 +270,7 @@ class GridProgress:
 
     def finished(self, spec: RunSpec, outcome: RunOutcome | None) -> None:
         status = outcome.status if outcome else "skipped"
-        label = _label(spec)
+        label = run_label(spec)
         with self._lock:
             self.counts[status] = self.counts.get(status, 0) + 1
             self.ended.add(label)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing as mp
-import os
-import socket
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -18,8 +16,8 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from peftbench.config import BenchConfig
-from peftbench.executors.driver import GridProgress, Results, run_one
-from peftbench.executors.worker import work
+from peftbench.executors.driver import GridProgress, Results, run_label
+from peftbench.executors.worker import run_batch, work
 from peftbench.modeling import ModelSource
 from peftbench.pipeline import RunContext
 from peftbench.plan import RunSpec
@@ -45,9 +43,7 @@ class InlineBackend:
         return handles[:1]
 
     def collect(self, handle: int) -> tuple[Results, str | None]:
-        where = {"executor": "local", "host": socket.gethostname(), "pid": os.getpid()}
-        return {spec.run_id: (run_one(spec, self.ctx, self.progress.phase_fn(spec)),
-                              {**self.ctx.provenance, "worker": where}) for spec in self.batches.pop(handle)}, None
+        return run_batch(self.ctx, self.batches.pop(handle), "local", self.progress.phase_fn), None
 
     def cancel(self, handles: list[Any]) -> None:
         pass
@@ -65,7 +61,7 @@ def _init_worker(messages: Any) -> None:
 
 def _work(cfg: BenchConfig, source: ModelSource, out_dir: Any, spec: RunSpec) -> Results:
     messages = _MESSAGES["queue"]
-    label = f"{spec.method_id} · {spec.task} · seed {spec.seed}"
+    label = run_label(spec)
     last = [0.0]
 
     def phase(name: str, done: int, total: int) -> None:
@@ -74,7 +70,7 @@ def _work(cfg: BenchConfig, source: ModelSource, out_dir: Any, spec: RunSpec) ->
             last[0] = now
             messages.put((label, name, done, total))
 
-    return work(cfg, source, out_dir, [spec], "local", phase)
+    return work(cfg, source, out_dir, [spec], "local", lambda _: phase)
 
 
 class PoolBackend:

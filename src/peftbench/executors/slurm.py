@@ -21,7 +21,7 @@ from rich.console import Console
 
 from peftbench.config import BenchConfig, SlurmConfig
 from peftbench.executors.driver import GridProgress, Results
-from peftbench.executors.worker import work
+from peftbench.executors.worker import run_batch, worker_context
 from peftbench.modeling import ModelSource
 from peftbench.pipeline import RunContext
 from peftbench.plan import RunSpec
@@ -29,8 +29,9 @@ from peftbench.plan import RunSpec
 
 def _slurm_job(cfg: BenchConfig, source: ModelSource, out_dir: Path, specs: list[RunSpec], outcomes: Path) -> None:
     where = {"slurm_job": os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID")}
-    for spec in specs:
-        (result,) = work(cfg, source, out_dir, [spec], "slurm", extra=where).values()
+    ctx = worker_context(cfg, source, out_dir)
+    for spec in specs:  # each outcome is written as soon as its run ends
+        result = run_batch(ctx, [spec], "slurm", extra=where)[spec.run_id]
         tmp = outcomes / f".{spec.run_id}.{os.getpid()}.tmp"
         tmp.write_bytes(pickle.dumps(result))
         os.replace(tmp, outcomes / f"{spec.run_id}.pkl")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,17 @@ def worker_context(cfg: BenchConfig, source: ModelSource, out_dir: Path) -> RunC
     return _CONTEXTS[key]
 
 
-def work(cfg: BenchConfig, source: ModelSource, out_dir: Path, specs: list[RunSpec], executor: str,
-         phase: PhaseFn | None = None, extra: dict[str, Any] | None = None) -> Results:
-    """Run `specs` one after the other; every outcome carries where it ran."""
-    ctx = worker_context(cfg, source, out_dir)
+def run_batch(ctx: RunContext, specs: list[RunSpec], executor: str,
+              phase_for: Callable[[RunSpec], PhaseFn | None] | None = None,
+              extra: dict[str, Any] | None = None) -> Results:
+    """Run `specs` one after the other on `ctx`; every outcome carries where it ran."""
     where = {"executor": executor, "host": socket.gethostname(), "pid": os.getpid(), **(extra or {})}
-    return {spec.run_id: (run_one(spec, ctx, phase), {**ctx.provenance, "worker": where}) for spec in specs}
+    return {spec.run_id: (run_one(spec, ctx, phase_for(spec) if phase_for else None),
+                          {**ctx.provenance, "worker": where}) for spec in specs}
+
+
+def work(cfg: BenchConfig, source: ModelSource, out_dir: Path, specs: list[RunSpec], executor: str,
+         phase_for: Callable[[RunSpec], PhaseFn | None] | None = None,
+         extra: dict[str, Any] | None = None) -> Results:
+    """`run_batch` in a worker process, on this process's context for the grid."""
+    return run_batch(worker_context(cfg, source, out_dir), specs, executor, phase_for, extra)
