@@ -11,7 +11,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import platform
 import random
 import shutil
@@ -38,7 +37,7 @@ from peftbench.scoring import Scores, pass_at_ks, score
 from peftbench.tasks import Row, TaskSpec, load_rows
 from peftbench.tasks.prompts import encode_example, render_prompt
 from peftbench.training import train
-from peftbench.utils import cache_root, dir_size_bytes, pinned_threads, seed_everything
+from peftbench.utils import atomic_torch_save, cache_root, dir_size_bytes, pinned_threads, seed_everything
 
 PhaseFn = Callable[[str, int, int], None]
 PACKAGES = ("peftbench", "torch", "transformers", "peft", "datasets", "accelerate", "tokenizers")
@@ -119,10 +118,7 @@ class RunContext:
                 self._encoded[key] = torch.load(path)
             else:
                 examples = [encode_example(task, r, self.tokenizer, cutoff) for r in rows]
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".{os.getpid()}.tmp")
-                torch.save(examples, tmp)
-                os.replace(tmp, path)
+                atomic_torch_save(path, examples)
                 self._encoded[key] = examples
         return self._encoded[key]
 

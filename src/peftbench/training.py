@@ -10,7 +10,6 @@ actually change are exact and cheap for PEFT methods.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from peftbench.config import TrainingConfig
 from peftbench.tasks.prompts import IGNORE_INDEX
+from peftbench.utils import atomic_torch_save
 
 ProgressFn = Callable[[int, int], None]
 MAX_HISTORY = 200
@@ -96,9 +96,7 @@ class _Watch(TrainerCallback):
         """Complete a resumable checkpoint: our state (best snapshot, the result so far) is written last
         and atomically, so its presence marks the checkpoint whole; then older checkpoints go."""
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        tmp = folder / f".{WATCH_STATE}.tmp"
-        torch.save({"best": self.best, "result": asdict(self.result)}, tmp)
-        os.replace(tmp, folder / WATCH_STATE)
+        atomic_torch_save(folder / WATCH_STATE, {"best": self.best, "result": asdict(self.result)})
         for other in Path(args.output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
             if other != folder:
                 shutil.rmtree(other, ignore_errors=True)

@@ -25,6 +25,7 @@ from peftbench.executors.worker import run_batch, worker_context
 from peftbench.modeling import ModelSource
 from peftbench.pipeline import RunContext
 from peftbench.plan import RunSpec
+from peftbench.utils import atomic_write_bytes
 
 
 def _slurm_job(cfg: BenchConfig, source: ModelSource, out_dir: Path, specs: list[RunSpec], outcomes: Path) -> None:
@@ -32,9 +33,7 @@ def _slurm_job(cfg: BenchConfig, source: ModelSource, out_dir: Path, specs: list
     ctx = worker_context(cfg, source, out_dir)
     for spec in specs:  # each outcome is written as soon as its run ends
         result = run_batch(ctx, [spec], "slurm", extra=where)[spec.run_id]
-        tmp = outcomes / f".{spec.run_id}.{os.getpid()}.tmp"
-        tmp.write_bytes(pickle.dumps(result))
-        os.replace(tmp, outcomes / f"{spec.run_id}.pkl")
+        atomic_write_bytes(outcomes / f"{spec.run_id}.pkl", pickle.dumps(result))
 
 
 class SlurmBackend:
