@@ -12,12 +12,15 @@ import sys
 from enum import Enum
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from peftbench.errors import PeftbenchError
+
+if TYPE_CHECKING:
+    from peftbench.config import BenchConfig
 
 app = typer.Typer(
     help="Benchmark parameter-efficient fine-tuning methods: quality, cost and PSCP, end to end.",
@@ -123,7 +126,7 @@ def _run(config: Path, out: Path | None, overrides: list[str], workers: int | No
         raise typer.Exit(1)
 
 
-def _print_plan(cfg: Any, out: Path) -> None:
+def _print_plan(cfg: BenchConfig, out: Path) -> None:
     from rich.table import Table
 
     from peftbench.bench import executor_line, plan_summary

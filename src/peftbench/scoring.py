@@ -153,8 +153,9 @@ def pass_at_ks(task: TaskSpec, rows: list[Row], samples: list[list[str]]) -> tup
     from peftbench.sandbox import passes_tests
 
     n = min(len(s) for s in samples) if samples else 0
-    passed = [sum(1 for o in outs if (p := clean_output(o)) and passes_tests(p, task.gold_of(r)["tests"]))
-              for r, outs in zip(rows, samples, strict=True)]
+    tests = [task.gold_of(r)["tests"] for r in rows]  # once per problem, not once per sample
+    passed = [sum(1 for o in outs if (p := clean_output(o)) and passes_tests(p, t))
+              for t, outs in zip(tests, samples, strict=True)]
     ks = [k for k in (1, 5, 10, 20, 50, 100) if k <= n]
     return {f"pass_at_{k}_sampled": 100.0 * sum(pass_at_k(n, c, k) for c in passed) / len(passed)
             for k in ks}, passed
