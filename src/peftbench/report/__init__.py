@@ -41,14 +41,13 @@ def current_config(out_dir: Path) -> BenchConfig | None:
     return validate_config(yaml.safe_load(path.read_text()) or {}, source=str(path))
 
 
-def current_records(store: Store) -> tuple[list[RunRecord], int]:
-    """The runs of the directory's current config, and how many other runs the store holds.
+def current_records(store: Store, cfg: BenchConfig | None) -> tuple[list[RunRecord], int]:
+    """The runs of `cfg` (the directory's current config), and how many other runs the store holds.
 
     Runs of an earlier config (say, other epochs) stay in the store; averaging them in would
     count them as extra seeds, so reports show only the current plan's runs.
     """
     records = store.records()
-    cfg = current_config(store.out_dir)
     if cfg is None:
         return records, 0
     ids = {r.run_id for r in plan_runs(cfg)}
@@ -64,8 +63,8 @@ def task_categories(names: list[str]) -> dict[str, str]:
 
 def build_report(out_dir: Path, *, reference: str | None = None) -> Report:
     store = Store.open(out_dir)
-    records, other = current_records(store)
     cfg = current_config(store.out_dir)
+    records, other = current_records(store, cfg)
     summary = aggregate(records, cfg.pscp if cfg else PSCPConfig(),
                         task_categories(list(dict.fromkeys(r.task for r in records))))
     if reference:
