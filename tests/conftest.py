@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from peftbench.methods import METHODS, resolve_method
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -45,6 +47,27 @@ def llama(tokenizer, *, bias: bool = True):
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )
     return LlamaForCausalLM(config).eval()
+
+
+# Every registered method with its own defaults, plus prompt-learning tuners configured only by peft.
+PEFT_TUNERS = {
+    "peft:PREFIX_TUNING": {"num_virtual_tokens": 6},  # no reparameterisation: peft's plain prefix
+    "peft:PROMPT_TUNING": {"num_virtual_tokens": 7, "prompt_tuning_init": "RANDOM"},
+}
+METHOD_CASES = [(name, {}) for name in METHODS.names()] + list(PEFT_TUNERS.items())
+
+
+def adapted(tokenizer, name: str, args: dict) -> torch.nn.Module:
+    """The method on the tiny random Llama, its trainable weights moved off their (often identity)
+    initialisation so that the adapter changes every output."""
+    model = resolve_method(name, args).apply(llama(tokenizer))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:  # noise on the tensor's own scale (spread or size; zeros get 0.01)
+                scale = max(float(p.std()) if p.numel() > 1 else 0.0, float(p.abs().mean()), 0.01)
+                p.add_(torch.randn_like(p) * 0.7 * scale)
+    return model.eval()
 
 
 def gpt2(tokenizer):

@@ -112,10 +112,20 @@ def test_score_predictions_from_another_stack(cli, tmp_path):
 
     preds = tmp_path / "preds.jsonl"
     preds.write_text('{"index": 0, "prediction": "( 6.0 - 2.0 ) = 4.0"}\n{"index": 1, "prediction": "(1 + 1) = 2"}\n')
-    result = cli("score", "svamp", str(preds), "--data-dir", str(SHARED_DATA))
+    # 2 of the split's 64 rows: an error by default, never a score over a silently smaller subset
+    assert_user_error(cli("score", "svamp", str(preds), "--data-dir", str(SHARED_DATA)),
+                      "62 of 64 rows", "no prediction", "--missing-as-wrong")
+    result = cli("score", "svamp", str(preds), "--data-dir", str(SHARED_DATA), "--missing-as-wrong")
     assert result.returncode == 0, result.stderr
+    assert "62 of 64 rows have no prediction and are scored as wrong" in result.stderr
     scored = json.loads(result.stdout)
-    assert scored["n"] == 2 and scored["score"] == 50.0 and scored["metrics"]["equation_consistency"] == 100.0
+    assert (scored["n"], scored["n_predicted"], scored["n_missing"]) == (64, 2, 62)
+    assert scored["score"] == pytest.approx(100 / 64) and scored["invalid_rate"] == pytest.approx(62 / 64)
+    assert scored["metrics"]["equation_consistency"] == pytest.approx(200 / 64)
+    for body, message in [("", "no predictions"), ("\n\n", "no predictions"),
+                          ('{"index": true, "prediction": "4"}\n', "'index' must be an integer")]:
+        preds.write_text(body)
+        assert_user_error(cli("score", "svamp", str(preds), "--data-dir", str(SHARED_DATA)), message)
     preds.write_text('{"index": 0, "prediction": "x"}\n{"index": 0, "prediction": "y"}\n')
     assert_user_error(cli("score", "svamp", str(preds), "--data-dir", str(SHARED_DATA)), "line 2", "appears twice")
     preds.write_text('{"index": 999, "prediction": "x"}\n')

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import llama
+from conftest import METHOD_CASES, adapted
 
 from peftbench.evaluation import generate, label_logprobs
-from peftbench.methods import resolve_method
 from peftbench.scoring import parse_label
 from peftbench.tasks.prompts import encode_prompt
 from peftbench.tasks.quickstart import sentiment_rows, topic_rows
@@ -25,18 +24,13 @@ def reference(model, tokenizer, prompt: str, label: str) -> float:
     return sum(float(logprobs[len(prompt_ids) - 1 + j, t]) for j, t in enumerate(label_ids))
 
 
-@pytest.mark.parametrize("method", ["base", "lora", "prompt_tuning", "prefix_tuning"])
-def test_batched_equals_the_reference_loop(tokenizer, method):
-    model = resolve_method(method, {"num_virtual_tokens": 5} if "tuning" in method else {}).apply(llama(tokenizer))
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.3)
-    model.eval()
+@pytest.mark.parametrize("name,args", METHOD_CASES, ids=[n for n, _ in METHOD_CASES])
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_batched_equals_the_reference_loop(tokenizer, name, args, batch_size):
+    model = adapted(tokenizer, name, args)
     prompts = ["the movie was great. it was", "short", "we talked about the rain and the wind all day. this is"]
     labels = ("negative", "positive", "not_entailment")
-    batched = label_logprobs(model, tokenizer, prompts, labels, batch_size=4)
+    batched = label_logprobs(model, tokenizer, prompts, labels, batch_size=batch_size)
     for p, prompt in enumerate(prompts):
         for k, label in enumerate(labels):
             assert batched[p][k] == pytest.approx(reference(model, tokenizer, prompt, label), abs=1e-4)

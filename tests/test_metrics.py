@@ -18,6 +18,27 @@ def test_binary_f1_uses_class_1_as_positive():
     assert f1_binary([1, 1, 1, 0, 0], [1, INVALID, 0, 1, 0]) == pytest.approx(40.0)
 
 
+def test_an_invalid_output_is_the_wrong_label_for_binary_f1_on_either_gold():
+    """Garbage instead of the negative label is a false positive, never a free "not positive"."""
+    gold = [1, 1, 1, 0, 0, 0]
+    # pred 1, INVALID(→0: FN), 0 (FN), INVALID(→1: FP), 0, 1 (FP) → TP 1, FP 2, FN 2 → P 1/3, R 1/3, F1 1/3
+    assert f1_binary(gold, [1, INVALID, 0, INVALID, 0, 1]) == pytest.approx(100 / 3)
+    # answering garbage on a gold-negative row costs exactly what the wrong label costs
+    assert f1_binary(gold, [1, 1, 1, INVALID, 0, 0]) == f1_binary(gold, [1, 1, 1, 1, 0, 0]) == pytest.approx(
+        100 * 2 * 3 / (2 * 3 + 1))  # TP 3, FP 1, FN 0 → F1 6/7
+    assert f1_binary(gold, [1, 1, 1, 0, 0, 0]) == 100.0
+
+
+def test_an_invalid_output_is_the_wrong_label_for_two_label_mcc_and_macro_f1():
+    gold = [1, 1, 0, 0]
+    # INVALID on the gold-0 row → 1: the same confusion matrix as test_mcc_golden
+    assert mcc(gold, [1, 1, INVALID, 0], 2) == mcc(gold, [1, 1, 1, 0], 2) == pytest.approx(100 * 2 / math.sqrt(12))
+    # class 1: TP2 FP1 → F1 4/5; class 0: TP1 FN1 → F1 2/3
+    assert f1_macro(gold, [1, 1, INVALID, 0], 2) == pytest.approx(100 * (4 / 5 + 2 / 3) / 2)
+    # more labels: an invalid output is no class, only a missed gold class (as below)
+    assert f1_macro([0, 1, 2], [0, 1, INVALID], 3) == pytest.approx(100 * (1 + 1 + 0) / 3)
+
+
 def test_macro_f1_over_the_task_classes_only():
     # classes 0,1,2 · gold 0,0,1,2 · pred 0,INVALID,1,1
     # class0: TP1 FP0 FN1 → F1 2/3 ; class1: TP1 FP1 FN0 → 2/3 ; class2: TP0 FN1 → 0
@@ -135,3 +156,19 @@ def test_codebleu_weights_and_identity():
     assert other["codebleu"] == pytest.approx(sum(other[p] for p in parts) / 4)
     # no overlap of any kind scores 0, not the 25 that codebleu 0.7.0's `dataflow or 1` gives
     assert other["dataflow_match_score"] == 0.0 and other["codebleu"] == 0.0
+
+
+def test_a_numeric_answer_of_minus_one_is_valid():
+    task = get_task("gsm8k")
+    rows = [{"question": "q", "answer": "x\n#### -1"}, {"question": "q", "answer": "x\n#### 4"}]
+    result = score(task, rows, ["so the answer is #### -1", "no idea"])
+    assert result.primary == 50.0 and result.invalid_rate == 0.5
+    assert [r["parsed"] for r in result.records] == [-1.0, None]
+
+
+def test_nothing_to_score_is_a_clear_error_not_nan():
+    from peftbench.errors import PeftbenchError
+
+    for name in ("sst2", "gsm8k"):
+        with pytest.raises(PeftbenchError, match="nothing to score"):
+            score(get_task(name), [], [])

@@ -7,7 +7,6 @@ and resumes when the same command runs again.
 
 from __future__ import annotations
 
-import json
 import sys
 from enum import Enum
 from importlib import resources
@@ -18,6 +17,7 @@ import typer
 from rich.console import Console
 
 from peftbench.errors import PeftbenchError
+from peftbench.jsonsafe import dumps_json
 
 if TYPE_CHECKING:
     from peftbench.config import BenchConfig
@@ -203,7 +203,7 @@ def compare(
     if not rows:
         raise PeftbenchError(f"{dir_a} and {dir_b} have no method × task in common")
     if format is ListFormat.json:
-        print(json.dumps([asdict(r) for r in rows], indent=2))
+        print(dumps_json([asdict(r) for r in rows], indent=2))
         return
     table = Table(title=f"B − A  (A = {dir_a}, B = {dir_b}); noise: Welch's t-test over seeds, p < 0.05")
     for col in ("method", "task", "A", "B", "B − A", "seeds A/B", "p", "beyond noise"):
@@ -293,8 +293,13 @@ def score(
     predictions: Annotated[Path, typer.Argument(help="JSONL: one {\"index\": i, \"prediction\": text} per line.")],
     data_dir: DataDirOption = None,
     split: Annotated[str | None, typer.Option(help="Split the indices refer to (default: the eval split).")] = None,
+    missing_as_wrong: Annotated[bool, typer.Option(
+        "--missing-as-wrong", help="Score rows without a prediction as wrong (invalid) instead of failing.")] = False,
 ) -> None:
-    """Score predictions produced anywhere (vLLM, another stack) with the task's metrics; prints JSON."""
+    """Score predictions produced anywhere (vLLM, another stack) with the task's metrics; prints JSON.
+
+    Every row of the split is scored: a row without a prediction is an error (exit 2), or with
+    --missing-as-wrong an invalid output, so a score never covers a silently smaller subset."""
     from peftbench.scoring import score as score_outputs
     from peftbench.tasks import get_task, load_rows
     from peftbench.tasks.data import read_jsonl
@@ -305,17 +310,26 @@ def score(
     given: dict[int, str] = {}
     for lineno, record in enumerate(read_jsonl(predictions, task=task.name), start=1):
         index, text = record.get("index"), record.get("prediction")
-        if not isinstance(index, int) or not 0 <= index < len(rows):
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(rows):
             raise PeftbenchError(f"{predictions}: line {lineno}: 'index' must be an integer in 0..{len(rows) - 1}")
         if not isinstance(text, str):
             raise PeftbenchError(f"{predictions}: line {lineno}: 'prediction' must be a string")
         if index in given:
             raise PeftbenchError(f"{predictions}: line {lineno}: index {index} appears twice")
         given[index] = text
-    order = sorted(given)
-    result = score_outputs(task, [rows[i] for i in order], [given[i] for i in order])
-    print(json.dumps({
-        "task": task.name, "split": split, "n": result.n, "n_split": len(rows),
+    if not given:
+        raise PeftbenchError(f"{predictions}: no predictions (expected one {{\"index\": i, \"prediction\": text}} "
+                             f"line per row of {task.name} {split}, {len(rows)} rows)")
+    missing = [i for i in range(len(rows)) if i not in given]
+    if missing and not missing_as_wrong:
+        shown = ", ".join(map(str, missing[:5])) + (", …" if len(missing) > 5 else "")
+        raise PeftbenchError(f"{predictions}: {len(missing)} of {len(rows)} rows of {task.name} {split} have no "
+                             f"prediction (indices {shown}); pass --missing-as-wrong to score them as wrong")
+    if missing:
+        err_console.print(f"note: {len(missing)} of {len(rows)} rows have no prediction and are scored as wrong")
+    result = score_outputs(task, rows, [given.get(i, "") for i in range(len(rows))])
+    print(dumps_json({
+        "task": task.name, "split": split, "n": result.n, "n_predicted": len(given), "n_missing": len(missing),
         "primary_metric": task.primary_metric, "score": result.primary,
         "metrics": result.metrics, "invalid_rate": result.invalid_rate,
     }, indent=2))
@@ -343,7 +357,7 @@ def cost(
         resolve_method(name)  # unknown names fail before any costing
     rows = cost_from_config(load_model_config(model_config), names, seq_len=seq_len)
     if format is ListFormat.json:
-        print(json.dumps(rows, indent=2))
+        print(dumps_json(rows, indent=2))
         return
     table = Table(title=f"{model_config}: forward of 1 × {seq_len} tokens")
     for col in ("method", "trainable params", "base TFLOPs", "extra TFLOPs", "extra TFLOPs unmerged"):
@@ -379,13 +393,13 @@ def list_(
             rows.append({"name": n, "category": t.category, "metric": t.primary_metric,
                          "splits": list(t.splits), "description": t.description})
     if format is ListFormat.json:
-        print(json.dumps(rows, indent=2))
+        print(dumps_json(rows, indent=2))
         return
     table = Table()
     for key in rows[0]:
         table.add_column(key)
     for row in rows:
-        table.add_row(*(json.dumps(v) if isinstance(v, (dict, list)) else str(v) for v in row.values()))
+        table.add_row(*(dumps_json(v) if isinstance(v, (dict, list)) else str(v) for v in row.values()))
     out_console.print(table)
 
 

@@ -141,6 +141,12 @@ class EvaluationConfig(StrictModel):
         "greedy one, for pass@k (k = 1, 5, 10, ... up to this); 1: greedy pass@1 only, as PEFT-Bench")
     temperature: PositiveFloat = Field(default=0.8, description="sampling temperature for code_samples")
     top_p: Annotated[float, Field(gt=0, le=1)] = Field(default=0.95, description="nucleus sampling for code_samples")
+    decode_check: NonNegativeInt = Field(
+        default=2, description="eval prompts (shortest and longest first) decoded by the fast path and by a "
+        "full-forward reference before a run is scored; a disagreement fails the run (0: off)")
+    decode_check_tolerance: PositiveFloat | None = Field(
+        default=None, description="largest total-variation distance between the two next-token distributions "
+        "(loglik: nats per label token); default 1e-3 for float32, 0.2 for bf16/fp16 models")
 
 
 class CostsConfig(StrictModel):

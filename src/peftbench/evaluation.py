@@ -1,26 +1,29 @@
-"""Evaluation: batched greedy (or sampled) generation (scoring the outputs is `scoring.score`).
+"""Evaluation: batched greedy (or sampled) generation through `decoding.decode`, and label
+log-likelihoods (scoring the outputs is `scoring.score`).
 
 Prompts are sorted by length before batching (left padding, less padding, same batches every
-time), so predictions are deterministic for a given evaluation batch size.
+time); the decoder makes each row's output independent of its batch anyway (tested against a
+one-sequence full-forward reference for every method).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from peftbench.decoding import DecodingMismatch, Sampling, decode, full_logprobs
 from peftbench.tasks.prompts import encode_prompt
 
 
-@dataclass(frozen=True)
-class Sampling:
-    n: int
-    temperature: float
-    top_p: float
+def stop_tokens(model: nn.Module, tokenizer: Any) -> set[int]:
+    """End-of-sequence ids: the tokenizer's and the model's generation config's (Llama-3 has several)."""
+    eos = {tokenizer.eos_token_id}
+    model_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos |= set(model_eos if isinstance(model_eos, list) else [model_eos] if model_eos is not None else [])
+    return {e for e in eos if e is not None}
 
 
 @torch.no_grad()
@@ -36,34 +39,18 @@ def generate(
 ) -> list[str] | list[list[str]]:
     """Greedy continuations of `prompts` (decoded new tokens only), in the input order; with
     `sampling`, `sampling.n` sampled continuations per prompt (the run's seed makes them reproducible)."""
-    from transformers import GenerationConfig
-
-    device = next(model.parameters()).device
     encoded = [encode_prompt(p, tokenizer) for p in prompts]
     order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))
-    eos = {tokenizer.eos_token_id}
-    model_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    eos |= set(model_eos if isinstance(model_eos, list) else [model_eos] if model_eos is not None else [])
-    decoding = ({"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0,
-                 "num_return_sequences": sampling.n} if sampling else {"do_sample": False})
-    gen_config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        num_beams=1,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=sorted(e for e in eos if e is not None),
-        **decoding,
-    )
+    eos = stop_tokens(model, tokenizer)
     n = sampling.n if sampling else 1
-    tokenizer.padding_side = "left"
     outputs: list[list[str]] = [[] for _ in prompts]
     model.eval()
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        batch = tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt").to(device)
-        out = model.generate(**batch, generation_config=gen_config)
-        new_tokens = out[:, batch["input_ids"].shape[1] :]
-        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        for j, i in enumerate(idx):  # generate returns each prompt's n sequences together
+        decoded = decode(model, [encoded[i] for i in idx], max_new_tokens=max_new_tokens, eos=eos,
+                         pad_id=tokenizer.pad_token_id, sampling=sampling)
+        texts = tokenizer.batch_decode(decoded.tokens, skip_special_tokens=True)
+        for j, i in enumerate(idx):  # each prompt's n sequences are consecutive rows
             outputs[i] = texts[j * n : (j + 1) * n]
         if progress:
             progress(min(start + batch_size, len(order)), len(order))
@@ -107,3 +94,28 @@ def label_logprobs(
             targets = torch.tensor(ids[n_prompt:])
             scores[p][k] = float(logprobs[row, positions, targets].sum())
     return scores
+
+
+@torch.no_grad()
+def check_label_logprobs(model: nn.Module, tokenizer: Any, prompts: list[str], labels: tuple[str, ...], *,
+                         tolerance: float) -> dict[str, Any]:
+    """`label_logprobs` of `prompts` in one padded batch against one unpadded full forward per
+    (prompt, label); raises `DecodingMismatch` when a sum differs by more than `tolerance` nats per
+    label token. Returns what was checked, for provenance."""
+    batched = label_logprobs(model, tokenizer, prompts, labels, batch_size=len(prompts) * len(labels))
+    label_ids = [tokenizer(label, add_special_tokens=False).input_ids for label in labels]
+    worst = 0.0
+    for p, prompt in enumerate(prompts):
+        prompt_ids = encode_prompt(prompt, tokenizer)
+        for k, ids in enumerate(label_ids):
+            logprobs = full_logprobs(model, prompt_ids + ids)
+            reference = float(sum(logprobs[len(prompt_ids) - 1 + j, t] for j, t in enumerate(ids)))
+            gap = abs(batched[p][k] - reference) / max(len(ids), 1)
+            worst = max(worst, gap)
+            if gap > tolerance:
+                raise DecodingMismatch(
+                    f"log-likelihood check failed: batched and one-sequence forwards disagree on checked prompt "
+                    f"{p + 1}, label {labels[k]!r} ({batched[p][k]:.4f} vs {reference:.4f} nats); the run is not scored"
+                )
+    return {"checked_prompts": len(prompts), "checked_labels": len(labels), "max_gap_per_token": worst,
+            "tolerance": tolerance}

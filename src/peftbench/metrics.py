@@ -1,8 +1,11 @@
 """Pure metric functions, all on a 0–100 scale (the paper's tables and PSCP's P use that scale).
 
 Classification predictions are class indices with `INVALID` (-1) for an output outside the label
-set: it is wrong for accuracy, a missed positive for binary F1, and a missed gold class for
-macro-F1 — never silently mapped to some class. Numeric predictions use `None` for "no number".
+set, and an invalid output is wrong for every metric. In a two-label task it counts as the other
+label (PEFT-Bench's own scorer does the same): for F1 of the positive class a false positive on a
+gold-negative row and a false negative on a gold-positive one, never a free "not positive". With
+more labels it is no class at all: wrong for accuracy, a missed gold class for macro-F1, its own
+value for MCC. Numeric predictions use `None` for "no number" (−1 is a number like any other).
 """
 
 from __future__ import annotations
@@ -31,14 +34,24 @@ def accuracy(gold: Sequence[int], pred: Sequence[int], n_labels: int = 0) -> flo
     return 100.0 * sum(int(g == p) for g, p in zip(gold, pred, strict=True)) / len(gold)
 
 
+def invalid_as_wrong(gold: Sequence[int], pred: Sequence[int]) -> list[int]:
+    """Two-label predictions with each invalid output replaced by the label that is wrong for its row."""
+    return [1 - g if p == INVALID else p for g, p in zip(gold, pred, strict=True)]
+
+
 def f1_binary(gold: Sequence[int], pred: Sequence[int], n_labels: int = 2) -> float:
-    """F1 of class 1 (the positive class by PEFT-Bench's convention)."""
+    """F1 of class 1 (the positive class by PEFT-Bench's convention); an invalid output is a false
+    positive on a gold-negative row, a false negative on a gold-positive one."""
+    pred = [(0 if g == 1 else 1) if p == INVALID else p for g, p in zip(gold, pred, strict=True)]
     return 100.0 * float(f1_score(gold, pred, labels=[1], average="micro", zero_division=0.0))
 
 
 def f1_macro(gold: Sequence[int], pred: Sequence[int], n_labels: int) -> float:
     """Unweighted mean of per-class F1 over the classes that occur in gold or predictions (as
-    sklearn's default does); invalid outputs form no class but still cost their gold class recall."""
+    sklearn's default does). Two labels: an invalid output is the wrong label; more: it forms no
+    class but still costs its gold class recall."""
+    if n_labels == 2:
+        pred = invalid_as_wrong(gold, pred)
     labels = sorted((set(gold) | set(pred)) - {INVALID})
     if not labels:
         return 0.0
@@ -46,7 +59,10 @@ def f1_macro(gold: Sequence[int], pred: Sequence[int], n_labels: int) -> float:
 
 
 def mcc(gold: Sequence[int], pred: Sequence[int], n_labels: int = 2) -> float:
-    """Matthews correlation ×100 (GLUE's CoLA metric); invalid outputs stay a separate value."""
+    """Matthews correlation ×100 (GLUE's CoLA metric). Two labels: an invalid output is the wrong
+    label; more: it stays a separate value."""
+    if n_labels == 2:
+        pred = invalid_as_wrong(gold, pred)
     if len(set(gold) | set(pred)) < 2:
         return 0.0
     return 100.0 * float(matthews_corrcoef(gold, pred))

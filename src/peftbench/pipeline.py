@@ -30,12 +30,13 @@ from peftbench.config import BenchConfig
 from peftbench.costs import peak_memory
 from peftbench.costs.energy import EnergyMeter
 from peftbench.costs.run import BaseFigures, measure_base, measure_run_costs
-from peftbench.evaluation import Sampling, generate, label_logprobs
+from peftbench.decoding import Sampling, check_decoding, decoder_name, default_tolerance
+from peftbench.evaluation import check_label_logprobs, generate, label_logprobs, stop_tokens
 from peftbench.modeling import ModelSource, load_model, load_tokenizer, model_revision, pick_device
 from peftbench.plan import RunSpec, task_fingerprint
 from peftbench.scoring import Scores, pass_at_ks, score
 from peftbench.tasks import Row, TaskSpec, load_rows
-from peftbench.tasks.prompts import encode_example, render_prompt
+from peftbench.tasks.prompts import encode_example, encode_prompt, render_prompt
 from peftbench.training import train
 from peftbench.utils import atomic_torch_save, cache_root, dir_size_bytes, pinned_threads, seed_everything
 
@@ -60,6 +61,7 @@ class RunOutcome:
     training: dict[str, Any] | None = None
     error: str | None = None
     predictions: list[dict[str, Any]] = field(default_factory=list)
+    provenance: dict[str, Any] = field(default_factory=dict)  # the run's own (decoding); executors add the process's
 
 
 class RunContext:
@@ -197,8 +199,9 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
         adapter_bytes = _save_adapter(method, model, ctx.out_dir / "adapters" / spec.run_id, cfg.save_adapters)
 
         t0 = time.perf_counter()
-        scores, eval_mode = evaluate(model, task, data.eval, ctx, phase)
+        scores, decoding = evaluate(model, task, data.eval, ctx, phase)
         outcome.timings["eval_s"] = time.perf_counter() - t0
+        outcome.provenance["decoding"] = decoding
 
         phase("costs", 0, 1)
         t0 = time.perf_counter()
@@ -215,12 +218,12 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
             **scores.metrics,
             "invalid_rate": scores.invalid_rate,
             "n_eval": scores.n,
-            "eval_mode": eval_mode,
+            "eval_mode": decoding["mode"],
         }
         outcome.predictions = scores.records
         outcome.timings["total_s"] = time.perf_counter() - t_start
         if not math.isfinite(scores.primary):
-            outcome.status, outcome.error = "failed", "the evaluation split is empty"
+            outcome.status, outcome.error = "failed", f"the primary metric {task.primary_metric} is not a number"
         return outcome
 
 
@@ -230,17 +233,26 @@ def checkpoint_dir(out_dir: Path, run_id: str) -> Path:
 
 
 def evaluate(model: torch.nn.Module, task: TaskSpec, rows: list[Row], ctx: RunContext,
-             phase: PhaseFn) -> tuple[Scores, str]:
+             phase: PhaseFn) -> tuple[Scores, dict[str, Any]]:
     """Score the model on the eval rows: label log-likelihoods (loglik mode, classification) or greedy
-    generation."""
+    generation; first, the fast path is checked against the full-forward reference on a few prompts.
+    Returns the scores and how they were decoded (for provenance)."""
     cfg = ctx.cfg.evaluation
     phase("eval", 0, len(rows))
     prompts = [render_prompt(task, r, ctx.tokenizer) for r in rows]
+    checked = _check_prompts(prompts, cfg.decode_check)
+    tolerance = cfg.decode_check_tolerance or default_tolerance(model)
     if cfg.mode == "loglik" and task.kind == "classification":
+        check = (check_label_logprobs(model, ctx.tokenizer, checked, task.labels, tolerance=tolerance)
+                 if checked else None)
         logprobs = label_logprobs(model, ctx.tokenizer, prompts, task.labels, batch_size=cfg.batch_size)
         outputs = [task.labels[max(range(len(lp)), key=lp.__getitem__)] for lp in logprobs]
-        return score(task, rows, outputs), "loglik"
+        return score(task, rows, outputs), {"mode": "loglik", "decoder": "batched-forward", "check": check}
     max_new_tokens = cfg.max_new_tokens or task.max_new_tokens
+    check = check_decoding(
+        model, [encode_prompt(p, ctx.tokenizer) for p in checked], max_new_tokens=min(max_new_tokens, CHECK_TOKENS),
+        eos=stop_tokens(model, ctx.tokenizer), pad_id=ctx.tokenizer.pad_token_id, tolerance=tolerance,
+    ) if checked else None
     outputs = generate(
         model, ctx.tokenizer, prompts, batch_size=cfg.batch_size, max_new_tokens=max_new_tokens,
         progress=lambda done, total: phase("eval", done, total),
@@ -256,7 +268,22 @@ def evaluate(model: torch.nn.Module, task: TaskSpec, rows: list[Row], ctx: RunCo
         scores.metrics.update(sampled)
         for record, outs, c in zip(scores.records, samples, passed, strict=True):
             record.update(samples=outs, samples_passed=c)
-    return scores, "generate"
+    return scores, {"mode": "generate", "decoder": decoder_name(model), "check": check}
+
+
+# New tokens compared per checked prompt: decoding faults show in the first tokens, and the
+# reference's per-step distributions are kept in memory ([tokens, vocab] each).
+CHECK_TOKENS = 32
+
+
+def _check_prompts(prompts: list[str], n: int) -> list[str]:
+    """`n` distinct prompts spread over the length range, shortest and longest first, so the check
+    runs with padding as evaluation does."""
+    if n == 0 or not prompts:
+        return []
+    by_length = sorted(dict.fromkeys(prompts), key=lambda p: (len(p), p))
+    picks = [0, len(by_length) - 1] + [round(i * (len(by_length) - 1) / (n - 1)) for i in range(1, n - 1)]
+    return [by_length[i] for i in dict.fromkeys(picks)][:n]
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

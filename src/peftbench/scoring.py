@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from peftbench.errors import PeftbenchError
 from peftbench.metrics import (
     INVALID,
     METRICS,
@@ -61,9 +62,12 @@ def score(task: TaskSpec, rows: list[Row], outputs: list[str]) -> Scores:
     """Score outputs (one per row, same order) with the task's metrics, 0–100."""
     if len(rows) != len(outputs):
         raise ValueError(f"{len(outputs)} outputs for {len(rows)} rows")
+    if not rows:
+        raise PeftbenchError(f"task {task.name!r}: nothing to score (no rows)")
     golds = [task.gold_of(r) for r in rows]
     metrics, parsed, correct = SCORERS[task.kind](task, rows, golds, outputs)
-    invalid = [p is None or p == INVALID for p in parsed]
+    # INVALID is a class index; a numeric answer of -1 is a valid answer, not the marker.
+    invalid = [p is None or (task.kind == "classification" and p == INVALID) for p in parsed]
     records = [
         {"index": i, "prediction": o, "parsed": _shown(task, p), "gold": task.render_target(r), "correct": c}
         for i, (r, o, p, c) in enumerate(zip(rows, outputs, parsed, correct, strict=True))
@@ -72,7 +76,7 @@ def score(task: TaskSpec, rows: list[Row], outputs: list[str]) -> Scores:
     return Scores(
         metrics=metrics,
         primary=metrics[task.primary_metric],
-        invalid_rate=sum(invalid) / n if n else math.nan,
+        invalid_rate=sum(invalid) / n,
         n=n,
         records=records,
     )

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peftbench.jsonsafe import dumps_json
+
 SCHEMA_VERSION = 1
 DB_NAME = "peftbench.db"
 STATUSES = ("pending", "running", "done", "failed", "diverged")
@@ -144,7 +146,7 @@ class Store:
             db.executemany(
                 "INSERT OR IGNORE INTO runs (run_id, method, task, seed, status, config, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)",
-                [(rid, m, t, s, json.dumps(c, sort_keys=True), now, now) for rid, m, t, s, c in runs],
+                [(rid, m, t, s, dumps_json(c, sort_keys=True), now, now) for rid, m, t, s, c in runs],
             )
 
     def claim(self, run_id: str, owner: str | None = None, lease_s: float = DEFAULT_LEASE_S) -> bool:
@@ -186,7 +188,7 @@ class Store:
                 "error = ?, claimed_by = NULL, updated_at = ? WHERE run_id = ?",
                 (
                     status,
-                    *(None if v is None else json.dumps(v, sort_keys=True)
+                    *(None if v is None else dumps_json(v, sort_keys=True)
                       for v in (metrics, costs, timings, training, provenance)),
                     error,
                     time.time(),

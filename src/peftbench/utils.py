@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import random
 import tempfile
@@ -14,6 +13,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from peftbench.jsonsafe import dumps_json
 
 
 @contextmanager
@@ -68,7 +69,7 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
 
 
 def atomic_write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    atomic_write_text(path, "".join(dumps_json(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def dir_size_bytes(path: Path) -> int:

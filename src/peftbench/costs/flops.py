@@ -89,18 +89,18 @@ def forward_flops(model: nn.Module, *, batch_size: int, seq_len: int, vocab_size
 def flops_per_generated_token(model: nn.Module, *, context_len: int, new_tokens: int, vocab_size: int) -> float:
     """FLOPs of one greedy decoding step with a KV cache, after a `context_len`-token prompt.
 
-    Counted as (FLOPs of generating 1 + n tokens − FLOPs of generating 1) / n through `generate`,
-    so every method's own cache handling (virtual tokens, prefixes) is what gets counted.
+    Counted as (FLOPs of generating 1 + n tokens − FLOPs of generating 1) / n through
+    `decoding.decode`, the decoder evaluation uses, so each method's virtual tokens or prefix
+    key/values are counted as they are decoded.
     """
-    from transformers import GenerationConfig
+    from peftbench.decoding import decode
 
-    ids = _token_ids(model, 1, context_len, vocab_size)
+    ids = _token_ids(model, 1, context_len, vocab_size)[0].tolist()
 
     def count(n: int) -> int:
-        config = GenerationConfig(max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
         counter = FlopCounterMode(display=False)
         with counter:
-            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+            decode(model, [ids], max_new_tokens=n, eos=(), pad_id=0)
         return int(counter.get_total_flops())
 
     model.eval()

@@ -23,8 +23,9 @@ def _sync(device: torch.device) -> None:
 def measure_latency(
     model: nn.Module, *, prefill_len: int, new_tokens: int, repeats: int, vocab_size: int
 ) -> dict[str, float]:
-    """{'prefill_s': one forward of 1 × prefill_len, 'per_token_s': each further greedy token}."""
-    from transformers import GenerationConfig
+    """{'prefill_s': one forward of 1 × prefill_len, 'per_token_s': each further greedy token of
+    `decoding.decode`, the decoder evaluation uses}."""
+    from peftbench.decoding import decode
 
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(0)
@@ -44,8 +45,7 @@ def measure_latency(
         return statistics.median(times)
 
     def generate(n: int):
-        config = GenerationConfig(max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
-        return lambda: model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        return lambda: decode(model, ids.tolist(), max_new_tokens=n, eos=(), pad_id=0)
 
     prefill = timed(lambda: model(input_ids=ids, attention_mask=mask, use_cache=False))
     one, many = timed(generate(1)), timed(generate(1 + new_tokens))

@@ -40,8 +40,11 @@ def run_batch(ctx: RunContext, specs: list[RunSpec], executor: str,
               extra: dict[str, Any] | None = None) -> Results:
     """Run `specs` one after the other on `ctx`; every outcome carries where it ran."""
     where = {"executor": executor, "host": socket.gethostname(), "pid": os.getpid(), **(extra or {})}
-    return {spec.run_id: (run_one(spec, ctx, phase_for(spec) if phase_for else None),
-                          {**ctx.provenance, "worker": where}) for spec in specs}
+    results: Results = {}
+    for spec in specs:
+        outcome = run_one(spec, ctx, phase_for(spec) if phase_for else None)
+        results[spec.run_id] = (outcome, {**ctx.provenance, **outcome.provenance, "worker": where})
+    return results
 
 
 def work(cfg: BenchConfig, source: ModelSource, out_dir: Path, specs: list[RunSpec], executor: str,

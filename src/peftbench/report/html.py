@@ -8,13 +8,13 @@ the page; the script only reorders and hides existing rows (no `innerHTML`), so 
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
 from typing import Any
 
+from peftbench.jsonsafe import dumps_json
 from peftbench.report.aggregate import Summary, fmt, pscp_sensitivity
 from peftbench.report.tables import cell_text, params_text, sensitivity_headers
 from peftbench.store import RunRecord
@@ -105,7 +105,7 @@ def _runs(records: Sequence[RunRecord], predictions: dict[str, list[dict[str, An
                     f"{_td(r.status, label=True)}{_td(fmt(score), score)}{_td(fmt(invalid, 3), invalid)}</tr>")
         parts = {"config": r.config, "metrics": r.metrics, "costs": r.costs, "timings": r.timings,
                  "error": r.error, f"first {PREDICTION_SAMPLE} predictions": predictions.get(r.run_id, [])}
-        body = "".join(f"<h4>{escape(k)}</h4><pre>{escape(json.dumps(v, indent=1, ensure_ascii=False))}</pre>"
+        body = "".join(f"<h4>{escape(k)}</h4><pre>{escape(dumps_json(v, indent=1, ensure_ascii=False))}</pre>"
                        for k, v in parts.items())
         details.append(f'<details id="run-{escape(r.run_id)}"><summary>{escape(r.method)} · {escape(r.task)} · '
                        f"seed {r.seed} · {escape(r.status)}</summary>{body}</details>")

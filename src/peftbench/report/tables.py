@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from collections.abc import Sequence
 
 from rich.console import Group
 from rich.table import Table
 
+from peftbench.jsonsafe import dumps_json
 from peftbench.report.aggregate import Cell, MethodSummary, Summary, fmt, pscp_sensitivity, stability
 from peftbench.store import RunRecord
 
@@ -100,7 +100,7 @@ def runs_csv(records: Sequence[RunRecord]) -> str:
 
 
 def summary_json(summary: Summary) -> str:
-    return json.dumps(summary.to_json(), indent=2)
+    return dumps_json(summary.to_json(), indent=2)
 
 
 _LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",

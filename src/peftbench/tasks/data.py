@@ -7,6 +7,7 @@ the same row → prompt code.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from pathlib import Path
 from string import Formatter
@@ -14,6 +15,30 @@ from string import Formatter
 from peftbench.errors import PeftbenchError
 from peftbench.hub import cache_only, hub_reachable
 from peftbench.tasks.spec import GeneratedSource, HubSource, Row, TaskSpec
+
+
+def local_path(task: TaskSpec, split: str, data_dir: Path) -> Path:
+    return Path(data_dir) / task.name / f"{split}.jsonl"
+
+
+def local_data_fingerprint(task: TaskSpec, data_dir: Path | None) -> dict[str, str | None] | None:
+    """SHA-256 of the content of each local file a run of `task` reads (train and eval split), or
+    None for data that is not local (generated in code, or at a pinned hub revision). Part of the
+    run id: editing a file makes new runs, instead of resuming results computed on other rows."""
+    if data_dir is None or isinstance(task.source, GeneratedSource):
+        return None
+    digests: dict[str, str | None] = {}
+    for split in dict.fromkeys((task.train_split, task.eval_split)):
+        path = local_path(task, split, data_dir)
+        if not path.is_file():
+            digests[split] = None  # loading reports the missing file
+            continue
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        digests[split] = digest.hexdigest()[:16]
+    return digests
 
 
 def load_rows(task: TaskSpec, split: str, data_dir: Path | None = None) -> list[Row]:
@@ -24,7 +49,7 @@ def load_rows(task: TaskSpec, split: str, data_dir: Path | None = None) -> list[
             raise PeftbenchError(f"task {task.name!r}: no split {split!r} (has: {', '.join(source.sizes)})")
         return source.generate(split, source.sizes[split], source.seed)
     if data_dir is not None:
-        path = Path(data_dir) / task.name / f"{split}.jsonl"
+        path = local_path(task, split, data_dir)
         rows, where = read_jsonl(path, task=task.name), str(path)
     else:
         rows, where = _load_from_hub(task, source, split), f"{source.path} split {split}"

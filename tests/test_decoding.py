@@ -1,0 +1,108 @@
+"""Differential tests of the decoder: for every registered method (and peft prompt-learning tuners
+given by `peft:`), batched KV-cache decoding with left padding equals a one-sequence, no-cache,
+full-forward greedy reference token by token; and the run-time check catches a decoder that does not.
+
+Going back to `model.generate` for evaluation fails these tests with peft 0.21 + transformers 5.24
+(prompt tuning, P-tuning and prefix tuning decode other tokens than the model they trained).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import METHOD_CASES, adapted
+
+from peftbench import decoding
+from peftbench.decoding import DECODER, DecodingMismatch, check_decoding, decode, decoder_name, reference_greedy
+from peftbench.evaluation import generate
+from peftbench.tasks.prompts import encode_prompt
+
+PROMPTS = [
+    "the movie was great. it was",
+    "short",
+    "we talked about the rain and the wind all day long, then went home. this is",
+    "a",
+    "numbers: 1 2 3 4 5",
+    "the cat sat on the mat",
+    "food is good and the weather is fine. it was",
+    "x y z",
+    "one more prompt of some middling length",
+]
+NEW_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def references(tokenizer) -> dict[str, tuple[torch.nn.Module, list[list[int]], list[list[int]]]]:
+    """Per method: the model, the encoded prompts and the reference continuations (no stop token:
+    a random model rarely emits EOS, so stopping is tested separately)."""
+    torch.set_num_threads(1)
+    encoded = [encode_prompt(p, tokenizer) for p in PROMPTS]
+    out = {}
+    for name, args in METHOD_CASES:
+        model = adapted(tokenizer, name, args)
+        out[name] = (model, encoded, [reference_greedy(model, e, max_new_tokens=NEW_TOKENS, eos=()) for e in encoded])
+    base = out["base"][2]
+    for name, (_, _, reference) in out.items():  # outputs varied enough that a wrong decoder shows
+        assert len({t for r in reference for t in r}) >= 10, name
+        assert name == "base" or sum(r != b for r, b in zip(reference, base, strict=True)) >= 5, name
+    return out
+
+
+@pytest.mark.parametrize("name", [n for n, _ in METHOD_CASES])
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_evaluation_output_equals_the_full_forward_reference(tokenizer, references, name, batch_size):
+    model, _, reference = references[name]
+    texts = generate(model, tokenizer, PROMPTS, batch_size=batch_size, max_new_tokens=NEW_TOKENS)
+    expected = [tokenizer.decode(_until(r, {tokenizer.eos_token_id}), skip_special_tokens=True) for r in reference]
+    assert texts == expected
+    assert decoder_name(model) == DECODER  # every registered method has the fast path
+
+
+@pytest.mark.parametrize("name", [n for n, _ in METHOD_CASES])
+def test_tokens_and_ragged_stops_equal_the_reference(tokenizer, references, name):
+    """Token ids, not text: one batch of prompts of different lengths, where rows stop at different
+    steps (the stop token is one the reference emits partway through some rows)."""
+    model, encoded, reference = references[name]
+    assert decode(model, encoded, max_new_tokens=NEW_TOKENS, eos=(), pad_id=tokenizer.pad_token_id).tokens == reference
+    # the emitted token that cuts the rows at the most different lengths
+    stop = max(({t} for r in reference for t in r),
+               key=lambda s: (len({len(_until(r, s)) for r in reference}), -min(s)))
+    expected = [_until(r, stop) for r in reference]
+    assert len({len(e) for e in expected}) > 2, "rows should stop at different steps"
+    got = decode(model, encoded, max_new_tokens=NEW_TOKENS, eos=stop, pad_id=tokenizer.pad_token_id).tokens
+    assert got == expected == [reference_greedy(model, e, max_new_tokens=NEW_TOKENS, eos=stop) for e in encoded]
+
+
+def _until(tokens: list[int], stop: set[int]) -> list[int]:
+    for i, t in enumerate(tokens):
+        if t in stop:
+            return tokens[: i + 1]
+    return tokens
+
+
+@pytest.mark.parametrize("name", ["prompt_tuning", "prefix_tuning", "p_tuning", "lora"])
+def test_the_run_time_check_passes_the_decoder_and_catches_a_broken_one(tokenizer, references, name, monkeypatch):
+    model, encoded, _ = references[name]
+    checked = check_decoding(model, [encoded[1], encoded[2]], max_new_tokens=NEW_TOKENS, eos=(),
+                             pad_id=tokenizer.pad_token_id, tolerance=1e-3)
+    assert checked["decoder"] == DECODER and checked["checked_steps"] == 2 * NEW_TOKENS
+    assert checked["max_total_variation"] < 1e-4
+    # Broken decoders of the kinds seen upstream: virtual tokens or prefix dropped, positions shifted.
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    broken = decoding._Feed(core) if name != "lora" else decoding._Feed(model, prefix_len=3)
+    monkeypatch.setattr(decoding, "_feed", lambda m: broken)
+    with pytest.raises(DecodingMismatch, match="decoding check failed"):
+        check_decoding(model, [encoded[1], encoded[2]], max_new_tokens=NEW_TOKENS, eos=(),
+                       pad_id=tokenizer.pad_token_id, tolerance=1e-3)
+
+
+def test_sampling_draws_from_the_nucleus(tokenizer):
+    """top_p keeps the smallest set of most likely tokens whose mass reaches top_p; the draws follow
+    the renormalised distribution."""
+    logprobs = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    torch.manual_seed(0)
+    draws = torch.stack([decoding._sample(logprobs, decoding.Sampling(1, 1.0, 0.8)) for _ in range(4000)])
+    counts = torch.bincount(draws.flatten(), minlength=4).tolist()
+    assert counts[2] == counts[3] == 0  # 0.5 + 0.3 reaches 0.8: the rest is cut
+    assert counts[0] / 4000 == pytest.approx(0.5 / 0.8, abs=0.03)
+    assert decoding._sample(logprobs, decoding.Sampling(1, 1.0, 0.4)).item() == 0  # only the top token
