@@ -171,6 +171,20 @@ def test_flops_per_generated_token(tokenizer):
     assert per_token == pytest.approx(2 * linear + attention)
 
 
+@pytest.mark.parametrize("name,args", [("prompt_tuning", {"num_virtual_tokens": 5}),
+                                       ("p_tuning", {"num_virtual_tokens": 5}),
+                                       ("prefix_tuning", {"num_virtual_tokens": 5})])
+def test_flops_per_generated_token_with_virtual_tokens(tokenizer, name, args):
+    """Each new token attends the 5 virtual tokens (or prefix key/values) besides the prompt and
+    the tokens before it; the prompt encoder or prefix MLP runs once per sequence, not per token."""
+    base = llama(tokenizer)
+    linear = sum(m.in_features * m.out_features for m in base.modules() if isinstance(m, nn.Linear))
+    model = resolve_method(name, args).apply(base)
+    per_token = flops_per_generated_token(model, context_len=16, new_tokens=4, vocab_size=len(tokenizer))
+    attention = sum(L * 2 * (2 * HEADS * (H // HEADS) * (5 + 16 + i)) for i in range(1, 5)) / 4
+    assert per_token == pytest.approx(2 * linear + attention)
+
+
 def medium_llama(tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 

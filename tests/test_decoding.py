@@ -106,3 +106,46 @@ def test_sampling_draws_from_the_nucleus(tokenizer):
     assert counts[2] == counts[3] == 0  # 0.5 + 0.3 reaches 0.8: the rest is cut
     assert counts[0] / 4000 == pytest.approx(0.5 / 0.8, abs=0.03)
     assert decoding._sample(logprobs, decoding.Sampling(1, 1.0, 0.4)).item() == 0  # only the top token
+
+
+GUARDED = """
+name: guarded
+methods: [{name: prompt_tuning, learning_rate: 0.1, args: {num_virtual_tokens: 20}}, base]
+tasks: [qs_sentiment]
+training: {max_steps: 20, batch_size: 4, cutoff_len: 128}
+evaluation: {max_samples: 6}
+costs: {latency: false, memory_steps: 0}
+"""
+
+
+def test_a_run_whose_decoder_disagrees_with_the_reference_fails_with_the_reason(tmp_path, monkeypatch, capsys):
+    """The run-time check: a decoder that drops the virtual tokens (what the broken cached
+    `generate` amounts to) stops the run before it is scored; the run that decodes right records
+    which decoder it used and what was checked."""
+    import sys
+
+    from peftbench.cli import main
+    from peftbench.store import Store
+
+    real_feed = decoding._feed
+
+    def feed_without_virtual_tokens(model):
+        feed = real_feed(model)
+        return decoding._Feed(feed.call) if feed is not None and feed.virtual is not None else feed
+
+    monkeypatch.setattr(decoding, "_feed", feed_without_virtual_tokens)
+    config = tmp_path / "guarded.yaml"
+    config.write_text(GUARDED)
+    monkeypatch.setattr(sys, "argv", ["peftbench", "run", str(config), "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 1  # a run failed; the grid finished
+    by = {r.method: r for r in Store.open(tmp_path / "out").records()}
+    failed, base = by["prompt_tuning"], by["base"]
+    assert failed.status == "failed" and failed.metrics is None
+    assert failed.error.startswith("decoding check failed: the peftbench-kv/1 decoder and the full-forward reference")
+    assert not Store(tmp_path / "out").predictions_path(failed.run_id).exists()
+    assert base.status == "done"
+    check = base.provenance["decoding"]
+    assert check["mode"] == "generate" and check["decoder"] == DECODER
+    assert check["check"]["checked_prompts"] == 2 and check["check"]["max_total_variation"] < 1e-4

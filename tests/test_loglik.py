@@ -56,3 +56,24 @@ def test_single_token_labels_agree_with_greedy_generation(builtin_model_dir, row
             compared += 1
             assert max(range(len(labels)), key=lp.__getitem__) == picked
     assert compared >= len(rows) // 2, "the pretrained model should state a label for most of these"
+
+
+def test_the_run_time_loglik_check_passes_the_batched_path_and_catches_a_wrong_one(tokenizer, monkeypatch):
+    from peftbench import evaluation
+    from peftbench.decoding import DecodingMismatch
+    from peftbench.evaluation import check_label_logprobs
+
+    model = adapted(tokenizer, "prefix_tuning", {})
+    prompts, labels = ["short", "the movie was great. it was"], ("negative", "not_entailment")
+    checked = check_label_logprobs(model, tokenizer, prompts, labels, tolerance=1e-4)
+    assert checked["checked_prompts"] == 2 and checked["max_gap_per_token"] < 1e-5
+    right = evaluation.label_logprobs
+
+    def shifted(*args, **kwargs):  # one label's score off by half a nat: a padding or position bug
+        scores = right(*args, **kwargs)
+        scores[1][1] += 0.5
+        return scores
+
+    monkeypatch.setattr(evaluation, "label_logprobs", shifted)
+    with pytest.raises(DecodingMismatch, match="checked prompt 2, label 'not_entailment'"):
+        check_label_logprobs(model, tokenizer, prompts, labels, tolerance=1e-4)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 
 import pytest
 import yaml
-from conftest import hand_store
+from conftest import hand_store, run_cli
 
 from peftbench.config import PSCPConfig
 from peftbench.pscp import pscp
@@ -114,8 +115,35 @@ def test_report_shows_only_the_current_configs_runs(tmp_path):
     with store._connect() as db:  # give the first row the current plan's id; the second is an older config's
         db.execute("UPDATE runs SET run_id = ? WHERE run_id = 'run000'", (run.run_id,))
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    records, other = current_records(store, current_config(tmp_path))
+    records, other = current_records(store.records(), current_config(tmp_path))
     assert [r.run_id for r in records] == [run.run_id] and other == 1
+    report = build_report(tmp_path)
+    assert report.summary.summaries[0].p_avg == 40.0
+    assert report.summary.summaries[0].pscp == pytest.approx(pscp(40.0, 1000, 0.0, 1.0, PSCPConfig(beta_p=1.0)))
+    assert report.notes == []
+
+
+def test_a_store_mixing_run_id_versions_says_so(tmp_path):
+    """Runs recorded before the decoder fix (run-id version 2) are flagged wherever they are counted."""
+    from peftbench.plan import IDENTITY_VERSION
+
+    store = hand_store(tmp_path, [("lora", "qs_arith", 0, "done", 40.0), ("prompt_tuning", "qs_arith", 0, "done", 9.0)])
+    with store._connect() as db:
+        db.execute("UPDATE runs SET config = ? WHERE run_id = 'run001'", (json.dumps({"version": 2}),))
+        db.execute("UPDATE runs SET config = ? WHERE run_id = 'run000'", (json.dumps({"version": IDENTITY_VERSION}),))
+    (note,) = build_report(tmp_path).notes  # no config.yaml: every run is shown, the old one flagged
+    assert note.startswith("1 run(s) shown (prompt_tuning) were recorded by an older peftbench")
+    result = run_cli("report", "--out", str(tmp_path), "--format", "md")
+    assert f"note: {note}\n" in result.stderr
+    assert f"> **Note:** {note}" in result.stdout and note in (tmp_path / "leaderboard.md").read_text()
+    assert "Note:</strong> 1 run(s) shown" in (tmp_path / "leaderboard.html").read_text()
+
+
+def test_the_leaderboard_shows_each_methods_invalid_output_rate(tmp_path):
+    store = hand_store(tmp_path, [("lora", "a", 0, "done", 40.0), ("lora", "b", 0, "done", 60.0)])
+    with store._connect() as db:
+        db.execute("""UPDATE runs SET metrics = json_set(metrics, '$.invalid_rate', 0.25) WHERE run_id = 'run001'""")
     summary = build_report(tmp_path).summary
-    assert summary.summaries[0].p_avg == 40.0
-    assert summary.summaries[0].pscp == pytest.approx(pscp(40.0, 1000, 0.0, 1.0, PSCPConfig(beta_p=1.0)))
+    assert summary.summaries[0].invalid_rate == pytest.approx(0.125)  # mean of the cells: 0 and 0.25
+    md = markdown(summary)
+    assert "| rank | method | P_avg | invalid % |" in md and "| 1 | lora | 50.0 | 12.5 |" in md

@@ -171,8 +171,10 @@ def _print_report(out: Path, format: ReportFormat, reference: str | None = None)
     if result.other_runs:
         err_console.print(f"note: {result.other_runs} run(s) in {out} belong to an earlier config and are not shown",
                           highlight=False)
+    for note in result.notes:
+        err_console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     renderings = {
-        ReportFormat.md: lambda: markdown(result.summary),
+        ReportFormat.md: lambda: markdown(result.summary, result.notes),
         ReportFormat.csv: lambda: runs_csv(result.records),
         ReportFormat.json: lambda: summary_json(result.summary) + "\n",
         ReportFormat.latex: lambda: latex(result.summary),

@@ -146,7 +146,7 @@ class EvaluationConfig(StrictModel):
         "full-forward reference before a run is scored; a disagreement fails the run (0: off)")
     decode_check_tolerance: PositiveFloat | None = Field(
         default=None, description="largest total-variation distance between the two next-token distributions "
-        "(loglik: nats per label token); default 1e-3 for float32, 0.2 for bf16/fp16 models")
+        "(loglik: nats per label token); default 1e-4 for float32, 0.2 for bf16/fp16 models")
 
 
 class CostsConfig(StrictModel):

@@ -1,9 +1,9 @@
 """Expanding a config into runs: methods × tasks × seeds, each with a content-addressed id.
 
 A run's id hashes what the run *means*: the model, the resolved method arguments and learning
-rate, the task definition, the data (for local files, their content, not only their path), the
-training/evaluation/cost protocol, the decoder version and the seed. Re-running a config resumes
-it; changing any of these starts new runs beside the old ones.
+rate, the task definition, the data (a hub dataset's pinned revision; local files by their
+content, wherever they lie), the training/evaluation/cost protocol, the decoder version and the
+seed. Re-running a config resumes it; changing any of these starts new runs beside the old ones.
 
 It deliberately leaves out where and how a run executes: the output directory, the executor,
 checkpoint frequency, the decoding check, PSCP constants, and the execution environment — device,
@@ -68,7 +68,6 @@ def run_identity(cfg: BenchConfig, method_cfg: MethodConfig, task: TaskConfig, s
         "model": model,
         "method": {"id": method_cfg.id, "name": method_cfg.name, "args": method.args, "learning_rate": lr},
         "task": {"name": task.name, "fingerprint": task_fingerprint(task.spec())},
-        "data_dir": str(cfg.data_dir) if cfg.data_dir else None,
         "data": data if data is not None else local_data_fingerprint(task.spec(), cfg.data_dir),
         "training": cfg.training.model_dump(mode="json", exclude=NOT_IDENTITY["training"]),
         "evaluation": cfg.evaluation.model_dump(mode="json", exclude=NOT_IDENTITY["evaluation"]),

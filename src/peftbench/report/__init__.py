@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from peftbench.config import BenchConfig, PSCPConfig, validate_config
-from peftbench.plan import plan_runs
+from peftbench.plan import IDENTITY_VERSION, plan_runs
 from peftbench.report.aggregate import REFERENCES, Summary, aggregate, with_reference
 from peftbench.report.tables import latex, markdown, rich_tables, runs_csv, summary_json
 from peftbench.store import RunRecord, Store
@@ -31,6 +31,7 @@ class Report:
     other_runs: int
     summary: Summary
     title: str
+    notes: list[str]  # what a reader must know before trusting the numbers (printed and in the artefacts)
 
 
 def current_config(out_dir: Path) -> BenchConfig | None:
@@ -41,18 +42,37 @@ def current_config(out_dir: Path) -> BenchConfig | None:
     return validate_config(yaml.safe_load(path.read_text()) or {}, source=str(path))
 
 
-def current_records(store: Store, cfg: BenchConfig | None) -> tuple[list[RunRecord], int]:
-    """The runs of `cfg` (the directory's current config), and how many other runs the store holds.
+def current_records(records: list[RunRecord], cfg: BenchConfig | None) -> tuple[list[RunRecord], int]:
+    """The runs of `cfg` (the directory's current config) among a store's `records`, and how many
+    other runs the store holds.
 
     Runs of an earlier config (say, other epochs) stay in the store; averaging them in would
     count them as extra seeds, so reports show only the current plan's runs.
     """
-    records = store.records()
     if cfg is None:
         return records, 0
     ids = {r.run_id for r in plan_runs(cfg)}
     kept = [r for r in records if r.run_id in ids]
     return kept, len(records) - len(kept)
+
+
+def version_notes(shown: list[RunRecord], all_records: list[RunRecord]) -> list[str]:
+    """Say so when the store holds runs identified by an older run-id version: before version 3,
+    generation used transformers' cached `generate`, which decodes prompt tuning, prefix tuning and
+    P-tuning wrongly with peft 0.21 + transformers 5.24 (their scores are not comparable)."""
+    def old(records: list[RunRecord]) -> list[RunRecord]:
+        return [r for r in records if (r.config or {}).get("version", IDENTITY_VERSION) < IDENTITY_VERSION]
+
+    notes = []
+    if old_shown := old(shown):
+        methods = ", ".join(sorted({r.method for r in old_shown}))
+        notes.append(f"{len(old_shown)} run(s) shown ({methods}) were recorded by an older peftbench (run-id version "
+                     f"< {IDENTITY_VERSION}), whose decoder scored prompt, prefix and P-tuning wrongly; re-run their "
+                     f"config to recompute them")
+    if hidden := len(old(all_records)) - len(old_shown):
+        notes.append(f"{hidden} run(s) in this store were recorded by an older peftbench (run-id version "
+                     f"< {IDENTITY_VERSION}) and are not shown; their scores are not comparable with these")
+    return notes
 
 
 def task_categories(names: list[str]) -> dict[str, str]:
@@ -64,12 +84,14 @@ def task_categories(names: list[str]) -> dict[str, str]:
 def build_report(out_dir: Path, *, reference: str | None = None) -> Report:
     store = Store.open(out_dir)
     cfg = current_config(store.out_dir)
-    records, other = current_records(store, cfg)
+    everything = store.records()
+    records, other = current_records(everything, cfg)
     summary = aggregate(records, cfg.pscp if cfg else PSCPConfig(),
                         task_categories(list(dict.fromkeys(r.task for r in records))))
     if reference:
         summary = with_reference(summary, reference)
-    return Report(store, records, other, summary, title=f"peftbench — {cfg.name if cfg else store.out_dir.name}")
+    return Report(store, records, other, summary, title=f"peftbench — {cfg.name if cfg else store.out_dir.name}",
+                  notes=version_notes(records, everything))
 
 
 def _predictions(store: Store, records: list[RunRecord], limit: int) -> dict[str, list[dict]]:
@@ -90,7 +112,7 @@ def write_report(report: Report) -> list[Path]:
     out = report.store.out_dir
     summary = report.summary
     texts = {
-        out / "leaderboard.md": markdown(summary),
+        out / "leaderboard.md": markdown(summary, report.notes),
         out / "results.csv": runs_csv(report.records),
         out / "summary.json": summary_json(summary),
         out / "tables.tex": latex(summary),
@@ -99,6 +121,6 @@ def write_report(report: Report) -> list[Path]:
         atomic_write_text(path, text)
     plots = write_plots(summary, out / "plots")
     predictions = _predictions(report.store, report.records, PREDICTION_SAMPLE)
-    html = render_html(summary, report.records, plots, predictions, title=report.title)
+    html = render_html(summary, report.records, plots, predictions, title=report.title, notes=report.notes)
     atomic_write_text(out / "leaderboard.html", html)
     return [*texts, *(p for paths in plots.values() for p in paths), out / "leaderboard.html"]

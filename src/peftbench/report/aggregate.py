@@ -58,6 +58,7 @@ class MethodSummary:
     p_avg: float | None
     p_by_category: dict[str, float | None]
     mean_rank: float | None
+    invalid_rate: float | None  # mean over the method's done cells: high means decoding or format failed, not learning
     trainable_params: float | None
     extra_tflops: float | None
     peak_mem_gb: float | None
@@ -142,8 +143,9 @@ def aggregate(
         mem = _mean([c["peak_train_mem_gb"] for c in costs])
         p_avg = statistics.fmean(c.score_mean for c in done) if complete else None
         value = pscp(p_avg, params, tflops, mem, constants) if p_avg is not None and costs else None
-        summaries.append(MethodSummary(method, len(done), p_avg, by_category, ranks.get(method), params, tflops,
-                                       mem, value, None))
+        invalid = _mean([c.invalid_rate for c in done if c.invalid_rate is not None])
+        summaries.append(MethodSummary(method, len(done), p_avg, by_category, ranks.get(method), invalid, params,
+                                       tflops, mem, value, None))
     return Summary(tasks, category, methods, cells, _ranked(summaries), constants)
 
 
@@ -173,8 +175,8 @@ def mean_ranks(cells: Sequence[Cell], tasks: Sequence[str], methods: Sequence[st
 def with_reference(summary: Summary, name: str) -> Summary:
     """Add a published reference's rows (marked `reference`), PSCP computed with this summary's constants."""
     rows = [
-        MethodSummary(f"{method} [{name}]", 0, p, {}, None, mp, mf, mm, pscp(p, mp, mf, mm, summary.constants), None,
-                      reference=True)
+        MethodSummary(f"{method} [{name}]", 0, p, {}, None, None, mp, mf, mm, pscp(p, mp, mf, mm, summary.constants),
+                      None, reference=True)
         for method, (p, mp, mf, mm) in REFERENCES[name].items()
     ]
     return replace(summary, summaries=_ranked([*summary.summaries, *rows]))

@@ -16,7 +16,7 @@ from typing import Any
 
 from peftbench.jsonsafe import dumps_json
 from peftbench.report.aggregate import Summary, fmt, pscp_sensitivity
-from peftbench.report.tables import cell_text, params_text, sensitivity_headers
+from peftbench.report.tables import cell_text, params_text, percent, sensitivity_headers
 from peftbench.store import RunRecord
 
 PREDICTION_SAMPLE = 5
@@ -28,6 +28,7 @@ th{background:#f2f2f2;cursor:pointer;user-select:none}th:first-child,td:first-ch
 td.label{text-align:left}tr.reference{color:#777;font-style:italic}tr[hidden]{display:none}
 pre{background:#f7f7f7;padding:.6em;white-space:pre-wrap;word-break:break-word;text-align:left}
 img{max-width:100%;border:1px solid #eee}details{margin:.3em 0}.muted{color:#777}
+.note{background:#fff4d6;border-left:4px solid #e0a800;padding:.4em .8em}
 """
 
 SCRIPT = """
@@ -65,13 +66,14 @@ def _table(table_id: str, headers: Sequence[str], rows: Sequence[str]) -> str:
 
 def _leaderboard(summary: Summary) -> str:
     categories = list(dict.fromkeys(summary.categories.values()))
-    headers = ["rank", "method", "P_avg", *(f"P {c}" for c in categories), "mean rank", "trainable params",
-               "extra TFLOPs", "peak mem GB", "PSCP"]
+    headers = ["rank", "method", "P_avg", *(f"P {c}" for c in categories), "invalid %", "mean rank",
+               "trainable params", "extra TFLOPs", "peak mem GB", "PSCP"]
     rows = []
     for s in summary.summaries:
         cells = [_td(str(s.rank or "—"), s.rank), _td(s.method, label=True), _td(fmt(s.p_avg), s.p_avg),
                  *(_td(fmt(s.p_by_category.get(c)), s.p_by_category.get(c)) for c in categories),
-                 _td(fmt(s.mean_rank, 2), s.mean_rank), _td(params_text(s.trainable_params), s.trainable_params),
+                 _td(fmt(percent(s.invalid_rate)), percent(s.invalid_rate)), _td(fmt(s.mean_rank, 2), s.mean_rank),
+                 _td(params_text(s.trainable_params), s.trainable_params),
                  _td(fmt(s.extra_tflops, 6), s.extra_tflops), _td(fmt(s.peak_mem_gb, 3), s.peak_mem_gb),
                  _td(fmt(s.pscp, 2), s.pscp)]
         cls = ' class="reference"' if s.reference else ""
@@ -119,7 +121,7 @@ def _image(path: Path, alt: str) -> str:
 
 
 def render_html(summary: Summary, records: Sequence[RunRecord], plots: dict[str, list[Path]],
-                predictions: dict[str, list[dict[str, Any]]], *, title: str) -> str:
+                predictions: dict[str, list[dict[str, Any]]], *, title: str, notes: Sequence[str] = ()) -> str:
     options = "".join(f'<option value="{escape(c)}">{escape(c)}</option>'
                       for c in dict.fromkeys(summary.categories.values()))
     k = summary.constants
@@ -129,6 +131,7 @@ def render_html(summary: Summary, records: Sequence[RunRecord], plots: dict[str,
         f'<p class="muted">{len(records)} runs · {len(summary.methods)} methods · {len(summary.tasks)} tasks · '
         f"PSCP with C_p={k.c_p:g}, C_f={k.c_f:g}, C_m={k.c_m:g}, β=({k.beta_p:g}, {k.beta_f:g}, {k.beta_m:g}) · "
         f"generated {stamp} · click a column header to sort</p>",
+        *(f'<p class="note"><strong>Note:</strong> {escape(n)}</p>' for n in notes),
         "<h2>Leaderboard</h2>", _leaderboard(summary),
         '<h2>Scores</h2><label>category <select id="category-filter"><option value="all">all</option>'
         f"{options}</select></label>", _scores(summary),

@@ -26,12 +26,17 @@ def params_text(value: float | None) -> str:
     return "—" if value is None else f"{value:,.0f}"
 
 
-BOARD_COLUMNS = ("rank", "method", "P_avg", "mean rank", "trainable params", "extra TFLOPs", "peak mem GB", "PSCP")
+BOARD_COLUMNS = ("rank", "method", "P_avg", "invalid %", "mean rank", "trainable params", "extra TFLOPs",
+                 "peak mem GB", "PSCP")
+
+
+def percent(rate: float | None) -> float | None:
+    return None if rate is None else 100.0 * rate
 
 
 def board_row(s: MethodSummary) -> list[str]:
-    return [str(s.rank or "—"), s.method, fmt(s.p_avg), fmt(s.mean_rank, 2), params_text(s.trainable_params),
-            fmt(s.extra_tflops, 6), fmt(s.peak_mem_gb, 3), fmt(s.pscp, 2)]
+    return [str(s.rank or "—"), s.method, fmt(s.p_avg), fmt(percent(s.invalid_rate)), fmt(s.mean_rank, 2),
+            params_text(s.trainable_params), fmt(s.extra_tflops, 6), fmt(s.peak_mem_gb, 3), fmt(s.pscp, 2)]
 
 
 def sensitivity_headers(summary: Summary) -> list[str]:
@@ -62,9 +67,9 @@ def rich_tables(summary: Summary) -> Group:
     return Group(scores, board, sensitivity)
 
 
-def markdown(summary: Summary) -> str:
-    lines = ["# peftbench leaderboard", "", "| " + " | ".join(BOARD_COLUMNS) + " |",
-             "|---:|---|" + "---:|" * (len(BOARD_COLUMNS) - 2)]
+def markdown(summary: Summary, notes: Sequence[str] = ()) -> str:
+    lines = ["# peftbench leaderboard", "", *(f"> **Note:** {n}\n" for n in notes),
+             "| " + " | ".join(BOARD_COLUMNS) + " |", "|---:|---|" + "---:|" * (len(BOARD_COLUMNS) - 2)]
     lines += ["| " + " | ".join(board_row(s)) + " |" for s in summary.summaries]
     lines += ["", "## Score by method × task (mean ± sd over seeds)", "",
               "| method | " + " | ".join(summary.tasks) + " |", "|---|" + "---:|" * len(summary.tasks)]
