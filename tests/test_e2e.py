@@ -43,6 +43,12 @@ def test_quickstart(quickstart_dir):
         assert all(c["n_seeds"] == 2 for c in cells.values())
         above = [m for m in TRAINED if cells[m]["score_mean"] > cells["base"]["score_mean"]]
         assert len(above) >= 3, (task, cells)
+        # the soft-prompt methods learn, and their decoding states labels (issue #12: it did not)
+        assert {"prompt_tuning", "prefix_tuning", "p_tuning"} <= set(above), (task, cells)
+        if task != "qs_arith":
+            assert all(cells[m]["invalid_rate"] <= 0.10 for m in TRAINED), (task, cells)
+    assert {m["method"]: m["invalid_rate"] for m in report["methods"]}["base"] == 1.0
+    assert "| rank | method | P_avg | invalid % |" in (out / "leaderboard.md").read_text()
     artefacts = ["leaderboard.md", "leaderboard.html", "results.csv", "summary.json", "tables.tex"]
     artefacts += [f"plots/{name}.{ext}" for name in ("quality_vs_costs", "heatmap", "seed_spread", "cost_bars")
                   for ext in ("png", "svg")]
