@@ -184,12 +184,14 @@ def _accepts(module: nn.Module, name: str) -> bool:
     return name in inspect.signature(target.forward).parameters
 
 
-def full_logprobs(model: nn.Module, ids: list[int]) -> torch.Tensor:
-    """Log-probabilities at every position of one unpadded sequence, by the training forward
-    (peft's own, which adds virtual tokens or prefixes); virtual positions dropped: [len(ids), vocab]."""
+def full_logprobs(model: nn.Module, ids: list[int], last: int) -> torch.Tensor:
+    """Log-probabilities at the `last` positions of one unpadded sequence, by the training forward
+    (peft's own, which adds virtual tokens or prefixes): [last, vocab]. Only those positions'
+    logits are computed where the model allows (a long prompt × a 128k vocabulary is gigabytes)."""
     device = next(model.parameters()).device
     x = torch.tensor([ids], dtype=torch.long, device=device)
-    logits = model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).logits[0, -len(ids):]
+    keep = {"logits_to_keep": last} if _accepts(model, "logits_to_keep") else {}
+    logits = model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False, **keep).logits[0, -last:]
     return torch.log_softmax(logits.float(), dim=-1)
 
 
@@ -198,7 +200,7 @@ def _reference_one(model: nn.Module, prompt: list[int], max_new_tokens: int, eos
                    sampling: Sampling | None) -> list[int]:
     new: list[int] = []
     for _ in range(max_new_tokens):
-        logprobs = full_logprobs(model, prompt + new)[-1:]
+        logprobs = full_logprobs(model, prompt + new, 1)
         token = int((_sample(logprobs, sampling) if sampling else logprobs.argmax(-1))[0])
         new.append(token)
         if token in eos:
@@ -237,7 +239,7 @@ def check_decoding(model: nn.Module, prompts: list[list[int]], *, max_new_tokens
     for i, (prompt, new) in enumerate(zip(prompts, decoded.tokens, strict=True)):
         if decoded.logprobs is None or not new:
             continue
-        reference = full_logprobs(model, prompt + new)[len(prompt) - 1: len(prompt) - 1 + len(new)]
+        reference = full_logprobs(model, prompt + new, len(new) + 1)[:-1]  # the positions that chose `new`
         tv = 0.5 * (decoded.logprobs[i].exp() - reference.cpu().exp()).abs().sum(-1)
         steps += len(new)
         at = int(tv.argmax())

@@ -108,8 +108,8 @@ def check_label_logprobs(model: nn.Module, tokenizer: Any, prompts: list[str], l
     for p, prompt in enumerate(prompts):
         prompt_ids = encode_prompt(prompt, tokenizer)
         for k, ids in enumerate(label_ids):
-            logprobs = full_logprobs(model, prompt_ids + ids)
-            reference = float(sum(logprobs[len(prompt_ids) - 1 + j, t] for j, t in enumerate(ids)))
+            logprobs = full_logprobs(model, prompt_ids + ids, len(ids) + 1)  # the positions that predict the label
+            reference = float(sum(logprobs[j, t] for j, t in enumerate(ids)))
             gap = abs(batched[p][k] - reference) / max(len(ids), 1)
             worst = max(worst, gap)
             if gap > tolerance:
