@@ -31,6 +31,22 @@ def test_finish_round_trips_json(tmp_path):
     assert rec.config == {"x": 1} and rec.attempts == 1
 
 
+def test_no_nan_reaches_the_stored_json(tmp_path):
+    """A diverged run's losses or an undefined metric are stored as null, in standard JSON that any
+    reader (jq, JavaScript, pandas) parses."""
+    import json
+    import sqlite3
+
+    store = make(tmp_path)
+    store.claim("a")
+    store.finish("a", "diverged", metrics={"score": float("nan"), "n": [1.0, float("inf")]},
+                 training={"last_finite_loss": float("-inf")})
+    raw = sqlite3.connect(store.path).execute("SELECT metrics, training FROM runs WHERE run_id = 'a'").fetchone()
+    assert "NaN" not in "".join(raw) and "Infinity" not in "".join(raw)
+    assert json.loads(raw[0], parse_constant=lambda c: 1 / 0) == {"n": [1.0, None], "score": None}
+    assert store.get("a").training == {"last_finite_loss": None}
+
+
 def test_done_runs_are_never_claimed_again(tmp_path):
     store = make(tmp_path)
     store.claim("a")
