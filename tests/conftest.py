@@ -57,10 +57,10 @@ PEFT_TUNERS = {
 METHOD_CASES = [(name, {}) for name in METHODS.names()] + list(PEFT_TUNERS.items())
 
 
-def adapted(tokenizer, name: str, args: dict) -> torch.nn.Module:
-    """The method on the tiny random Llama, its trainable weights moved off their (often identity)
-    initialisation so that the adapter changes every output."""
-    model = resolve_method(name, args).apply(llama(tokenizer))
+def adapted(tokenizer, name: str, args: dict, architecture=None) -> torch.nn.Module:
+    """The method on a tiny random model (Llama unless given), its trainable weights moved off their
+    (often identity) initialisation so that the adapter changes every output."""
+    model = resolve_method(name, args).apply((architecture or llama)(tokenizer))
     torch.manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():

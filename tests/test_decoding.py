@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import METHOD_CASES, adapted
+from conftest import METHOD_CASES, adapted, gpt2, qwen2
 
 from peftbench import decoding
 from peftbench.decoding import DECODER, DecodingMismatch, check_decoding, decode, decoder_name, reference_greedy
@@ -71,6 +71,16 @@ def test_tokens_and_ragged_stops_equal_the_reference(tokenizer, references, name
     assert len({len(e) for e in expected}) > 2, "rows should stop at different steps"
     got = decode(model, encoded, max_new_tokens=NEW_TOKENS, eos=stop, pad_id=tokenizer.pad_token_id).tokens
     assert got == expected == [reference_greedy(model, e, max_new_tokens=NEW_TOKENS, eos=stop) for e in encoded]
+
+
+@pytest.mark.parametrize("architecture", [gpt2, qwen2], ids=["gpt2", "qwen2"])
+@pytest.mark.parametrize("name", ["prompt_tuning", "prefix_tuning", "p_tuning", "lora"])
+def test_other_architectures_decode_like_the_reference(tokenizer, architecture, name):
+    """GPT-2 (learned absolute positions) and Qwen2 (RoPE, q/k/v biases) take the same layout."""
+    model = adapted(tokenizer, name, {}, architecture)
+    encoded = [encode_prompt(p, tokenizer) for p in PROMPTS[:4]]
+    reference = [reference_greedy(model, e, max_new_tokens=NEW_TOKENS, eos=()) for e in encoded]
+    assert decode(model, encoded, max_new_tokens=NEW_TOKENS, eos=(), pad_id=tokenizer.pad_token_id).tokens == reference
 
 
 def _until(tokens: list[int], stop: set[int]) -> list[int]:
