@@ -172,3 +172,49 @@ def test_nothing_to_score_is_a_clear_error_not_nan():
     for name in ("sst2", "gsm8k"):
         with pytest.raises(PeftbenchError, match="nothing to score"):
             score(get_task(name), [], [])
+
+
+# --- the metric registry -----------------------------------------------------------------------------
+
+from peftbench.errors import PeftbenchError  # noqa: E402
+from peftbench.metrics import METRICS, Outputs  # noqa: E402
+from peftbench.tasks.spec import TaskSpec  # noqa: E402
+
+PERFECT = {  # per task kind: outputs that are right on every row
+    "classification": Outputs([0, 1, 1, 0], [0, 1, 1, 0], n_labels=2, groups=["a", "a", "b", "b"]),
+    "numeric": Outputs([3.0, -1.0], [3.0, -1.0], consistent=[True, True]),
+    "regression": Outputs([0.5, 2.0, 4.5], [0.5, 2.0, 4.5]),
+    "span": Outputs([["Paris", "the city of Paris"], ["Obama"]], ["Paris", "obama"]),
+    "code": Outputs([{"code": "x = 1", "tests": {}}], ["x = 1"], passed=[True]),
+}
+
+
+def test_every_registered_metric_reads_its_kinds_and_scores_right_answers_100():
+    assert len(METRICS) >= 13
+    for name in METRICS:
+        metric = METRICS.get(name)
+        assert metric.granularity in ("example", "grouped", "corpus") and metric.higher_is_better, name
+        for kind in metric.kinds:
+            if name == "codebleu":  # CodeBLEU has no perfect score without data flow: golden case above
+                continue
+            assert metric.compute(PERFECT[kind]) == pytest.approx(100.0), (name, kind)
+
+
+def _task(**overrides) -> TaskSpec:
+    fields = dict(name="mine", category="user", description="d", source=None, instruction="i", template="{text}",
+                  kind="classification", labels=("no", "yes"), metrics=("f1", "accuracy"), primary_metric="f1",
+                  max_new_tokens=8)
+    return TaskSpec(**{**fields, **overrides})
+
+
+def test_a_task_with_a_metric_that_cannot_score_it_fails_when_defined():
+    assert _task().metrics == ("f1", "accuracy")
+    with pytest.raises(PeftbenchError, match=r"task 'mine': metrics: unknown metric 'acuracy' \(did you mean "
+                                             r"'accuracy'"):
+        _task(metrics=("f1", "acuracy"))
+    with pytest.raises(PeftbenchError, match="metric 'pearson' scores regression tasks, not classification"):
+        _task(metrics=("f1", "pearson"))
+    with pytest.raises(PeftbenchError, match="'multirc_em' needs rows grouped"):
+        _task(metrics=("f1", "multirc_em"))
+    with pytest.raises(PeftbenchError, match="primary_metric 'mcc' is not one of its metrics"):
+        _task(primary_metric="mcc")

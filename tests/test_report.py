@@ -15,7 +15,7 @@ from peftbench.pscp import pscp
 from peftbench.report import build_report, current_config, current_records
 from peftbench.report.aggregate import PAPER_REFERENCE, aggregate, pscp_sensitivity, with_reference
 from peftbench.report.compare import compare
-from peftbench.report.tables import latex, latex_escape, markdown
+from peftbench.report.tables import latex, latex_escape, markdown, runs_csv, summary_json
 
 COSTS = {"lora": (1000, 0.0, 2.0), "bitfit": (100, 0.0, 1.0)}
 ROWS = [("lora", "a", 0, "done", 80.0), ("lora", "a", 1, "done", 90.0), ("lora", "a", 2, "done", 70.0),
@@ -147,3 +147,20 @@ def test_the_leaderboard_shows_each_methods_invalid_output_rate(tmp_path):
     assert summary.summaries[0].invalid_rate == pytest.approx(0.125)  # mean of the cells: 0 and 0.25
     md = markdown(summary)
     assert "| rank | method | P_avg | invalid % |" in md and "| 1 | lora | 50.0 | 12.5 |" in md
+
+
+def test_every_metric_a_run_reports_reaches_the_csv_json_and_markdown(tmp_path):
+    """No column list to edit: a metric nobody listed (here `my_metric`) is in every artefact."""
+    import csv
+    import io
+
+    store = hand_store(tmp_path, [("lora", "a", 0, "done", 40.0), ("lora", "a", 1, "done", 60.0)])
+    with store._connect() as db:
+        db.execute("UPDATE runs SET metrics = json_set(metrics, '$.my_metric', 10.0) WHERE run_id = 'run000'")
+        db.execute("UPDATE runs SET metrics = json_set(metrics, '$.my_metric', 20.0) WHERE run_id = 'run001'")
+    report = build_report(tmp_path)
+    rows = list(csv.DictReader(io.StringIO(runs_csv(report.records))))
+    assert [r["my_metric"] for r in rows] == ["10.0", "20.0"]
+    (cell,) = json.loads(summary_json(report.summary))["cells"]
+    assert cell["metrics"] == {"my_metric": 15.0}
+    assert "| lora | a | my_metric 15.0 |" in markdown(report.summary)

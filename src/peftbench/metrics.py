@@ -1,4 +1,5 @@
-"""Pure metric functions, all on a 0–100 scale (the paper's tables and PSCP's P use that scale).
+"""Metrics: pure functions, all on a 0–100 scale (the paper's tables and PSCP's P use that scale),
+and the registry of `Metric` specs that says what each one reads and how it aggregates.
 
 Classification predictions are class indices with `INVALID` (-1) for an output outside the label
 set, and an invalid output is wrong for every metric. In a two-label task it counts as the other
@@ -19,13 +20,14 @@ import statistics
 import string
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
-from sklearn.metrics import f1_score, matthews_corrcoef
+
+from peftbench.registry import Registry
 
 INVALID = -1
-
-MetricFn = Callable[[Sequence, Sequence, int], float]
 
 
 def accuracy(gold: Sequence[int], pred: Sequence[int], n_labels: int = 0) -> float:
@@ -42,6 +44,8 @@ def invalid_as_wrong(gold: Sequence[int], pred: Sequence[int]) -> list[int]:
 def f1_binary(gold: Sequence[int], pred: Sequence[int], n_labels: int = 2) -> float:
     """F1 of class 1 (the positive class by PEFT-Bench's convention); an invalid output is a false
     positive on a gold-negative row, a false negative on a gold-positive one."""
+    from sklearn.metrics import f1_score
+
     pred = [(0 if g == 1 else 1) if p == INVALID else p for g, p in zip(gold, pred, strict=True)]
     return 100.0 * float(f1_score(gold, pred, labels=[1], average="micro", zero_division=0.0))
 
@@ -50,6 +54,8 @@ def f1_macro(gold: Sequence[int], pred: Sequence[int], n_labels: int) -> float:
     """Unweighted mean of per-class F1 over the classes that occur in gold or predictions (as
     sklearn's default does). Two labels: an invalid output is the wrong label; more: it forms no
     class but still costs its gold class recall."""
+    from sklearn.metrics import f1_score
+
     if n_labels == 2:
         pred = invalid_as_wrong(gold, pred)
     labels = sorted((set(gold) | set(pred)) - {INVALID})
@@ -61,6 +67,8 @@ def f1_macro(gold: Sequence[int], pred: Sequence[int], n_labels: int) -> float:
 def mcc(gold: Sequence[int], pred: Sequence[int], n_labels: int = 2) -> float:
     """Matthews correlation ×100 (GLUE's CoLA metric). Two labels: an invalid output is the wrong
     label; more: it stays a separate value."""
+    from sklearn.metrics import matthews_corrcoef
+
     if n_labels == 2:
         pred = invalid_as_wrong(gold, pred)
     if len(set(gold) | set(pred)) < 2:
@@ -76,14 +84,6 @@ def numeric_accuracy(gold: Sequence[float], pred: Sequence[float | None], n_labe
     hits = sum(int(p is not None and math.isclose(p, g, rel_tol=0.0, abs_tol=1e-6)) for g, p in pairs)
     return 100.0 * hits / len(gold)
 
-
-METRICS: dict[str, MetricFn] = {
-    "accuracy": accuracy,
-    "f1": f1_binary,
-    "macro_f1": f1_macro,
-    "mcc": mcc,
-    "numeric_accuracy": numeric_accuracy,
-}
 
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?\.\d+")
 
@@ -115,9 +115,6 @@ def spearman(gold: Sequence[float], pred: Sequence[float], n_labels: int = 0) ->
     if len(set(gold)) < 2 or len(set(pred)) < 2:
         return 0.0
     return 100.0 * float(spearmanr(gold, pred).statistic)
-
-
-METRICS.update({"pearson": pearson, "spearman": spearman})
 
 
 # --- extractive answers (ReCoRD) ----------------------------------------------------------------------
@@ -257,3 +254,87 @@ def codebleu(references: Sequence[str], predictions: Sequence[str]) -> dict[str,
         logging.getLogger().disabled = was
     parts = {k: 100.0 * float(result[k]) for k in CODEBLEU_PARTS}
     return {"codebleu": sum(parts.values()) / 4, **parts}
+
+
+# --- the registry -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """A task's parsed outputs, in row order: what every metric reads.
+
+    `preds` holds class indices (`INVALID` for an invalid output), numbers or None, regression
+    values (an invalid output already replaced by the worst value for its row), answer strings or
+    programs (None: invalid); the optional fields exist for the metrics that need them."""
+
+    golds: Sequence[Any]
+    preds: Sequence[Any]
+    n_labels: int = 0
+    groups: Sequence[Hashable] | None = None  # rows scored together (MultiRC: one question's options)
+    consistent: Sequence[bool | None] | None = None  # SVAMP: whether an output's equation gives its answer
+    passed: Sequence[bool] | None = None  # code executed against its tests
+
+
+Granularity = Literal["example", "grouped", "corpus"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """What a metric is: its function and the facts the rest of peftbench needs about it."""
+
+    name: str
+    compute: Callable[[Outputs], float]
+    kinds: frozenset[str]
+    """Task kinds whose outputs it reads."""
+    granularity: Granularity
+    """example: a mean of per-row scores; grouped: per group of rows (`Outputs.groups`); corpus: one
+    figure over all rows (F1, correlation, CodeBLEU) — seeds average, rows do not."""
+    description: str
+    higher_is_better: bool = True
+    executes: bool = False
+    """Needs every program run against its tests in the sandbox (`Outputs.passed`)."""
+
+
+METRICS: Registry[Metric] = Registry("metric")
+
+
+def register(metric: Metric) -> Metric:
+    return METRICS.register(metric.name, metric)
+
+
+def _share(flags: Sequence[Any]) -> float:
+    return 100.0 * sum(bool(f) for f in flags) / len(flags) if flags else math.nan
+
+
+def _code_refs(golds: Sequence[Any]) -> list[str]:
+    return [g["code"] if isinstance(g, dict) else g for g in golds]
+
+
+CLASSES = frozenset({"classification"})
+for _metric in (
+    Metric("accuracy", lambda o: accuracy(o.golds, o.preds), CLASSES, "example",
+           "share of rows whose output is the gold label"),
+    Metric("f1", lambda o: f1_binary(o.golds, o.preds, o.n_labels), CLASSES, "corpus",
+           "F1 of class 1, the positive class"),
+    Metric("macro_f1", lambda o: f1_macro(o.golds, o.preds, o.n_labels), CLASSES, "corpus",
+           "unweighted mean of per-class F1"),
+    Metric("mcc", lambda o: mcc(o.golds, o.preds, o.n_labels), CLASSES, "corpus", "Matthews correlation × 100"),
+    Metric("multirc_em", lambda o: multirc_em(o.golds, o.preds, o.groups or []), CLASSES, "grouped",
+           "share of questions with every answer option right"),
+    Metric("numeric_accuracy", lambda o: numeric_accuracy(o.golds, o.preds), frozenset({"numeric"}), "example",
+           "share of outputs whose number equals the gold value (1e-6)"),
+    Metric("equation_consistency", lambda o: _share(o.consistent or []), frozenset({"numeric"}), "example",
+           "share of outputs whose equation evaluates to their own answer"),
+    Metric("pearson", lambda o: pearson(o.golds, o.preds), frozenset({"regression"}), "corpus", "Pearson r × 100"),
+    Metric("spearman", lambda o: spearman(o.golds, o.preds), frozenset({"regression"}), "corpus",
+           "Spearman ρ × 100"),
+    Metric("record_em", lambda o: record_scores(o.golds, [p or "" for p in o.preds])["em"], frozenset({"span"}),
+           "example", "SQuAD-normalised exact match, best over a query's answers"),
+    Metric("record_f1", lambda o: record_scores(o.golds, [p or "" for p in o.preds])["f1"], frozenset({"span"}),
+           "example", "SQuAD token F1, best over a query's answers"),
+    Metric("codebleu", lambda o: codebleu(_code_refs(o.golds), [p or "" for p in o.preds])["codebleu"],
+           frozenset({"code"}), "corpus", "CodeBLEU (Python), the four components weighted 0.25"),
+    Metric("pass_at_1", lambda o: _share(o.passed or []), frozenset({"code"}), "example",
+           "share of problems whose greedy program passes every test", executes=True),
+):
+    register(_metric)

@@ -1,4 +1,5 @@
-"""Scoring model outputs against a task's gold answers, one scorer per output kind.
+"""Scoring model outputs against a task's gold answers: one parser per output kind turns outputs
+into `Outputs`, then each of the task's metrics (`metrics.METRICS`) computes from them.
 
 Every output that cannot be read as an answer of the task's form (outside the label set, no
 number, empty) is *invalid*: it counts as wrong and the run records the invalid-output rate.
@@ -14,16 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from peftbench.errors import PeftbenchError
-from peftbench.metrics import (
-    INVALID,
-    METRICS,
-    codebleu,
-    max_over_golds,
-    multirc_em,
-    parse_number,
-    pass_at_k,
-    record_scores,
-)
+from peftbench.metrics import INVALID, METRICS, Outputs, max_over_golds, parse_number, pass_at_k
 from peftbench.tasks.spec import Row, TaskSpec
 
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
@@ -65,7 +57,8 @@ def score(task: TaskSpec, rows: list[Row], outputs: list[str]) -> Scores:
     if not rows:
         raise PeftbenchError(f"task {task.name!r}: nothing to score (no rows)")
     golds = [task.gold_of(r) for r in rows]
-    metrics, parsed, correct = SCORERS[task.kind](task, rows, golds, outputs)
+    scored, parsed, correct = SCORERS[task.kind](task, rows, golds, outputs)
+    metrics = {name: METRICS.get(name).compute(scored) for name in task.metrics}
     # INVALID is a class index; a numeric answer of -1 is a valid answer, not the marker.
     invalid = [p is None or (task.kind == "classification" and p == INVALID) for p in parsed]
     records = [
@@ -88,30 +81,24 @@ def _shown(task: TaskSpec, parsed: Any) -> Any:
     return parsed
 
 
-Scorer = Callable[[TaskSpec, list[Row], list[Any], list[str]], tuple[dict[str, float], list[Any], list[bool]]]
+Scorer = Callable[[TaskSpec, list[Row], list[Any], list[str]], tuple[Outputs, list[Any], list[bool | None]]]
 
 
 def _classification(task: TaskSpec, rows: list[Row], golds: list[int], outputs: list[str]):
     pred = [parse_label(o, task.labels) for o in outputs]
-    metrics = {}
-    for name in task.metrics:
-        if name == "multirc_em":
-            metrics[name] = multirc_em(golds, pred, [task.group(task.prepared(r)) for r in rows])
-        else:
-            metrics[name] = METRICS[name](golds, pred, len(task.labels))
-    return metrics, pred, [g == p for g, p in zip(golds, pred, strict=True)]
+    groups = [task.group(task.prepared(r)) for r in rows] if task.group else None
+    return (Outputs(golds, pred, n_labels=len(task.labels), groups=groups), pred,
+            [g == p for g, p in zip(golds, pred, strict=True)])
 
 
 def _numeric(task: TaskSpec, rows: list[Row], golds: list[float], outputs: list[str]):
+    """`task.parse` may return (value, consistency flag) — SVAMP's equation check."""
     parse = task.parse or (lambda text: parse_number(text))
     answers = [parse(clean_output(o)) for o in outputs]
     values = [a[0] if isinstance(a, tuple) else a for a in answers]
+    flags = [a[1] if isinstance(a, tuple) else None for a in answers]
     correct = [v is not None and math.isclose(v, g, abs_tol=1e-6) for g, v in zip(golds, values, strict=True)]
-    metrics = {name: METRICS[name](golds, values, 0) for name in task.metrics if name in METRICS}
-    if "equation_consistency" in task.metrics:  # SVAMP: share of outputs whose equation evaluates to their answer
-        flags = [a[1] if isinstance(a, tuple) else None for a in answers]
-        metrics["equation_consistency"] = 100.0 * sum(bool(f) for f in flags) / len(flags) if flags else math.nan
-    return metrics, values, correct
+    return Outputs(golds, values, consistent=flags), values, correct
 
 
 def _regression(task: TaskSpec, rows: list[Row], golds: list[float], outputs: list[str]):
@@ -123,32 +110,25 @@ def _regression(task: TaskSpec, rows: list[Row], golds: list[float], outputs: li
         min(max(p, low), high) if p is not None else (high if g - low < high - g else low)
         for g, p in zip(golds, parsed, strict=True)
     ]
-    metrics = {name: METRICS[name](golds, values, 0) for name in task.metrics}
     clipped = [min(max(p, low), high) if p is not None else None for p in parsed]
-    return metrics, clipped, [None] * len(rows)  # correlation metrics: no per-row right or wrong
+    return Outputs(golds, values), clipped, [None] * len(rows)  # correlation: no per-row right or wrong
 
 
 def _span(task: TaskSpec, rows: list[Row], golds: list[list[str]], outputs: list[str]):
     answers = [clean_output(o).split("\n", 1)[0].strip() or None for o in outputs]
-    em_f1 = record_scores(golds, [a or "" for a in answers])
-    metrics = {name: em_f1[name.removeprefix("record_")] for name in task.metrics}
     correct = [a is not None and max_over_golds(a, g)[0] == 1.0 for g, a in zip(golds, answers, strict=True)]
-    return metrics, answers, correct
+    return Outputs(golds, answers), answers, correct
 
 
 def _code(task: TaskSpec, rows: list[Row], golds: list[Any], outputs: list[str]):
+    """Programs run in the sandbox only when one of the task's metrics needs it."""
     programs = [clean_output(o) or None for o in outputs]
-    metrics: dict[str, float] = {}
-    correct = [False] * len(rows)
-    references = [g["code"] if isinstance(g, dict) else g for g in golds]
-    if "codebleu" in task.metrics:
-        metrics["codebleu"] = codebleu(references, [p or "" for p in programs])["codebleu"]
-    if "pass_at_1" in task.metrics:
+    passed = None
+    if any(METRICS.get(m).executes for m in task.metrics):
         from peftbench.sandbox import passes_tests
 
-        correct = [p is not None and passes_tests(p, g["tests"]) for g, p in zip(golds, programs, strict=True)]
-        metrics["pass_at_1"] = 100.0 * sum(correct) / len(correct) if correct else math.nan
-    return metrics, programs, correct
+        passed = [p is not None and passes_tests(p, g["tests"]) for g, p in zip(golds, programs, strict=True)]
+    return Outputs(golds, programs, passed=passed), programs, list(passed or [False] * len(rows))
 
 
 def pass_at_ks(task: TaskSpec, rows: list[Row], samples: list[list[str]]) -> tuple[dict[str, float], list[int]]:

@@ -49,6 +49,8 @@ class Cell:
     ci95: float | None
     invalid_rate: float | None
     scores: tuple[float, ...] = ()
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Mean over the done seeds of every metric the runs reported (the primary one included)."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,20 @@ def _mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+NOT_METRICS = frozenset({"score", "invalid_rate", "n_eval"})  # shown as a cell's own fields
+
+
+def metric_means(done: Sequence[RunRecord]) -> dict[str, float]:
+    """Per metric, the mean over runs of the finite values they reported."""
+    values: dict[str, list[float]] = {}
+    for r in done:
+        for name, value in r.metrics.items():
+            if name not in NOT_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                    and math.isfinite(value):
+                values.setdefault(name, []).append(float(value))
+    return {name: statistics.fmean(v) for name, v in values.items()}
+
+
 def aggregate(
     records: Sequence[RunRecord], constants: PSCPConfig | None = None, categories: Mapping[str, str] | None = None
 ) -> Summary:
@@ -125,7 +141,7 @@ def aggregate(
             mean, sd = mean_sd(scores)
             invalid = _mean([r.metrics["invalid_rate"] for r in done])
             cells.append(Cell(method, task, category[task], len(done), len(runs) - len(done), mean, sd,
-                              ci95(scores), invalid, scores))
+                              ci95(scores), invalid, scores, metric_means(done)))
     ranks = mean_ranks(cells, tasks, methods)
     summaries = []
     for method in methods:

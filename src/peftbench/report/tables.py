@@ -80,6 +80,9 @@ def markdown(summary: Summary, notes: Sequence[str] = ()) -> str:
               "| method | " + " | ".join(sensitivity_headers(summary)) + " |", "|---|" + "---:|" * len(rows)]
     lines += [f"| {s.method} | " + " | ".join(fmt(r.pscp[s.method], 2) for r in rows) + " |"
               for s in summary.summaries if s.pscp is not None]
+    lines += ["", "## Every metric (mean over seeds)", "", "| method | task | metrics |", "|---|---|---|"]
+    lines += [f"| {c.method} | {c.task} | " + ", ".join(f"{k} {fmt(v)}" for k, v in c.metrics.items()) + " |"
+              for c in summary.cells if c.metrics]
     lines += ["", "## Stability (sd over seeds)", "", "| method | task | n | mean | sd | 95 % CI |",
               "|---|---|---:|---:|---:|---:|"]
     lines += [f"| {c.method} | {c.task} | {c.n_seeds} | {fmt(c.score_mean)} | {fmt(c.score_sd, 2)} | "
@@ -87,20 +90,28 @@ def markdown(summary: Summary, notes: Sequence[str] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
-RUN_COLUMNS = ("run_id", "method", "task", "seed", "status", "score", "primary_metric", "invalid_rate",
-               "trainable_params", "extra_tflops", "peak_train_mem_gb", "est_train_mem_gb", "adapter_bytes",
-               "flops_per_token", "prefill_s", "per_token_s", "train_s", "eval_s", "error")
+RUN_COLUMNS = ("run_id", "method", "task", "seed", "status", "score", "primary_metric", "invalid_rate")
+COST_COLUMNS = ("trainable_params", "extra_tflops", "peak_train_mem_gb", "est_train_mem_gb", "adapter_bytes",
+                "flops_per_token", "prefill_s", "per_token_s", "train_s", "eval_s", "error")
+
+
+def metric_columns(records: Sequence[RunRecord]) -> list[str]:
+    """Every metric any run reported (the tasks' own, pass@k, counts), in first-seen order: a new
+    metric reaches the CSV without a column list to edit."""
+    seen = dict.fromkeys(k for r in records for k in (r.metrics or {}))
+    return [k for k in seen if k not in RUN_COLUMNS]
 
 
 def runs_csv(records: Sequence[RunRecord]) -> str:
-    """One row per run (every seed), with the headline metric, costs and timings."""
+    """One row per run (every seed): the headline metric, every other metric, costs and timings."""
+    columns = [*RUN_COLUMNS, *metric_columns(records), *COST_COLUMNS]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(RUN_COLUMNS)
+    writer.writerow(columns)
     for r in records:
-        row = {**(r.metrics or {}), **(r.costs or {}), **(r.timings or {}), "run_id": r.run_id,
+        row = {**(r.costs or {}), **(r.timings or {}), **(r.metrics or {}), "run_id": r.run_id,
                "method": r.method, "task": r.task, "seed": r.seed, "status": r.status, "error": r.error}
-        writer.writerow(["" if row.get(c) is None else row[c] for c in RUN_COLUMNS])
+        writer.writerow(["" if row.get(c) is None else row[c] for c in columns])
     return out.getvalue()
 
 

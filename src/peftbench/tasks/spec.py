@@ -11,6 +11,9 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from peftbench.errors import PeftbenchError
+from peftbench.metrics import METRICS
+
 Row = dict[str, Any]
 Kind = Literal["classification", "numeric", "regression", "span", "code"]
 KINDS: tuple[str, ...] = ("classification", "numeric", "regression", "span", "code")
@@ -68,12 +71,24 @@ class TaskSpec:
     """Row hook for data that needs real processing (marking WSC's spans, mapping letter answers)."""
 
     def __post_init__(self) -> None:
+        """A task that cannot be scored fails when it is defined, not after its runs trained."""
         if self.kind not in KINDS:
-            raise ValueError(f"task {self.name}: unknown kind {self.kind!r}")
+            raise PeftbenchError(f"task {self.name!r}: unknown kind {self.kind!r} (expected: {', '.join(KINDS)})")
+        for name in self.metrics:
+            try:
+                metric = METRICS.get(name)
+            except PeftbenchError as exc:
+                raise PeftbenchError(f"task {self.name!r}: metrics: {exc}") from None
+            if self.kind not in metric.kinds:
+                raise PeftbenchError(f"task {self.name!r}: metric {name!r} scores {'/'.join(sorted(metric.kinds))} "
+                                     f"tasks, not {self.kind}")
+            if metric.granularity == "grouped" and self.group is None:
+                raise PeftbenchError(f"task {self.name!r}: metric {name!r} needs rows grouped (a group hook)")
         if self.primary_metric not in self.metrics:
-            raise ValueError(f"task {self.name}: primary metric {self.primary_metric!r} not in {self.metrics}")
+            raise PeftbenchError(f"task {self.name!r}: primary_metric {self.primary_metric!r} is not one of its "
+                                 f"metrics ({', '.join(self.metrics)})")
         if (self.kind == "classification") != bool(self.labels):
-            raise ValueError(f"task {self.name}: labels are required for, and only for, classification")
+            raise PeftbenchError(f"task {self.name!r}: labels are required for, and only for, classification")
 
     def prepared(self, row: Row) -> Row:
         return self.prepare(row) if self.prepare else row
