@@ -18,13 +18,13 @@ from collections.abc import Callable
 
 import torch
 
-from peftbench.bench import quiet_libraries
 from peftbench.config import ModelConfig
 from peftbench.decoding import decode, reference_greedy
 from peftbench.methods import resolve_method
 from peftbench.modeling import load_model, load_tokenizer, resolve_model
 from peftbench.tasks import get_task
 from peftbench.tasks.prompts import encode_prompt, render_prompt
+from peftbench.utils import quiet_libraries
 
 METHODS = ("lora", "prompt_tuning", "prefix_tuning", "p_tuning")
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import math
 
-from peftbench.bench import quiet_libraries
 from peftbench.costs.flops import train_step_flops
 from peftbench.costs.from_config import load_model_config, skeleton
 from peftbench.methods import resolve_method
+from peftbench.utils import quiet_libraries
 
 METHODS = ("lora", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning", "ln_tuning", "bitfit")
 # Rows of each task's training split, from the dataset cards; '≈' entries are approximate.

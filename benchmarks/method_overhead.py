@@ -16,11 +16,11 @@ import time
 
 import torch
 
-from peftbench.bench import quiet_libraries
 from peftbench.config import ModelConfig
 from peftbench.costs.latency import measure_latency
 from peftbench.methods import resolve_method
 from peftbench.modeling import load_model, resolve_model
+from peftbench.utils import quiet_libraries
 
 METHODS = ("lora", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning", "ln_tuning", "bitfit", "full")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import sqlite3
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from peftbench.pipeline import RunContext
 from peftbench.plan import RunSpec, plan_runs
 from peftbench.report import CONFIG_FILE
 from peftbench.store import FINAL, Store
-from peftbench.utils import atomic_write_text
+from peftbench.utils import atomic_write_text, quiet_libraries
 
 
 @dataclass
@@ -34,19 +33,6 @@ class GridResult:
     total: int
     already_done: int
     counts: dict[str, int]
-
-
-def quiet_libraries() -> None:
-    """Silence per-file progress bars and advice warnings from the HF libraries."""
-    import datasets
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", message=".*[Pp]osition ids are not supported.*")
-    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def check_methods(cfg: BenchConfig, source: ModelSource) -> None:

@@ -349,9 +349,9 @@ def cost(
     """Parameters and forward FLOPs of each method from a model's configuration alone (no weights)."""
     from rich.table import Table
 
-    from peftbench.bench import quiet_libraries
     from peftbench.costs.from_config import cost_from_config, load_model_config
     from peftbench.methods import resolve_method
+    from peftbench.utils import quiet_libraries
 
     quiet_libraries()
     names = [m.strip() for m in methods.split(",") if m.strip()]

@@ -1,4 +1,4 @@
-"""Small shared helpers: thread pinning, seeding, atomic writes."""
+"""Small shared helpers: thread pinning, seeding, atomic writes, quiet HF libraries."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import io
 import os
 import random
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +35,19 @@ def cache_root() -> Path:
     if env:
         return Path(env)
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "peftbench"
+
+
+def quiet_libraries() -> None:
+    """Silence per-file progress bars and advice warnings from the HF libraries."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message=".*[Pp]osition ids are not supported.*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def seed_everything(seed: int) -> None:

@@ -19,6 +19,7 @@ from peftbench.executors.driver import Results, run_one
 from peftbench.modeling import ModelSource
 from peftbench.pipeline import PhaseFn, RunContext
 from peftbench.plan import RunSpec
+from peftbench.utils import quiet_libraries
 
 _CONTEXTS: dict[str, RunContext] = {}
 
@@ -27,8 +28,6 @@ def worker_context(cfg: BenchConfig, source: ModelSource, out_dir: Path) -> RunC
     """This process's context for the grid; a new grid replaces the old one (and frees its model)."""
     key = json.dumps([cfg.model_dump(mode="json"), source.location, source.revision, str(out_dir)], sort_keys=True)
     if key not in _CONTEXTS:
-        from peftbench.bench import quiet_libraries
-
         quiet_libraries()
         _CONTEXTS.clear()
         _CONTEXTS[key] = RunContext(cfg, source, out_dir)
