@@ -30,8 +30,7 @@ def _pinned():
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from peftbench.tasks.quickstart import pretraining_corpus
-    from peftbench.tiny import build_tokenizer
+    from peftbench.tiny import build_tokenizer, pretraining_corpus
 
     return build_tokenizer(pretraining_corpus(300, 0), 320)
 

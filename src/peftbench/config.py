@@ -19,6 +19,7 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -27,6 +28,7 @@ from pydantic import (
 from peftbench.errors import PeftbenchError
 
 if TYPE_CHECKING:
+    from peftbench.registry import Registry
     from peftbench.tasks import TaskSpec
 
 TINY_MODEL = "builtin:tiny-llama"
@@ -70,31 +72,24 @@ class MethodConfig(StrictModel):
 
 
 class TaskConfig(StrictModel):
-    """One task of the grid: a registry name with optional data overrides (local files may name
-    their splits differently; a hub revision can be pinned per task)."""
+    """One task of the grid: a task name (the package's, or one in `tasks_dir`) with optional data
+    overrides (local files may name their splits differently; a hub revision can be pinned per task)."""
 
     name: str
     train_split: str | None = None
     eval_split: str | None = None
     revision: str | None = Field(default=None, description="hub revision (commit) instead of the task's own")
+    _spec: TaskSpec | None = PrivateAttr(default=None)
 
-    @model_validator(mode="after")
-    def _known_task(self) -> TaskConfig:
-        from peftbench.tasks import TASKS, HubSource
-
-        if self.name not in TASKS:
-            raise ValueError(TASKS.unknown_message(self.name))
-        if self.revision and not isinstance(TASKS.get(self.name).source, HubSource):
-            raise ValueError(f"task {self.name!r} is generated in code: it has no hub revision")
-        return self
-
-    def spec(self) -> TaskSpec:
-        """The registered task with this entry's overrides applied."""
+    def resolve(self, tasks: Registry[TaskSpec]) -> None:
+        """Look the task up once (in the config's task catalog) with this entry's overrides applied."""
         import dataclasses
 
-        from peftbench.tasks import get_task
+        from peftbench.tasks import HubSource
 
-        task = get_task(self.name)
+        task = tasks.get(self.name)
+        if self.revision and not isinstance(task.source, HubSource):
+            raise PeftbenchError(f"task {self.name!r} is not a hub dataset: it has no hub revision")
         changes: dict[str, Any] = {}
         if self.train_split:
             changes["train_split"] = self.train_split
@@ -102,7 +97,13 @@ class TaskConfig(StrictModel):
             changes["eval_split"] = self.eval_split
         if self.revision:
             changes["source"] = dataclasses.replace(task.source, revision=self.revision)
-        return dataclasses.replace(task, **changes) if changes else task
+        self._spec = dataclasses.replace(task, **changes) if changes else task
+
+    def spec(self) -> TaskSpec:
+        """The resolved task (`BenchConfig` resolves its tasks when it is validated)."""
+        if self._spec is None:
+            raise RuntimeError(f"task {self.name!r} was not resolved: validate it as part of a BenchConfig")
+        return self._spec
 
 
 class TrainingConfig(StrictModel):
@@ -232,7 +233,9 @@ class BenchConfig(StrictModel):
     methods: list[MethodConfig] = Field(min_length=1)
     tasks: list[TaskConfig] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    data_dir: Path | None = Field(default=None, description="local task files: <data_dir>/<task>/<split>.jsonl")
+    data_dir: Path | None = Field(default=None, description="a local mirror of hub tasks: "
+                                  "<data_dir>/<task>/<split>.jsonl in the hub's row schema")
+    tasks_dir: list[Path] = Field(default_factory=list, description="directories of your own task files (*.yaml)")
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     costs: CostsConfig = Field(default_factory=CostsConfig)
@@ -279,6 +282,26 @@ class BenchConfig(StrictModel):
         if len(set(value)) != len(value):
             raise ValueError("seeds must be unique")
         return value
+
+    @field_validator("tasks_dir", mode="before")
+    @classmethod
+    def _one_dir(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (str, Path)) else value
+
+    @model_validator(mode="after")
+    def _resolve_tasks(self) -> BenchConfig:
+        from peftbench.tasks import catalog
+
+        try:
+            tasks = catalog(self.tasks_dir)
+        except PeftbenchError as exc:
+            raise ValueError(f"tasks_dir: {exc}") from None
+        for i, task in enumerate(self.tasks):
+            try:
+                task.resolve(tasks)
+            except PeftbenchError as exc:
+                raise ValueError(f"tasks[{i}].name: {exc}") from None
+        return self
 
 
 # --- loading -------------------------------------------------------------------------------------------

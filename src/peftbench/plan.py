@@ -24,7 +24,7 @@ from typing import Any
 from peftbench.config import TINY_MODEL, BenchConfig, MethodConfig, TaskConfig
 from peftbench.decoding import DECODER
 from peftbench.methods import Method, resolve_method
-from peftbench.tasks import GeneratedSource, TaskSpec
+from peftbench.tasks import GeneratedSource, LocalSource, TaskSpec
 from peftbench.tasks.data import local_data_fingerprint
 
 # 3: evaluation through peftbench's own decoder (runs of version 2 decoded prompt-learning methods
@@ -78,12 +78,15 @@ def run_identity(cfg: BenchConfig, method_cfg: MethodConfig, task: TaskConfig, s
 
 
 def task_fingerprint(task: TaskSpec) -> str:
-    """Hash of everything in a task's definition that changes its runs: data source, prompt,
-    verbaliser, generation length, metrics, and the names of its row hooks."""
+    """Hash of everything in a task's definition that changes its runs: data source (a local
+    task's splits, not its paths), prompt, verbaliser, generation length, metrics, and the names
+    of its row hooks."""
     fields = {f.name: getattr(task, f.name) for f in dataclasses.fields(task)}
     source = fields.pop("source")
     if isinstance(source, GeneratedSource):
         source = {"generate": source.generate.__qualname__, "sizes": dict(source.sizes), "seed": source.seed}
+    elif isinstance(source, LocalSource):  # the files' content is the run's `data`; where they lie is not
+        source = {"local": sorted(source.files)}
     fields = {k: (v.__qualname__ if callable(v) else v) for k, v in fields.items()}
     blob = json.dumps({"source": source, **fields}, sort_keys=True, default=repr)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,6 +1,6 @@
 """The embedded default model: a tiny Llama (with biases) and a byte-level BPE tokenizer, built in code.
 
-Both are trained from scratch on text generated in code (`tasks.quickstart.pretraining_corpus`),
+Both are trained from scratch on text generated in code (`pretraining_corpus`),
 so the quickstart needs no download. The result is cached under the peftbench cache directory,
 keyed by a hash of the recipe; a build writes to a temporary directory and renames it into
 place, so concurrent or interrupted builds never leave a half-written model behind.
@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import shutil
 import tempfile
 from functools import lru_cache
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import torch
 
-from peftbench.tasks.quickstart import pretraining_corpus
+from peftbench.tasks import TASKS
+from peftbench.tasks.prompts import PLAIN_TEMPLATE
+from peftbench.tasks.quickstart import ARITH_FORMS, ARITH_PAIRS, TOPICS, sentiment_rows, topic_rows
 from peftbench.utils import cache_root, pinned_threads
 
 RECIPE = {
@@ -39,6 +42,35 @@ RECIPE = {
     "seed": 0,
 }
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]
+
+
+QUICKSTART_TASKS = ("qs_sentiment", "qs_topic", "qs_arith")  # in this order: the corpus draws from it
+
+
+def pretraining_corpus(n_docs: int, seed: int) -> list[str]:
+    """Plain text for the tiny model's pretraining: the tasks' sentences, every sum as a fact, and
+    unanswered task prompts (so the prompt format's tokens are known, but not the answers)."""
+    tasks = [TASKS.get(name) for name in QUICKSTART_TASKS]
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n_docs):
+        kind = rng.randrange(5)
+        if kind == 4:
+            task = rng.choice(tasks)
+            row = task.source.generate("pretrain", 1, rng.randrange(1 << 30))[0]
+            docs.append(PLAIN_TEMPLATE.format(instruction=task.instruction, input=task.render_input(row)))
+        elif kind == 0:
+            row = sentiment_rows("pretrain", 1, rng.randrange(1 << 30))[0]
+            mood = "positive" if row["label"] else "negative"
+            docs.append(f"{row['text']} it was {mood}.")
+        elif kind == 1:
+            row = topic_rows("pretrain", 1, rng.randrange(1 << 30))[0]
+            docs.append(f"{row['text']} this is about {list(TOPICS)[row['label']]}.")
+        else:
+            a, b = rng.choice(ARITH_PAIRS)
+            question = rng.choice(ARITH_FORMS).format(a=a, b=b)
+            docs.append(rng.choice([f"{a} + {b} = {a + b}.", f"{a} plus {b} is {a + b}.", f"{question} {a + b}."]))
+    return docs
 
 
 @lru_cache(maxsize=1)

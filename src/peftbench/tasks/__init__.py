@@ -1,18 +1,19 @@
-"""Task registry: every task is a declarative `TaskSpec`, registered here by name."""
+"""Task registry: every task is a task file (`files/*.yaml`) read into a `TaskSpec`.
+
+`TASKS` holds the package's own tasks; `catalog(dirs)` adds a user's task directories.
+"""
 
 from __future__ import annotations
 
 from peftbench.registry import Registry
-from peftbench.tasks import code, glue, math, other, superglue
+from peftbench.tasks.catalog import catalog, read_task_file
 from peftbench.tasks.data import load_rows
-from peftbench.tasks.quickstart import QUICKSTART_TASKS
-from peftbench.tasks.spec import GeneratedSource, HubSource, Row, TaskSpec
+from peftbench.tasks.spec import GeneratedSource, HubSource, LocalSource, Row, TaskSpec
 
-__all__ = ["TASKS", "TaskSpec", "HubSource", "GeneratedSource", "Row", "load_rows", "get_task"]
+__all__ = ["TASKS", "TaskSpec", "HubSource", "LocalSource", "GeneratedSource", "Row", "load_rows", "get_task",
+           "catalog", "read_task_file"]
 
-TASKS: Registry[TaskSpec] = Registry("task")
-for _task in (*QUICKSTART_TASKS, *glue.TASKS, *superglue.TASKS, *other.TASKS, *math.TASKS, *code.TASKS):
-    TASKS.register(_task.name, _task)
+TASKS: Registry[TaskSpec] = catalog()
 
 
 def get_task(name: str) -> TaskSpec:

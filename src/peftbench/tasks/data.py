@@ -1,7 +1,8 @@
 """Loading a task's rows: generated in code, from the hub at a pinned revision, or from local files.
 
-Local files are `<data_dir>/<task>/<split>.jsonl` in the hub's own row schema, so both paths feed
-the same row → prompt code.
+A hub task can also be read from a local mirror, `<data_dir>/<task>/<split>.jsonl` in the hub's own
+row schema (offline machines, tests). A user's task (`LocalSource`) always reads its own files,
+`.jsonl`, `.csv` or `.parquet`, wherever `data_dir` points, so both kinds sit in one grid.
 """
 
 from __future__ import annotations
@@ -14,10 +15,15 @@ from string import Formatter
 
 from peftbench.errors import PeftbenchError
 from peftbench.hub import cache_only, hub_reachable
-from peftbench.tasks.spec import GeneratedSource, HubSource, Row, TaskSpec
+from peftbench.tasks.spec import GeneratedSource, HubSource, LocalSource, Row, TaskSpec
 
 
-def local_path(task: TaskSpec, split: str, data_dir: Path) -> Path:
+def local_path(task: TaskSpec, split: str, data_dir: Path | None) -> Path | None:
+    """The local file a split is read from, or None when it comes from the hub or a generator."""
+    if isinstance(task.source, LocalSource):
+        return Path(task.source.files[split]) if split in task.source.files else None
+    if data_dir is None or isinstance(task.source, GeneratedSource):
+        return None
     return Path(data_dir) / task.name / f"{split}.jsonl"
 
 
@@ -25,12 +31,12 @@ def local_data_fingerprint(task: TaskSpec, data_dir: Path | None) -> dict[str, s
     """SHA-256 of the content of each local file a run of `task` reads (train and eval split), or
     None for data that is not local (generated in code, or at a pinned hub revision). Part of the
     run id: editing a file makes new runs, instead of resuming results computed on other rows."""
-    if data_dir is None or isinstance(task.source, GeneratedSource):
+    if isinstance(task.source, GeneratedSource) or (data_dir is None and isinstance(task.source, HubSource)):
         return None
     digests: dict[str, str | None] = {}
     for split in dict.fromkeys((task.train_split, task.eval_split)):
         path = local_path(task, split, data_dir)
-        if not path.is_file():
+        if path is None or not path.is_file():
             digests[split] = None  # loading reports the missing file
             continue
         digest = hashlib.sha256()
@@ -48,9 +54,11 @@ def load_rows(task: TaskSpec, split: str, data_dir: Path | None = None) -> list[
         if split not in source.sizes:
             raise PeftbenchError(f"task {task.name!r}: no split {split!r} (has: {', '.join(source.sizes)})")
         return source.generate(split, source.sizes[split], source.seed)
-    if data_dir is not None:
-        path = local_path(task, split, data_dir)
-        rows, where = read_jsonl(path, task=task.name), str(path)
+    path = local_path(task, split, data_dir)
+    if isinstance(source, LocalSource) and path is None:
+        raise PeftbenchError(f"task {task.name!r}: no file for split {split!r} (has: {', '.join(source.files)})")
+    if path is not None:
+        rows, where = read_rows(path, task=task.name), str(path)
     else:
         rows, where = _load_from_hub(task, source, split), f"{source.path} split {split}"
     if not rows:
@@ -87,7 +95,8 @@ def _wrong_label(task: TaskSpec, row: Row) -> str | None:
         try:
             int(value)  # type: ignore[arg-type]
         except (TypeError, ValueError):
-            return f"field {task.label_field!r} is {value!r}, expected a class index 0..{len(task.labels) - 1}"
+            return (f"field {task.label_field!r} is {value!r}, expected a class index 0..{len(task.labels) - 1} "
+                    f"or one of the labels ({', '.join(task.labels)})")
     return None
 
 
@@ -98,6 +107,28 @@ def _wrong_field(task: TaskSpec, row: Row) -> str | None:
         if field in row and not isinstance(row[field], (str, int, float)):
             return f"field {field!r} is {type(row[field]).__name__}, expected text"
     return None
+
+
+def read_rows(path: Path, *, task: str) -> list[Row]:
+    """Rows of a `.jsonl`, `.csv` (every value a string, as written) or `.parquet` file."""
+    if path.suffix == ".jsonl":
+        return read_jsonl(path, task=task)
+    if not path.is_file():
+        raise PeftbenchError(f"task {task!r}: data file {path} does not exist")
+    if path.suffix == ".csv":
+        import csv
+
+        try:
+            with path.open(encoding="utf-8", newline="") as fh:
+                return [dict(row) for row in csv.DictReader(fh)]
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise PeftbenchError(f"{path}: not a readable CSV file ({exc})") from None
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as exc:  # pyarrow raises several unrelated types for a broken file
+        raise PeftbenchError(f"{path}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
 
 
 def read_jsonl(path: Path, *, task: str) -> list[Row]:

@@ -1,4 +1,5 @@
-"""Quickstart tasks, generated in code from a fixed seed (no dataset is copied or downloaded).
+"""Quickstart task rows, generated in code from a fixed seed (no dataset is copied or downloaded);
+the tasks themselves are task files (`files/qs_*.yaml`) naming these generators.
 
 Three small tasks exercise the three output kinds of the benchmark: a 2-class and a 3-class
 classification with verbalised labels, and an arithmetic question scored by its numeric answer.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import random
 import zlib
 
-from peftbench.tasks.spec import GeneratedSource, Row, TaskSpec, classification
+from peftbench.tasks.spec import Row
 
 SUBJECTS = ["the movie", "the food", "this book", "the service", "my trip", "the game", "this phone",
             "the show", "the hotel", "the song", "the class", "the concert"]
@@ -75,54 +76,3 @@ def arith_rows(split: str, n: int, seed: int) -> list[Row]:
         a, b = rng.choice(pairs)
         rows.append({"idx": i, "question": rng.choice(ARITH_FORMS).format(a=a, b=b), "answer": a + b})
     return rows
-
-
-def pretraining_corpus(n_docs: int, seed: int) -> list[str]:
-    """Plain text for the tiny model's pretraining: the tasks' sentences, every sum as a fact, and
-    unanswered task prompts (so the prompt format's tokens are known, but not the answers)."""
-    from peftbench.tasks.prompts import PLAIN_TEMPLATE
-
-    rng = random.Random(seed)
-    docs = []
-    for _ in range(n_docs):
-        kind = rng.randrange(5)
-        if kind == 4:
-            task = rng.choice(QUICKSTART_TASKS)
-            row = task.source.generate("pretrain", 1, rng.randrange(1 << 30))[0]
-            docs.append(PLAIN_TEMPLATE.format(instruction=task.instruction, input=task.render_input(row)))
-        elif kind == 0:
-            row = sentiment_rows("pretrain", 1, rng.randrange(1 << 30))[0]
-            mood = "positive" if row["label"] else "negative"
-            docs.append(f"{row['text']} it was {mood}.")
-        elif kind == 1:
-            row = topic_rows("pretrain", 1, rng.randrange(1 << 30))[0]
-            docs.append(f"{row['text']} this is about {list(TOPICS)[row['label']]}.")
-        else:
-            a, b = rng.choice(ARITH_PAIRS)
-            question = rng.choice(ARITH_FORMS).format(a=a, b=b)
-            docs.append(rng.choice([f"{a} + {b} = {a + b}.", f"{a} plus {b} is {a + b}.", f"{question} {a + b}."]))
-    return docs
-
-
-QUICKSTART_TASKS = (
-    classification("qs_sentiment", "quickstart", GeneratedSource(sentiment_rows, {"train": 320, "validation": 100}),
-                   "review", "Review: {text}", ("negative", "positive"),
-                   description="Generated 2-class sentiment of short reviews"),
-    classification("qs_topic", "quickstart", GeneratedSource(topic_rows, {"train": 320, "validation": 100}),
-                   "sentence by topic", "Sentence: {text}", tuple(TOPICS),
-                   description="Generated 3-class topic classification"),
-    TaskSpec(
-        name="qs_arith",
-        category="quickstart",
-        description="Generated single-digit addition, scored by the numeric answer",
-        source=GeneratedSource(arith_rows, {"train": 320, "validation": 60}),
-        instruction="Answer the following arithmetic question. Respond only with the number.",
-        template="Question: {question}",
-        kind="numeric",
-        gold=lambda row: float(row["answer"]),
-        target=lambda row: str(row["answer"]),
-        metrics=("numeric_accuracy",),
-        primary_metric="numeric_accuracy",
-        max_new_tokens=5,
-    ),
-)

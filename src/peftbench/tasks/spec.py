@@ -1,8 +1,9 @@
 """A task is data: where rows come from, how a row becomes a prompt and a target, how outputs score.
 
-The quickstart tasks (generated in code) and the PEFT-Bench datasets (hub or local files) use
-this one interface, so training and evaluation never special-case a dataset. Python appears
-only where the data needs real processing (`prepare`, `gold`, `parse`).
+Every task — the quickstart's (generated in code), PEFT-Bench's (hub datasets) and a user's (local
+files) — is written as a task file (`tasks/files/*.yaml`, `catalog.py` reads them) and resolved
+into this one `TaskSpec`, so training and evaluation never special-case a dataset. Python appears
+only where the data needs real processing: the named hooks of `hooks.py`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from peftbench.metrics import METRICS
 Row = dict[str, Any]
 Kind = Literal["classification", "numeric", "regression", "span", "code"]
 KINDS: tuple[str, ...] = ("classification", "numeric", "regression", "span", "code")
+# How a non-classification task's `answer_field` becomes its gold answer.
+ANSWER_TYPES: dict[str, Callable[[Any], Any]] = {"numeric": float, "regression": float, "span": list, "code": str}
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,15 @@ class HubSource:
     path: str
     name: str | None = None
     revision: str = "main"
+
+
+@dataclass(frozen=True)
+class LocalSource:
+    """A user's own files, one per split (`.jsonl`, `.csv` or `.parquet`), in the row schema the
+    task's template reads. Identified in run ids by their content."""
+
+    files: Mapping[str, str]
+    """split → absolute path"""
 
 
 @dataclass(frozen=True)
@@ -42,7 +54,7 @@ class TaskSpec:
     name: str
     category: str
     description: str
-    source: HubSource | GeneratedSource
+    source: HubSource | LocalSource | GeneratedSource
     instruction: str
     template: str
     """`str.format` template over the (prepared) row's fields; it names every input field."""
@@ -53,10 +65,16 @@ class TaskSpec:
     labels: tuple[str, ...] = ()
     """Classification verbaliser: class index → the exact text the model must produce."""
     label_field: str = "label"
+    """Classification: the field holding the class, as an index or as one of the labels' texts."""
+    answer_field: str | None = None
+    """Non-classification: the field holding the gold answer (numeric/regression: a number; span:
+    the answer strings; code: the reference program), unless a `gold` hook computes it."""
+    target_template: str | None = None
+    """Training target of a prepared row as a `str.format` template (`{answers[0]}`)."""
     target: Callable[[Row], str] | None = None
-    """Training target of a prepared row; default: the verbalised label, else `str(gold(row))`."""
+    """Training target hook; default: the template, the verbalised label, else `str(gold(row))`."""
     gold: Callable[[Row], Any] | None = None
-    """Gold answer of a prepared row for scoring (numeric: a number; span: answer strings; code: reference)."""
+    """Gold answer hook of a prepared row for scoring, where `answer_field` is not enough."""
     parse: Callable[[str], Any] | None = None
     """Cleaned model output → comparable answer (None when it holds none: counted invalid)."""
     group: Callable[[Row], Hashable] | None = None
@@ -89,6 +107,8 @@ class TaskSpec:
                                  f"metrics ({', '.join(self.metrics)})")
         if (self.kind == "classification") != bool(self.labels):
             raise PeftbenchError(f"task {self.name!r}: labels are required for, and only for, classification")
+        if self.kind != "classification" and self.gold is None and self.answer_field is None:
+            raise PeftbenchError(f"task {self.name!r}: a {self.kind} task needs answer_field or a gold hook")
 
     def prepared(self, row: Row) -> Row:
         return self.prepare(row) if self.prepare else row
@@ -100,58 +120,21 @@ class TaskSpec:
         row = self.prepared(row)
         if self.gold is not None:
             return self.gold(row)
-        return int(row[self.label_field])
+        if self.kind == "classification":
+            value = row[self.label_field]
+            return self.labels.index(value) if isinstance(value, str) and value in self.labels else int(value)
+        return ANSWER_TYPES[self.kind](row[self.answer_field or ""])
 
     def render_target(self, row: Row) -> str:
         prepared = self.prepared(row)
         if self.target is not None:
             return self.target(prepared)
+        if self.target_template is not None:
+            return self.target_template.format(**prepared)
         if self.kind == "classification":
-            return self.labels[int(prepared[self.label_field])]
+            return self.labels[self.gold_of(row)]
         return str(self.gold_of(row))
 
     @property
     def splits(self) -> tuple[str, str]:
         return (self.train_split, self.eval_split)
-
-
-LABEL_TOKENS = 8  # room for the longest verbaliser ("not_entailment") under any tokenizer, plus EOS
-
-
-def classification(
-    name: str,
-    category: str,
-    source: HubSource | GeneratedSource,
-    what: str,
-    template: str,
-    labels: tuple[str, ...],
-    *,
-    description: str,
-    eval_split: str = "validation",
-    extra_metrics: tuple[str, ...] = (),
-    prepare: Callable[[Row], Row] | None = None,
-    group: Callable[[Row], Hashable] | None = None,
-    train_split: str = "train",
-    primary: str | None = None,
-) -> TaskSpec:
-    """A classification task in PEFT-Bench's form: "Classify the following … into N classes: …"."""
-    primary = primary or ("f1" if len(labels) == 2 else "macro_f1")
-    metrics = tuple(dict.fromkeys((primary, "accuracy", *extra_metrics)))
-    return TaskSpec(
-        name=name,
-        category=category,
-        description=description,
-        source=source,
-        instruction=f"Classify the following {what} into {len(labels)} classes: {', '.join(labels)}. "
-        "Respond only with the corresponding class.",
-        template=template,
-        kind="classification",
-        labels=labels,
-        metrics=metrics,
-        primary_metric=primary,
-        max_new_tokens=LABEL_TOKENS,
-        train_split=train_split,
-        eval_split=eval_split,
-        prepare=prepare,
-        group=group,
-    )
