@@ -56,16 +56,16 @@ PEFT_TUNERS = {
 METHOD_CASES = [(name, {}) for name in METHODS.names()] + list(PEFT_TUNERS.items())
 
 
-def adapted(tokenizer, name: str, args: dict, architecture=None) -> torch.nn.Module:
+def adapted(tokenizer, name: str, args: dict, architecture=None, strength: float = 0.7) -> torch.nn.Module:
     """The method on a tiny random model (Llama unless given), its trainable weights moved off their
-    (often identity) initialisation so that the adapter changes every output."""
+    (often identity) initialisation so that the adapter changes the outputs."""
     model = resolve_method(name, args).apply((architecture or llama)(tokenizer))
     torch.manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:  # noise on the tensor's own scale (spread or size; zeros get 0.01)
                 scale = max(float(p.std()) if p.numel() > 1 else 0.0, float(p.abs().mean()), 0.01)
-                p.add_(torch.randn_like(p) * 0.7 * scale)
+                p.add_(torch.randn_like(p) * strength * scale)
     return model.eval()
 
 

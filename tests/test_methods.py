@@ -9,17 +9,23 @@ from conftest import FF, KV, H, L, gpt2, llama, qwen2
 
 from peftbench.costs import count_parameters
 from peftbench.errors import PeftbenchError
-from peftbench.methods import METHODS, PAPER_METHODS, resolve_method
+from peftbench.methods import METHODS, Shape, paper_methods, resolve_method
 
 
 def n_trainable(model) -> int:
     return count_parameters(model)[0]
 
 
-def llama_counts(total: int) -> dict[str, int]:
-    """Closed forms for the tiny Llama with biases (h=64, i=128, L=2, KV width 32), default args."""
+def test_the_paper_methods_are_tagged_in_the_papers_order():
+    assert paper_methods() == ["lora", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning", "ln_tuning", "bitfit"]
+
+
+def test_closed_forms_by_hand():
+    """The methods' own closed forms against sums written out for the tiny Llama with biases
+    (h=64, i=128, L=2, KV width 32), default arguments: the formulas are themselves checked."""
+    shape = Shape.of(llama_config())
     r = 16
-    return {
+    by_hand = {
         "lora": L * (r * (H + KV) * 2 + r * (FF + H)),  # k_proj, v_proj: A (r×h) + B (kv×r); down_proj
         "ia3": L * (KV + KV + FF),  # k, v outputs scaled; down_proj is feed-forward: its inputs scaled
         "prompt_tuning": 100 * H,
@@ -29,21 +35,31 @@ def llama_counts(total: int) -> dict[str, int]:
         "p_tuning": 100 * H + (H * 768 + 768) + (768 * 768 + 768) + (768 * H + H),
         "ln_tuning": (2 * L + 1) * H,  # RMSNorm weights: two per layer and the final one
         "bitfit": L * (H + KV + KV + H + FF + FF + H),  # biases of q, k, v, o, gate, up, down
-        "full": total,
         "base": 0,
     }
+    for name, count in by_hand.items():
+        assert resolve_method(name).closed_form_params(shape) == count, name
 
 
-def test_registry_has_every_method():
-    assert set(PAPER_METHODS) | {"full", "base"} == set(METHODS.names())
+def llama_config(bias: bool = True):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=320, hidden_size=H, intermediate_size=FF, num_hidden_layers=L,
+                       num_attention_heads=4, num_key_value_heads=2, attention_bias=bias, mlp_bias=bias,
+                       tie_word_embeddings=False)
 
 
+@pytest.mark.parametrize("bias", [True, False], ids=["biases", "no-biases"])
 @pytest.mark.parametrize("name", METHODS.names())
-def test_trainable_parameters_match_closed_form(tokenizer, name):
-    model = llama(tokenizer)
-    total = count_parameters(model)[1]
-    adapted = resolve_method(name).apply(model)
-    assert n_trainable(adapted) == llama_counts(total)[name]
+def test_trainable_parameters_match_the_methods_closed_form(tokenizer, name, bias):
+    """Every registered method states its parameter count in closed form; peft's count must agree."""
+    model = llama(tokenizer, bias=bias)
+    shape = Shape.of(model.config)
+    assert shape is not None and shape.total() == count_parameters(model)[1]
+    method = resolve_method(name)
+    expected = method.closed_form_params(shape)
+    assert expected is not None, f"{name}: a registered method must give its closed-form parameter count"
+    assert n_trainable(method.apply(model)) == expected
 
 
 def test_paper_defaults_are_the_method_defaults():
@@ -54,7 +70,7 @@ def test_paper_defaults_are_the_method_defaults():
     assert resolve_method("prefix_tuning").args["encoder_hidden_size"] == 512
     pt = resolve_method("p_tuning").args
     assert (pt["num_virtual_tokens"], pt["encoder_hidden_size"], pt["encoder_dropout"]) == (100, 768, 0.1)
-    lrs = {n: METHODS.get(n).default_lr for n in PAPER_METHODS}
+    lrs = {n: METHODS.get(n).default_lr for n in paper_methods()}
     assert lrs == {"lora": 5e-5, "ia3": 5e-5, "prompt_tuning": 3e-2, "prefix_tuning": 1e-5, "p_tuning": 1e-3,
                    "ln_tuning": 5e-5, "bitfit": 5e-5}
 
@@ -160,3 +176,52 @@ def test_merged_lora_costs_no_extra_flops(tokenizer):
     assert merged == base_flops
     # unmerged: x·A then ·B per adapted layer: 2·T·r·(in + out) per layer
     assert unmerged - base_flops == 2 * 64 * 16 * L * ((H + KV) * 2 + (FF + H))
+
+
+VERA = '''"""VeRA (Kopiczko et al., 2024): frozen random matrices shared by all layers, trained scaling vectors."""
+
+from peft import VeraConfig
+
+from peftbench.methods.base import PeftMethod, Shape, register
+
+
+@register
+class VeRA(PeftMethod):
+    name = "vera"
+    description = "Shared frozen random low-rank matrices on q_proj and v_proj, trained scaling vectors (r=16)"
+    default_lr = 1e-3
+    config_cls = VeraConfig
+    target_keys = ("target_modules",)
+    defaults = {"r": 16, "target_modules": ["q_proj", "v_proj"]}
+
+    def closed_form_params(self, shape: Shape) -> int:
+        """Per adapted linear: a scaling vector over the rank (d) and one over the outputs (b)."""
+        linears = shape.linears()
+        return shape.layers * sum(self.args["r"] + linears[t][1] for t in self.args["target_modules"])
+'''
+
+
+@pytest.mark.slow
+def test_a_new_method_is_one_new_file_and_the_test_matrix_exercises_it(tmp_path):
+    """In a copy of the package, add methods/vera.py and nothing else: the registry finds it, and the
+    existing per-method tests (closed-form count, save/load/predict, decoding against the reference,
+    label log-likelihoods, training) run on it and pass."""
+    import os
+    import re
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    copy = tmp_path / "src"
+    shutil.copytree(REPO / "src" / "peftbench", copy / "peftbench", ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "peftbench" / "methods" / "vera.py").write_text(VERA)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "vera", "tests/test_methods.py",
+         "tests/test_decoding.py", "tests/test_loglik.py", "tests/test_training.py"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(copy)}, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:]
+    passed = int(re.search(r"(\d+) passed", result.stdout).group(1))
+    assert passed >= 9, result.stdout[-2000:]
+    assert "vera" not in METHODS  # this process's registry is untouched

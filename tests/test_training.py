@@ -28,7 +28,7 @@ def run(tokenizer, name, tmp_path, *, steps=30, seed=0, model=None):
     model = model if model is not None else resolve_method(name, _small(name)).apply(llama(tokenizer))
     cfg = TrainingConfig(max_steps=steps, batch_size=4, eval_steps=10, warmup_ratio=0.0)
     data = examples(tokenizer, 16)
-    return model, train(model, tokenizer, data, data[:4], cfg, learning_rate=LRS.get(name, 1e-2), seed=seed,
+    return model, train(model, tokenizer, data, data[:4], cfg, learning_rate=LRS.get(name, 3e-2), seed=seed,
                         device=torch.device("cpu"), workdir=tmp_path)
 
 

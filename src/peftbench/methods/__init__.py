@@ -1,19 +1,25 @@
-"""Method registry. Each method is one module, registered explicitly by importing it here."""
+"""Method registry. Each method is one module of this package that registers itself (`@register`);
+every module here is imported, so a new method is one new file and nothing else."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Mapping
 from typing import Any
 
-from peftbench.methods import bitfit, full, ia3, ln_tuning, lora, p_tuning, prefix_tuning, prompt_tuning, zero_shot
-from peftbench.methods.base import METHODS, Method
+from peftbench.methods.base import METHODS, Method, Shape
 from peftbench.methods.generic import PREFIX, generic_peft_method
 
-__all__ = ["METHODS", "Method", "resolve_method", "PAPER_METHODS"]
-_MODULES = (lora, ia3, prompt_tuning, prefix_tuning, p_tuning, ln_tuning, bitfit, full, zero_shot)
+__all__ = ["METHODS", "Method", "Shape", "resolve_method", "paper_methods"]
 
-# The seven methods of PEFT-Bench, in the paper's order.
-PAPER_METHODS = ("lora", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning", "ln_tuning", "bitfit")
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+
+def paper_methods() -> list[str]:
+    """PEFT-Bench's seven methods, in the paper's order."""
+    return sorted((n for n in METHODS if METHODS.get(n).paper), key=lambda n: METHODS.get(n).paper)
 
 
 def resolve_method(name: str, args: Mapping[str, Any] | None = None) -> Method:

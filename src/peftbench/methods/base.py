@@ -14,6 +14,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,6 +38,47 @@ TARGET_ALIASES: dict[str, dict[str, str | None]] = {
 }
 
 
+@dataclass(frozen=True)
+class Shape:
+    """A Llama-architecture decoder's sizes: what closed-form parameter counts are written in."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    kv_width: int  # key/value projection width (num_key_value_heads × head_dim)
+    vocab: int
+    tied: bool
+    attention_bias: bool
+    mlp_bias: bool
+
+    @classmethod
+    def of(cls, config: Any) -> Shape | None:
+        """The shape of a transformers config, or None for another architecture."""
+        if getattr(config, "model_type", None) != "llama":
+            return None
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        return cls(config.hidden_size, config.intermediate_size, config.num_hidden_layers,
+                   config.num_key_value_heads * head_dim, config.vocab_size, bool(config.tie_word_embeddings),
+                   bool(config.attention_bias), bool(getattr(config, "mlp_bias", False)))
+
+    def linears(self) -> dict[str, tuple[int, int]]:
+        """(in, out) features of each linear module of a decoder layer."""
+        h, i, kv = self.hidden, self.intermediate, self.kv_width
+        return {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    def biases(self) -> int:
+        """Bias entries of one decoder layer."""
+        out = {name: o for name, (_, o) in self.linears().items()}
+        attention = sum(out[m] for m in ("q_proj", "k_proj", "v_proj", "o_proj")) if self.attention_bias else 0
+        return attention + (sum(out[m] for m in ("gate_proj", "up_proj", "down_proj")) if self.mlp_bias else 0)
+
+    def total(self) -> int:
+        """Every parameter: embeddings, head (unless tied), layers (linears, biases, two norms), final norm."""
+        layer = sum(i * o for i, o in self.linears().values()) + self.biases() + 2 * self.hidden
+        return self.vocab * self.hidden * (1 if self.tied else 2) + self.layers * layer + self.hidden
+
+
 class Method(ABC):
     """A configured method. Subclasses set the class attributes and implement apply/save/load."""
 
@@ -46,6 +88,8 @@ class Method(ABC):
     defaults: ClassVar[Mapping[str, Any]] = {}
     trains: ClassVar[bool] = True
     mergeable: ClassVar[bool] = False
+    paper: ClassVar[int] = 0
+    """PEFT-Bench's seven methods: their place (1–7) in the paper's tables; 0 for the others."""
 
     def __init__(self, args: Mapping[str, Any] | None = None) -> None:
         self.args: dict[str, Any] = {**self.defaults, **(args or {})}
@@ -60,6 +104,12 @@ class Method(ABC):
         if unknown:
             allowed = ", ".join(sorted(self.defaults)) or "none"
             raise PeftbenchError(f"method {self.label!r}: unknown argument(s) {unknown} (expected: {allowed})")
+
+    def closed_form_params(self, shape: Shape) -> int | None:
+        """Trainable parameters on a Llama of this shape with this method's arguments, written out by
+        hand: the independent reference for the counted figure (tests compare the two for every
+        registered method). None: not known for this configuration."""
+        return None
 
     def check(self, model: nn.Module) -> None:  # noqa: B027 - an optional hook, not abstract
         """Fail early (before any training) if the method cannot be applied to this model."""

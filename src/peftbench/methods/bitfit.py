@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from peftbench.errors import PeftbenchError
-from peftbench.methods.base import Method, register, resolve_targets
+from peftbench.methods.base import Method, Shape, register, resolve_targets
 
 CONFIG_FILE = "bitfit_config.json"
 WEIGHTS_FILE = "bitfit_biases.safetensors"
@@ -29,7 +29,15 @@ class BitFit(Method):
     description = "Train the model's biases; zero-initialised q_proj/v_proj biases when it has none"
     default_lr = 5e-5
     mergeable = True
+    paper = 7
     defaults = {"add_bias_to": ["q_proj", "v_proj"]}
+
+    def closed_form_params(self, shape: Shape) -> int:
+        """The model's biases; without any, one per output feature of each `add_bias_to` module."""
+        if shape.biases():
+            return shape.layers * shape.biases()
+        linears = shape.linears()
+        return shape.layers * sum(linears[t][1] for t in self.args["add_bias_to"])
 
     def check(self, model: nn.Module) -> None:
         if not _has_biases(model):

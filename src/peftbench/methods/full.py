@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch import nn
 
-from peftbench.methods.base import Method, register
+from peftbench.methods.base import Method, Shape, register
 
 
 @register
@@ -14,6 +14,9 @@ class FullFineTuning(Method):
     name = "full"
     description = "Full fine-tuning of every parameter"
     default_lr = 1e-5
+
+    def closed_form_params(self, shape: Shape) -> int:
+        return shape.total()
 
     def apply(self, model: nn.Module) -> nn.Module:
         for p in model.parameters():

@@ -6,7 +6,7 @@ names, which matches nothing here and silently turns `down_proj` into an output-
 
 from peft import IA3Config
 
-from peftbench.methods.base import PeftMethod, register
+from peftbench.methods.base import PeftMethod, Shape, register
 
 
 @register
@@ -17,4 +17,10 @@ class IA3(PeftMethod):
     mergeable = True
     config_cls = IA3Config
     target_keys = ("target_modules", "feedforward_modules")
+    paper = 2
     defaults = {"target_modules": ["k_proj", "v_proj", "down_proj"], "feedforward_modules": ["down_proj"]}
+
+    def closed_form_params(self, shape: Shape) -> int:
+        """One scale per input feature of a feed-forward module, per output feature of any other."""
+        linears, ff = shape.linears(), self.args["feedforward_modules"]
+        return shape.layers * sum(linears[t][0] if t in ff else linears[t][1] for t in self.args["target_modules"])

@@ -2,7 +2,7 @@
 
 from peft import LNTuningConfig
 
-from peftbench.methods.base import PeftMethod, register
+from peftbench.methods.base import PeftMethod, Shape, register
 
 
 @register
@@ -12,4 +12,9 @@ class LNTuning(PeftMethod):
     default_lr = 5e-5
     config_cls = LNTuningConfig
     target_keys = ("target_modules",)
+    paper = 6
     defaults = {}
+
+    def closed_form_params(self, shape: Shape) -> int:
+        """Llama's RMSNorm weights: two per layer and the final one (no biases)."""
+        return (2 * shape.layers + 1) * shape.hidden

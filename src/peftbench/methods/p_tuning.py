@@ -2,7 +2,7 @@
 
 from peft import PromptEncoderConfig
 
-from peftbench.methods.base import PeftMethod, register
+from peftbench.methods.base import PeftMethod, Shape, register
 
 
 @register
@@ -17,3 +17,11 @@ class PTuning(PeftMethod):
         "encoder_hidden_size": 768,
         "encoder_dropout": 0.1,
     }
+    paper = 5
+
+    def closed_form_params(self, shape: Shape) -> int | None:
+        """n × hidden embeddings through the MLP encoder Linear(h, e) → Linear(e, e) → Linear(e, h)."""
+        if self.args["encoder_reparameterization_type"] != "MLP":
+            return None
+        n, h, e = self.args["num_virtual_tokens"], shape.hidden, self.args["encoder_hidden_size"]
+        return n * h + (h * e + e) + (e * e + e) + (e * h + h)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch import nn
 
-from peftbench.methods.base import Method, register
+from peftbench.methods.base import Method, Shape, register
 
 
 @register
@@ -16,6 +16,9 @@ class ZeroShot(Method):
     description = "No training: the base model evaluated zero-shot"
     default_lr = 0.0
     trains = False
+
+    def closed_form_params(self, shape: Shape) -> int:
+        return 0
 
     def apply(self, model: nn.Module) -> nn.Module:
         for p in model.parameters():
