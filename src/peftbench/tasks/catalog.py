@@ -76,6 +76,7 @@ class TaskFile(_File):
     name: str
     category: str = "user"
     description: str = ""
+    tags: list[str] = Field(default_factory=list, description="e.g. peft-bench: one of the paper's 27 tasks")
     source: SourceFile
     instruction: str = Field(description="may use {subject}, {labels} (comma-separated) and {n_labels}")
     subject: str | None = Field(default=None, description="what is classified, for the instruction")
@@ -158,6 +159,7 @@ def _to_spec(f: TaskFile, base: Path) -> TaskSpec:
         name=f.name,
         category=f.category,
         description=f.description,
+        tags=tuple(f.tags),
         source=_source(f.source, base),
         instruction=instruction,
         template=f.template,

@@ -87,6 +87,8 @@ class TaskSpec:
     eval_split: str = "validation"
     prepare: Callable[[Row], Row] | None = None
     """Row hook for data that needs real processing (marking WSC's spans, mapping letter answers)."""
+    tags: tuple[str, ...] = ()
+    """Which collections the task belongs to (`peft-bench`: PEFT-Bench's 27)."""
 
     def __post_init__(self) -> None:
         """A task that cannot be scored fails when it is defined, not after its runs trained."""
