@@ -129,14 +129,14 @@ def test_dry_run_lists_the_plan_and_writes_nothing(small_grid, tmp_path):
 def test_a_worker_reads_the_weights_once_and_gives_each_run_its_own_copy(monkeypatch, tmp_path):
     import torch
 
-    from peftbench import pipeline
     from peftbench.config import validate_config
-    from peftbench.executors.worker import worker_context
     from peftbench.modeling import resolve_model
+    from peftbench.runner import run
+    from peftbench.runner.worker import worker_context
 
     reads = []
-    real = pipeline.load_model
-    monkeypatch.setattr(pipeline, "load_model", lambda *args: reads.append(args) or real(*args))
+    real = run.load_model
+    monkeypatch.setattr(run, "load_model", lambda *args: reads.append(args) or real(*args))
     cfg = validate_config({"methods": ["lora"], "tasks": ["qs_arith"]})
     ctx = worker_context(cfg, resolve_model(cfg.model), tmp_path)
     assert worker_context(cfg, resolve_model(cfg.model), tmp_path) is ctx  # one context per grid and process

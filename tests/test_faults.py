@@ -105,7 +105,7 @@ def cli(capsys, monkeypatch):
 
 
 def test_a_full_disk_stops_the_grid_with_a_clear_error_and_the_store_intact(small_grid, tmp_path, monkeypatch, cli):
-    from peftbench.executors import driver
+    from peftbench.runner import driver
 
     config, expected = small_grid
     out = tmp_path / "out"
@@ -151,11 +151,11 @@ costs: {latency: false, memory_steps: 1}
 
 def test_oom_and_divergence_are_recorded_the_grid_goes_on_and_nothing_touches_the_network(tmp_path, monkeypatch,
                                                                                            cli):
-    from peftbench import pipeline
+    from peftbench.runner import run
 
     config = tmp_path / "faulty.yaml"
     config.write_text(FAULTY)
-    real_train = pipeline.train
+    real_train = run.train
 
     def train(*args, **kwargs):
         if kwargs["learning_rate"] == 0.0123:
@@ -165,7 +165,7 @@ def test_oom_and_divergence_are_recorded_the_grid_goes_on_and_nothing_touches_th
     def no_network(*args, **kwargs):
         raise AssertionError(f"an offline run opened a connection: {args}")
 
-    monkeypatch.setattr(pipeline, "train", train)
+    monkeypatch.setattr(run, "train", train)
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
     code, _ = cli("run", str(config), "--out", str(tmp_path / "out"))

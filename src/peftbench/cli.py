@@ -8,6 +8,8 @@ and resumes when the same command runs again.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from importlib import resources
 from pathlib import Path
@@ -21,6 +23,7 @@ from peftbench.jsonsafe import dumps_json
 
 if TYPE_CHECKING:
     from peftbench.config import BenchConfig
+    from peftbench.runner.grid import GridResult
 
 app = typer.Typer(
     help="Benchmark parameter-efficient fine-tuning methods: quality, cost and PSCP, end to end.",
@@ -81,7 +84,12 @@ DryRunOption = Annotated[
 def quickstart(out: OutOption = None, workers: WorkersOption = None, executor: ExecutorOption = None,
                dry_run: DryRunOption = False) -> None:
     """Run the embedded offline grid (tiny built-in model, generated tasks, every method × 2 seeds), then report."""
-    _run(quickstart_config_path(), out, [], workers, executor, dry_run)
+    from peftbench.runner.grid import run_grid
+
+    cfg = _grid_config(quickstart_config_path(), [], workers, executor, out, dry_run)
+    with _resumable():
+        result = run_grid(cfg, out, err_console)
+    _print_finished(result)
 
 
 @app.command()
@@ -94,12 +102,18 @@ def run(
     dry_run: DryRunOption = False,
 ) -> None:
     """Train, evaluate and cost every run of CONFIG that is not done yet (re-running resumes)."""
-    _run(config, out, set_ or [], workers, executor, dry_run)
+    from peftbench.runner.grid import run_grid
+
+    cfg = _grid_config(config, set_ or [], workers, executor, out, dry_run)
+    with _resumable():
+        result = run_grid(cfg, out, err_console)
+    _print_finished(result)
 
 
-def _run(config: Path, out: Path | None, overrides: list[str], workers: int | None,
-         executor: ExecutorKind | None = None, dry_run: bool = False) -> None:
-    from peftbench.bench import run_benchmark
+def _grid_config(config: Path, overrides: list[str], workers: int | None, executor: ExecutorKind | None,
+                 out: Path | None, dry_run: bool) -> BenchConfig:
+    """The config with the command's overrides (--workers and --executor are overrides too); with
+    --dry-run, print its plan and end the command here: nothing is started."""
     from peftbench.config import load_config
 
     overrides = [*overrides, *([f"runtime.workers={workers}"] if workers else []),
@@ -107,13 +121,25 @@ def _run(config: Path, out: Path | None, overrides: list[str], workers: int | No
     cfg = load_config(config, overrides)
     if dry_run:
         _print_plan(cfg, Path(out or cfg.output_dir))
-        return
+        raise typer.Exit()
+    return cfg
+
+
+@contextmanager
+def _resumable() -> Iterator[None]:
+    """An interrupted grid exits with 130 and says how to resume (typer would exit silently).
+
+    A context manager rather than a wrapper, so the grid runs one call below the command."""
     try:
-        result = run_benchmark(cfg, out_dir=out, console=err_console)
-    except KeyboardInterrupt:  # typer would turn it into a silent exit 130
+        yield
+    except KeyboardInterrupt:
         err_console.print("interrupted: finished runs are stored; run the same command again to resume",
                           highlight=False)
         raise typer.Exit(130) from None
+
+
+def _print_finished(result: GridResult) -> None:
+    """The report, what this invocation ran, and exit code 1 if any run failed."""
     _print_report(result.out_dir, ReportFormat.table)
     failed = result.counts.get("failed", 0)
     ran = ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items())) or "nothing left to run"
@@ -129,7 +155,7 @@ def _run(config: Path, out: Path | None, overrides: list[str], workers: int | No
 def _print_plan(cfg: BenchConfig, out: Path) -> None:
     from rich.table import Table
 
-    from peftbench.bench import executor_line, plan_summary
+    from peftbench.runner.grid import executor_line, plan_summary
 
     rows = plan_summary(cfg, out)
     table = Table(title=f"{cfg.name}: plan for {out}")
@@ -247,9 +273,9 @@ def validate(
     set_: SetOption = None,
 ) -> None:
     """Check a config without running it; print the number of runs it defines."""
-    from peftbench.bench import executor_line
     from peftbench.config import load_config
     from peftbench.plan import plan_runs
+    from peftbench.runner.grid import executor_line
 
     cfg = load_config(config, set_ or [])
     runs = plan_runs(cfg)

@@ -1,4 +1,4 @@
-"""The Slurm executor: submitit job arrays, one job per `runs_per_job` runs.
+"""The Slurm backend: submitit job arrays, one job per `runs_per_job` runs.
 
 Each job writes every run's outcome to `<folder>/outcomes/<run_id>.pkl` as soon as the run ends,
 so a job killed half-way loses only the run in flight; the driver reads those files when the job
@@ -20,15 +20,16 @@ from typing import Any
 from rich.console import Console
 
 from peftbench.config import BenchConfig, SlurmConfig
-from peftbench.executors.driver import GridProgress, Results
-from peftbench.executors.worker import run_batch, worker_context
 from peftbench.modeling import ModelSource
-from peftbench.pipeline import RunContext
 from peftbench.plan import RunSpec
+from peftbench.runner.progress import GridProgress
+from peftbench.runner.run import RunContext
+from peftbench.runner.worker import Results, run_batch, worker_context
 from peftbench.utils import atomic_write_bytes
 
 
 def _slurm_job(cfg: BenchConfig, source: ModelSource, out_dir: Path, specs: list[RunSpec], outcomes: Path) -> None:
+    """What a Slurm job runs: its runs one by one, each outcome written to `outcomes` when the run ends."""
     where = {"slurm_job": os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID")}
     ctx = worker_context(cfg, source, out_dir)
     for spec in specs:  # each outcome is written as soon as its run ends
@@ -39,7 +40,7 @@ def _slurm_job(cfg: BenchConfig, source: ModelSource, out_dir: Path, specs: list
 class SlurmBackend:
     def __init__(self, ctx: RunContext, progress: GridProgress, cfg: SlurmConfig, n_runs: int,
                  console: Console) -> None:
-        import submitit  # installed: checked before the run started (bench.check_executor)
+        import submitit  # installed: checked before the run started (grid.check_executor)
         self.ctx = ctx
         folder = Path(cfg.folder or ctx.out_dir / "slurm")
         self.outcomes = folder / "outcomes"

@@ -1,4 +1,5 @@
-"""Running a benchmark grid: check everything, then register the runs and execute what is not done.
+"""A benchmark grid: check everything, then register the runs and hand what is not done to the driver,
+on the backend the config asks for.
 
 All checks that can fail on user input (model availability, method targets on this
 architecture, task data) run before the output directory is created, so bad input leaves
@@ -18,11 +19,15 @@ from rich.console import Console
 
 from peftbench.config import BenchConfig
 from peftbench.errors import PeftbenchError
-from peftbench.executors import execute_grid
 from peftbench.modeling import ModelSource, resolve_model
-from peftbench.pipeline import RunContext
 from peftbench.plan import RunSpec, plan_runs
 from peftbench.report import CONFIG_FILE
+from peftbench.runner.backends.local import InlineBackend, PoolBackend
+from peftbench.runner.backends.ray import RayBackend
+from peftbench.runner.backends.slurm import SlurmBackend
+from peftbench.runner.driver import Backend, drive
+from peftbench.runner.progress import GridProgress
+from peftbench.runner.run import RunContext
 from peftbench.store import FINAL, Store
 from peftbench.utils import atomic_write_text, quiet_libraries
 
@@ -67,7 +72,8 @@ def check_executor(cfg: BenchConfig) -> None:
                              f"(pip install 'peftbench[{needs[1]}]')")
 
 
-def run_benchmark(cfg: BenchConfig, *, out_dir: Path | None = None, console: Console | None = None) -> GridResult:
+def run_grid(cfg: BenchConfig, out_dir: Path | None = None, console: Console | None = None) -> GridResult:
+    """Run every run of the grid that is not done yet into `out_dir` (default: the config's output_dir)."""
     console = console or Console(stderr=True)
     quiet_libraries()
     out_dir = Path(out_dir or cfg.output_dir)
@@ -93,8 +99,21 @@ def run_benchmark(cfg: BenchConfig, *, out_dir: Path | None = None, console: Con
         f"[bold]{cfg.name}[/bold]: {len(plan)} runs ({len(cfg.methods)} methods × {len(cfg.tasks)} tasks × "
         f"{len(cfg.seeds)} seeds), {done} already finished, {len(pending)} to run on {executor_line(cfg)} → {out_dir}"
     )
-    counts = execute_grid(pending, ctx, store, console) if pending else {}
+    counts = drive(pending, store, console, cfg.executor,
+                   lambda progress: _backend(ctx, progress, len(pending), console)) if pending else {}
     return GridResult(out_dir=out_dir, total=len(plan), already_done=done, counts=counts)
+
+
+def _backend(ctx: RunContext, progress: GridProgress, n_runs: int, console: Console) -> Backend:
+    """Where the runs execute: the configured executor (in this process when there is one worker)."""
+    cfg = ctx.cfg
+    if cfg.executor.kind == "ray":
+        return RayBackend(ctx, progress, cfg.executor.ray, n_runs)
+    if cfg.executor.kind == "slurm":
+        return SlurmBackend(ctx, progress, cfg.executor.slurm, n_runs, console)
+    if cfg.runtime.workers > 1:
+        return PoolBackend(ctx, progress, cfg.runtime.workers)
+    return InlineBackend(ctx, progress)
 
 
 def executor_line(cfg: BenchConfig) -> str:

@@ -1,4 +1,4 @@
-"""The driver loop shared by every executor: claim, submit, collect, record, retry.
+"""The driver loop shared by every backend: claim, submit, collect, record, retry.
 
 Workers only compute; the driver (the `peftbench run` process) claims every run before handing it
 out and is the only writer of the store. One writer means no lock contention and no lost rows,
@@ -12,30 +12,23 @@ output leaves them alone, and takes them over once the driver is gone.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import queue
 import shutil
 import sqlite3
 import threading
-import traceback
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol
 
-import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from peftbench.config import ExecutorConfig
 from peftbench.errors import PeftbenchError
-from peftbench.pipeline import PhaseFn, RunContext, RunOutcome, checkpoint_dir, execute_run
 from peftbench.plan import RunSpec
+from peftbench.runner.progress import GridProgress, run_label, trace
+from peftbench.runner.run import RunOutcome, checkpoint_dir
+from peftbench.runner.worker import Results
 from peftbench.store import Store, owner_id
-from peftbench.utils import atomic_write_jsonl, atomic_write_text
-
-Results = dict[str, tuple[RunOutcome, dict[str, Any]]]
+from peftbench.utils import atomic_write_jsonl
 
 
 class Backend(Protocol):
@@ -56,19 +49,17 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-BackendFactory = Callable[[RunContext, "GridProgress"], Backend]
-
-
-def drive(pending: list[RunSpec], ctx: RunContext, store: Store, console: Console, executor: ExecutorConfig,
-          make_backend: BackendFactory) -> dict[str, int]:
-    """Run every pending run through a backend; returns counts by final status."""
+def drive(pending: list[RunSpec], store: Store, console: Console, executor: ExecutorConfig,
+          make_backend: Callable[[GridProgress], Backend]) -> dict[str, int]:
+    """Run every pending run through the backend `make_backend` builds for the progress display;
+    returns counts by final status."""
     owner = owner_id()
     lease = float(executor.claim_timeout_s)
     todo = deque(pending)
     retried: dict[str, int] = {}
     in_flight: dict[Any, list[RunSpec]] = {}
     with GridProgress(console, len(pending)) as progress, _Heartbeat(store, owner, lease / 4):
-        backend = make_backend(ctx, progress)
+        backend = make_backend(progress)
         try:
             while todo or in_flight:
                 batches = []
@@ -155,39 +146,6 @@ class _Heartbeat:
         self.thread.join(timeout=5)
 
 
-def run_one(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) -> RunOutcome:
-    """Execute one run; an exception inside it becomes a failed outcome with the reason."""
-    try:
-        return execute_run(spec, ctx, _traced(spec, phase))
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:  # the run failed; record why and let the grid go on
-        return _failed(exc, ctx.out_dir / "logs" / f"{spec.run_id}.log")
-
-
-def trace(spec: RunSpec, name: str, done: int = 0, total: int = 1) -> None:
-    """With PEFTBENCH_TRACE=FILE, append where a run is (run id, phase, step, pid) to FILE as a JSON
-    line: for debugging, and for fault-injection tests that must act at a known point of a run."""
-    path = os.environ.get("PEFTBENCH_TRACE")
-    if path:
-        line = {"run_id": spec.run_id, "method": spec.method_id, "seed": spec.seed, "phase": name, "step": done,
-                "total": total, "pid": os.getpid()}
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(line) + "\n")
-
-
-def _traced(spec: RunSpec, phase: PhaseFn | None) -> PhaseFn | None:
-    if not os.environ.get("PEFTBENCH_TRACE"):
-        return phase
-
-    def traced(name: str, done: int, total: int) -> None:
-        trace(spec, name, done, total)
-        if phase is not None:
-            phase(name, done, total)
-
-    return traced
-
-
 def record(store: Store, spec: RunSpec, outcome: RunOutcome, provenance: dict[str, Any]) -> None:
     """Predictions first (atomically), then the row: a done row always has its predictions."""
     trace(spec, "record")
@@ -204,79 +162,3 @@ def record(store: Store, spec: RunSpec, outcome: RunOutcome, provenance: dict[st
         error=outcome.error,
     )
     shutil.rmtree(checkpoint_dir(store.out_dir, spec.run_id), ignore_errors=True)  # kept until the run is stored
-
-
-def _failed(exc: BaseException, log_path: Path) -> RunOutcome:
-    """The reason first: `out of memory: …` for an OOM (the grid goes on with smaller runs), the
-    user's mistake as is, anything else with its type and a saved traceback."""
-    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if isinstance(exc, PeftbenchError):
-        return RunOutcome(status="failed", error=message)
-    atomic_write_text(log_path, "".join(traceback.format_exception(exc)))
-    oom = isinstance(exc, torch.OutOfMemoryError) or "out of memory" in message.lower()
-    reason = f"out of memory: {message}" if oom else f"{type(exc).__name__}: {message}"
-    return RunOutcome(status="failed", error=f"{reason} (traceback in {log_path})")
-
-
-def run_label(spec: RunSpec) -> str:
-    """How a run is named on the progress display and in messages."""
-    return f"{spec.method_id} · {spec.task} · seed {spec.seed}"
-
-
-class GridProgress:
-    """A rich progress display: the grid (with ETA) and one line per run in flight."""
-
-    def __init__(self, console: Console, total: int) -> None:
-        self.console = console
-        self.counts: dict[str, int] = {}
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("eta"), TimeRemainingColumn(), console=console,
-        )
-        self.grid = self.progress.add_task("grid", total=total)
-        self.lines: dict[str, Any] = {}
-        self.ended: set[str] = set()  # late messages from a worker must not revive a finished line
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> GridProgress:
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)
-
-    def phase_fn(self, spec: RunSpec) -> PhaseFn:
-        label = run_label(spec)
-        return lambda name, done, total: self.update(label, name, done, total)
-
-    def update(self, label: str, name: str, done: int, total: int) -> None:
-        with self._lock:
-            if label in self.ended:
-                return
-            if label not in self.lines:
-                self.lines[label] = self.progress.add_task(label, total=max(total, 1))
-            self.progress.update(self.lines[label], description=f"  {label} [{name}]", completed=done,
-                                 total=max(total, 1))
-
-    def pump(self, messages: Any, stop: threading.Event) -> None:
-        """Show phase messages that worker processes put on a queue, until `stop` is set."""
-        while not stop.is_set():
-            try:
-                self.update(*messages.get(timeout=0.2))
-            except queue.Empty:
-                continue
-            except (EOFError, OSError):
-                return
-
-    def finished(self, spec: RunSpec, outcome: RunOutcome | None) -> None:
-        status = outcome.status if outcome else "skipped"
-        label = run_label(spec)
-        with self._lock:
-            self.counts[status] = self.counts.get(status, 0) + 1
-            self.ended.add(label)
-            task = self.lines.pop(label, None)
-            if task is not None:
-                self.progress.remove_task(task)
-            self.progress.advance(self.grid)
-        if outcome and outcome.status != "done":
-            self.console.print(f"[yellow]{label}: {outcome.status}: {outcome.error}[/yellow]", highlight=False)

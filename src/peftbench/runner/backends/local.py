@@ -1,4 +1,4 @@
-"""The local executor: runs in this process, or in N spawned worker processes with pinned threads.
+"""The local backends: runs in this process, or in N spawned worker processes with pinned threads.
 
 Each run seeds itself and pins its threads, so a run's result does not depend on which process
 or in which order it ran. A worker process that dies breaks the process pool; the pool is
@@ -16,11 +16,11 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from peftbench.config import BenchConfig
-from peftbench.executors.driver import GridProgress, Results, run_label
-from peftbench.executors.worker import run_batch, work
 from peftbench.modeling import ModelSource
-from peftbench.pipeline import RunContext
 from peftbench.plan import RunSpec
+from peftbench.runner.progress import GridProgress, run_label
+from peftbench.runner.run import RunContext
+from peftbench.runner.worker import Results, run_batch, worker_context
 
 
 class InlineBackend:
@@ -59,7 +59,8 @@ def _init_worker(messages: Any) -> None:
     _MESSAGES["queue"] = messages
 
 
-def _work(cfg: BenchConfig, source: ModelSource, out_dir: Any, spec: RunSpec) -> Results:
+def _pool_job(cfg: BenchConfig, source: ModelSource, out_dir: Any, spec: RunSpec) -> Results:
+    """What a pool worker runs: a batch of one run, its phases sent to the driver's display."""
     messages = _MESSAGES["queue"]
     label = run_label(spec)
     last = [0.0]
@@ -70,7 +71,7 @@ def _work(cfg: BenchConfig, source: ModelSource, out_dir: Any, spec: RunSpec) ->
             last[0] = now
             messages.put((label, name, done, total))
 
-    return work(cfg, source, out_dir, [spec], "local", lambda _: phase)
+    return run_batch(worker_context(cfg, source, out_dir), [spec], "local", lambda _: phase)
 
 
 class PoolBackend:
@@ -95,11 +96,11 @@ class PoolBackend:
         ctx, futures = self.ctx, []
         for (spec,) in batches:
             try:
-                future = self.pool.submit(_work, ctx.cfg, ctx.source, ctx.out_dir, spec)
+                future = self.pool.submit(_pool_job, ctx.cfg, ctx.source, ctx.out_dir, spec)
             except BrokenProcessPool:  # a worker died: its runs come back through collect; go on in a new pool
                 self.pool.shutdown(wait=False, cancel_futures=True)
                 self.pool = self._new_pool()
-                future = self.pool.submit(_work, ctx.cfg, ctx.source, ctx.out_dir, spec)
+                future = self.pool.submit(_pool_job, ctx.cfg, ctx.source, ctx.out_dir, spec)
             futures.append(future)
         return futures
 

@@ -1,7 +1,7 @@
 """One run, top to bottom: fresh base → apply method → train → save → evaluate → cost.
 
-`execute_run` computes and returns a `RunOutcome`; it never touches the store, so an executor
-(local loop, Ray task, Slurm job) decides where results go. `RunContext` holds what is shared by
+`execute_run` computes and returns a `RunOutcome`; it never touches the store: the worker that
+ran it hands the outcome to the driver, the store's only writer. `RunContext` holds what is shared by
 all runs of one process: the model source, tokenizer, task data, base-model FLOPs, provenance.
 """
 
@@ -61,7 +61,7 @@ class RunOutcome:
     training: dict[str, Any] | None = None
     error: str | None = None
     predictions: list[dict[str, Any]] = field(default_factory=list)
-    provenance: dict[str, Any] = field(default_factory=dict)  # the run's own (decoding); executors add the process's
+    provenance: dict[str, Any] = field(default_factory=dict)  # the run's own (decoding); the worker adds the process's
 
 
 class RunContext:
@@ -154,7 +154,7 @@ class RunContext:
 
 
 def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) -> RunOutcome:
-    """Train and evaluate one run. Exceptions propagate: the executor records them as a failed run."""
+    """Train and evaluate one run. Exceptions propagate: the worker turns them into a failed outcome."""
     phase = phase or (lambda name, done, total: None)
     t_start = time.perf_counter()
     cfg = ctx.cfg

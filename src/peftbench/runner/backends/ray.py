@@ -1,8 +1,8 @@
-"""The Ray executor: each batch of runs is one Ray task with declared resources.
+"""The Ray backend: each batch of runs is one Ray task with declared resources.
 
 Tasks run in long-lived Ray worker processes (`max_calls=0`, also for GPU tasks), so a worker keeps
 its loaded model across runs. Ray's own task retries are off: the driver resubmits a run whose
-worker died, with the same retry budget and bookkeeping as every other executor. Worker output
+worker died, with the same retry budget and bookkeeping as every other backend. Worker output
 is streamed to the driver's terminal (`log_to_driver`); a failed run's traceback is written under
 `<output>/logs/`, which must be on a filesystem the workers share with the driver.
 """
@@ -13,26 +13,27 @@ from typing import Any
 
 from peftbench.config import BenchConfig, RayConfig
 from peftbench.errors import PeftbenchError
-from peftbench.executors.driver import GridProgress, Results
-from peftbench.executors.worker import work
 from peftbench.modeling import ModelSource
-from peftbench.pipeline import RunContext
 from peftbench.plan import RunSpec
+from peftbench.runner.progress import GridProgress
+from peftbench.runner.run import RunContext
+from peftbench.runner.worker import Results, run_batch, worker_context
 
 
-def _ray_work(setup: tuple[BenchConfig, ModelSource, Any], specs: list[RunSpec]) -> Results:
+def _ray_task(setup: tuple[BenchConfig, ModelSource, Any], specs: list[RunSpec]) -> Results:
+    """What a Ray task runs: a batch, on this Ray worker's context for the grid."""
     import ray
 
     runtime = ray.get_runtime_context()
     where = {"node": runtime.get_node_id(), "task": runtime.get_task_id()}
-    return work(*setup, specs, "ray", extra=where)
+    return run_batch(worker_context(*setup), specs, "ray", extra=where)
 
 
 class RayBackend:
     batch_size = 1
 
     def __init__(self, ctx: RunContext, progress: GridProgress, cfg: RayConfig, n_runs: int) -> None:
-        import ray  # installed: checked before the run started (bench.check_executor)
+        import ray  # installed: checked before the run started (grid.check_executor)
         self.ray = ray
         self.started = not ray.is_initialized()
         if self.started:
@@ -45,7 +46,7 @@ class RayBackend:
                                    "max_calls": 0}
         if cfg.memory_gb:
             options["memory"] = int(cfg.memory_gb * 2**30)
-        self.remote = ray.remote(**options)(_ray_work)
+        self.remote = ray.remote(**options)(_ray_task)
         self.setup = ray.put((ctx.cfg, ctx.source, ctx.out_dir))
         self.capacity = max(1, n_runs)  # Ray queues tasks by their declared resources
 
