@@ -17,10 +17,10 @@ import math
 
 from peftbench.costs.flops import train_step_flops
 from peftbench.costs.from_config import load_model_config, skeleton
-from peftbench.methods import resolve_method
+from peftbench.methods import paper_methods, resolve_method
 from peftbench.utils import quiet_libraries
 
-METHODS = ("lora", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning", "ln_tuning", "bitfit")
+METHODS = paper_methods()
 # Rows of each task's training split, from the dataset cards; '≈' entries are approximate.
 TRAIN_ROWS = {
     "mnli": 392_702, "qqp": 363_846, "qnli": 104_743, "sst2": 67_349, "stsb": 5_749, "mrpc": 3_668,

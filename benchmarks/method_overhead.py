@@ -18,11 +18,11 @@ import torch
 
 from peftbench.config import ModelConfig
 from peftbench.costs.latency import measure_latency
-from peftbench.methods import resolve_method
+from peftbench.methods import METHODS, resolve_method
 from peftbench.modeling import load_model, resolve_model
 from peftbench.utils import quiet_libraries
 
-METHODS = ("lora", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning", "ln_tuning", "bitfit", "full")
+TRAINED = [n for n in METHODS if METHODS.get(n).trains]  # every registered method but the zero-shot base
 
 
 def step_time(model: torch.nn.Module, vocab: int, batch: int, seq: int, repeats: int) -> float:
@@ -59,7 +59,7 @@ def main() -> None:
     latency = {"base": measure_latency(fresh(), prefill_len=args.prefill, new_tokens=args.new_tokens,
                                        repeats=args.repeats, vocab_size=vocab)}
     steps = {}
-    for name in METHODS:
+    for name in TRAINED:
         overrides = {"num_virtual_tokens": 20} if name in ("prompt_tuning", "p_tuning") else {}
         model = resolve_method(name, overrides).apply(fresh())
         latency[name] = measure_latency(model, prefill_len=args.prefill, new_tokens=args.new_tokens,
@@ -70,7 +70,7 @@ def main() -> None:
     steps["base (again)"] = steps["full"]
     base = latency["base"]
     print(f"{'method':15s} {'prefill/base':>13s} {'per-token/base':>15s} {'train step/full':>16s}")
-    for name in (*METHODS, "base (again)"):  # the last row shows the measurement noise
+    for name in (*TRAINED, "base (again)"):  # the last row shows the measurement noise
         print(f"{name:15s} {latency[name]['prefill_s'] / base['prefill_s']:13.2f} "
               f"{latency[name]['per_token_s'] / base['per_token_s']:15.2f} {steps[name] / steps['full']:16.2f}")
 

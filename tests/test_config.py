@@ -71,8 +71,18 @@ def test_negative_learning_rate():
 
 
 def test_unknown_method_and_task_suggest_names():
-    assert "did you mean 'ia3'" in error_of({**MINIMAL, "methods": ["ia4"]})
-    assert "did you mean 'qs_topic'" in error_of({**MINIMAL, "tasks": ["qs_topik"]})
+    """Names are resolved once, by the plan (every command plans before it does anything)."""
+    from peftbench.plan import plan_runs
+
+    def plan_error(data: dict) -> str:
+        with pytest.raises(PeftbenchError) as info:
+            plan_runs(validate_config(data))
+        return str(info.value)
+
+    assert plan_error({**MINIMAL, "methods": ["lora", "ia4"]}).startswith("methods[1]: unknown method 'ia4' (did "
+                                                                           "you mean 'ia3'")
+    assert plan_error({**MINIMAL, "tasks": ["qs_topik"]}).startswith("tasks[0].name: unknown task 'qs_topik' (did "
+                                                                     "you mean 'qs_topic'")
 
 
 def test_duplicate_method_ids_need_labels():

@@ -12,7 +12,7 @@ from conftest import hand_store, run_cli
 
 from peftbench.config import PSCPConfig
 from peftbench.pscp import pscp
-from peftbench.report import build_report, current_config, current_records
+from peftbench.report import build_report, current_records
 from peftbench.report.aggregate import PAPER_REFERENCE, aggregate, pscp_sensitivity, with_reference
 from peftbench.report.compare import compare
 from peftbench.report.tables import latex, latex_escape, markdown, runs_csv, summary_json
@@ -115,7 +115,8 @@ def test_report_shows_only_the_current_configs_runs(tmp_path):
     with store._connect() as db:  # give the first row the current plan's id; the second is an older config's
         db.execute("UPDATE runs SET run_id = ? WHERE run_id = 'run000'", (run.run_id,))
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    records, other = current_records(store.records(), current_config(tmp_path))
+    store.set_plan([run.run_id])  # what a grid records
+    records, other = current_records(store.records(), store.plan())
     assert [r.run_id for r in records] == [run.run_id] and other == 1
     report = build_report(tmp_path)
     assert report.summary.summaries[0].p_avg == 40.0

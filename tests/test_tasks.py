@@ -129,8 +129,8 @@ def test_non_utf8_file(tmp_path):
 
 
 def test_apps_with_sampling_reports_pass_at_k_beside_greedy_pass_at_1(tmp_path):
-    from peftbench.bench import run_benchmark
     from peftbench.config import validate_config
+    from peftbench.runner.grid import run_grid
     from peftbench.store import Store
 
     (tmp_path / "apps").mkdir()
@@ -139,7 +139,7 @@ def test_apps_with_sampling_reports_pass_at_k_beside_greedy_pass_at_1(tmp_path):
     cfg = validate_config({"methods": ["base"], "tasks": ["apps"], "data_dir": str(tmp_path),
                            "evaluation": {"code_samples": 5, "max_new_tokens": 8},
                            "costs": {"latency": False, "memory_steps": 0}})
-    run_benchmark(cfg, out_dir=tmp_path / "out")
+    run_grid(cfg, tmp_path / "out")
     (record,) = Store.open(tmp_path / "out").records()
     assert record.status == "done", record.error
     assert {"pass_at_1", "codebleu", "pass_at_1_sampled", "pass_at_5_sampled"} <= set(record.metrics)

@@ -24,6 +24,7 @@ from peftbench.jsonsafe import dumps_json
 if TYPE_CHECKING:
     from peftbench.config import BenchConfig
     from peftbench.runner.grid import GridResult
+    from peftbench.tasks import TaskSpec
 
 app = typer.Typer(
     help="Benchmark parameter-efficient fine-tuning methods: quality, cost and PSCP, end to end.",
@@ -55,6 +56,7 @@ class ReportFormat(str, Enum):
 class ListFormat(str, Enum):
     table = "table"
     json = "json"
+    md = "md"
 
 
 class ListWhat(str, Enum):
@@ -286,20 +288,30 @@ def validate(
 DataDirOption = Annotated[
     Path | None, typer.Option("--data-dir", help="Local task files: DIR/<task>/<split>.jsonl in the hub's row schema.")
 ]
+TasksDirOption = Annotated[
+    list[Path] | None, typer.Option("--tasks-dir", help="A directory of your own task files (*.yaml); repeatable.")
+]
+
+
+def _task(name: str, tasks_dir: list[Path] | None) -> TaskSpec:
+    from peftbench.tasks import catalog
+
+    return catalog(tasks_dir or []).get(name)
 
 
 @app.command(name="show-task")
 def show_task(
     name: Annotated[str, typer.Argument(help="Task name (see: peftbench list tasks).")],
     data_dir: DataDirOption = None,
+    tasks_dir: TasksDirOption = None,
     split: Annotated[str | None, typer.Option(help="Split (default: the task's training split).")] = None,
     index: Annotated[int, typer.Option(help="Row number within the split.", min=0)] = 0,
 ) -> None:
     """Show one row of a task as the model sees it: instruction, rendered prompt and target."""
-    from peftbench.tasks import get_task, load_rows
+    from peftbench.tasks import load_rows
     from peftbench.tasks.prompts import PLAIN_TEMPLATE
 
-    task = get_task(name)
+    task = _task(name, tasks_dir)
     split = split or task.train_split
     rows = load_rows(task, split, data_dir)
     if index >= len(rows):
@@ -320,6 +332,7 @@ def score(
     task_name: Annotated[str, typer.Argument(metavar="TASK", help="Task name.")],
     predictions: Annotated[Path, typer.Argument(help="JSONL: one {\"index\": i, \"prediction\": text} per line.")],
     data_dir: DataDirOption = None,
+    tasks_dir: TasksDirOption = None,
     split: Annotated[str | None, typer.Option(help="Split the indices refer to (default: the eval split).")] = None,
     missing_as_wrong: Annotated[bool, typer.Option(
         "--missing-as-wrong", help="Score rows without a prediction as wrong (invalid) instead of failing.")] = False,
@@ -329,10 +342,10 @@ def score(
     Every row of the split is scored: a row without a prediction is an error (exit 2), or with
     --missing-as-wrong an invalid output, so a score never covers a silently smaller subset."""
     from peftbench.scoring import score as score_outputs
-    from peftbench.tasks import get_task, load_rows
+    from peftbench.tasks import load_rows
     from peftbench.tasks.data import read_jsonl
 
-    task = get_task(task_name)
+    task = _task(task_name, tasks_dir)
     split = split or task.eval_split
     rows = load_rows(task, split, data_dir)
     given: dict[int, str] = {}
@@ -367,20 +380,23 @@ def score(
 def cost(
     model_config: Annotated[str, typer.Option("--model-config", help="Named config (llama3-8b), a config.json, a "
                                               "model directory or a hub id.")],
-    methods: Annotated[str, typer.Option(help="Comma-separated method names.")] = ",".join(
-        ("lora", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning", "ln_tuning", "bitfit")),
+    methods: Annotated[str | None, typer.Option(help="Comma-separated method names (default: the paper's 7).")
+                       ] = None,
     format: Annotated[ListFormat, typer.Option("--format")] = ListFormat.table,
-    seq_len: Annotated[int, typer.Option(help="Tokens in the costed forward pass.", min=1)] = 512,
+    seq_len: Annotated[int | None, typer.Option(help="Tokens in the costed forward pass (default: the cost "
+                                                     "protocol's costs.flops_seq_len).", min=1)] = None,
 ) -> None:
     """Parameters and forward FLOPs of each method from a model's configuration alone (no weights)."""
     from rich.table import Table
 
+    from peftbench.config import CostsConfig
     from peftbench.costs.from_config import cost_from_config, load_model_config
-    from peftbench.methods import resolve_method
+    from peftbench.methods import paper_methods, resolve_method
     from peftbench.utils import quiet_libraries
 
     quiet_libraries()
-    names = [m.strip() for m in methods.split(",") if m.strip()]
+    seq_len = seq_len or CostsConfig().flops_seq_len
+    names = [m.strip() for m in methods.split(",") if m.strip()] if methods else paper_methods()
     for name in names:
         resolve_method(name)  # unknown names fail before any costing
     rows = cost_from_config(load_model_config(model_config), names, seq_len=seq_len)
@@ -400,26 +416,38 @@ def cost(
 @app.command(name="list")
 def list_(
     what: Annotated[ListWhat, typer.Argument(help="methods or tasks")],
-    format: Annotated[ListFormat, typer.Option("--format")] = ListFormat.table,
+    format: Annotated[ListFormat, typer.Option("--format", help="md: the tasks table of docs/tasks.md")
+                      ] = ListFormat.table,
+    tasks_dir: TasksDirOption = None,
 ) -> None:
     """List the registered methods or tasks."""
     from rich.table import Table
 
     if what is ListWhat.methods:
+        from peftbench.config import PEFT_TUNER_LR
         from peftbench.methods import METHODS
 
-        rows = [{"name": n, "default_lr": METHODS.get(n).default_lr, "defaults": dict(METHODS.get(n).defaults),
+        rows = [{"name": n, "paper": bool(METHODS.get(n).paper), "mergeable": METHODS.get(n).mergeable,
+                 "default_lr": METHODS.get(n).default_lr, "defaults": dict(METHODS.get(n).defaults),
                  "description": METHODS.get(n).description} for n in METHODS.names()]
-        rows.append({"name": "peft:<TYPE>", "default_lr": 1e-4, "defaults": {},
-                     "description": "any other peft tuner, configured by args (e.g. peft:LOHA with r: 8)"})
+        rows.append({"name": "peft:<TYPE>", "paper": False, "mergeable": False, "default_lr": PEFT_TUNER_LR,
+                     "defaults": {}, "description": "any other peft tuner, configured by args (e.g. peft:LOHA "
+                     "with r: 8)"})
     else:
-        from peftbench.tasks import TASKS
+        from peftbench.tasks import catalog
+        from peftbench.tasks.catalog import tasks_table
 
+        tasks = catalog(tasks_dir or [])
+        if format is ListFormat.md:
+            sys.stdout.write(tasks_table(tasks))
+            return
         rows = []
-        for n in TASKS.names():
-            t = TASKS.get(n)
-            rows.append({"name": n, "category": t.category, "metric": t.primary_metric,
+        for n in tasks.names():
+            t = tasks.get(n)
+            rows.append({"name": n, "category": t.category, "tags": list(t.tags), "metric": t.primary_metric,
                          "splits": list(t.splits), "description": t.description})
+    if format is ListFormat.md:
+        raise PeftbenchError("--format md lists tasks only")
     if format is ListFormat.json:
         print(dumps_json(rows, indent=2))
         return

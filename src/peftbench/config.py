@@ -1,14 +1,16 @@
 """Typed, validated benchmark configuration: one YAML file → `BenchConfig`.
 
 Every default lives here (not in `cfg.get(key, default)` calls elsewhere), unknown keys are
-rejected, and a validation failure becomes one line naming the key and what was expected.
+rejected, and a validation failure becomes one line naming the key and what was expected. This
+module checks shapes and values only and imports no registry: method and task names are resolved
+once, by the plan (`plan.resolve`), which every command goes through.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -19,7 +21,6 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
-    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -27,11 +28,8 @@ from pydantic import (
 
 from peftbench.errors import PeftbenchError
 
-if TYPE_CHECKING:
-    from peftbench.registry import Registry
-    from peftbench.tasks import TaskSpec
-
 TINY_MODEL = "builtin:tiny-llama"
+PEFT_TUNER_LR = 1e-4  # the learning rate of a `peft:<TYPE>` tuner, which has no PEFT-Bench setting
 
 
 class StrictModel(BaseModel):
@@ -53,57 +51,24 @@ class MethodConfig(StrictModel):
 
     name: str
     label: str | None = Field(default=None, description="id in the store and reports (default: name)")
-    learning_rate: PositiveFloat | None = Field(default=None, description="default: the method's own")
+    learning_rate: PositiveFloat | None = Field(
+        default=None, description=f"default: the method's own (a peft:<TYPE> tuner: {PEFT_TUNER_LR:g})")
     args: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def id(self) -> str:
         return self.label or self.name
 
-    @model_validator(mode="after")
-    def _known_method(self) -> MethodConfig:
-        from peftbench.methods import resolve_method
-
-        try:
-            resolve_method(self.name, self.args)
-        except PeftbenchError as exc:
-            raise ValueError(str(exc)) from None
-        return self
-
 
 class TaskConfig(StrictModel):
     """One task of the grid: a task name (the package's, or one in `tasks_dir`) with optional data
-    overrides (local files may name their splits differently; a hub revision can be pinned per task)."""
+    overrides (local files may name their splits differently; a hub revision can be pinned per task).
+    Names are looked up once, by the plan (`plan.resolve`)."""
 
     name: str
     train_split: str | None = None
     eval_split: str | None = None
     revision: str | None = Field(default=None, description="hub revision (commit) instead of the task's own")
-    _spec: TaskSpec | None = PrivateAttr(default=None)
-
-    def resolve(self, tasks: Registry[TaskSpec]) -> None:
-        """Look the task up once (in the config's task catalog) with this entry's overrides applied."""
-        import dataclasses
-
-        from peftbench.tasks import HubSource
-
-        task = tasks.get(self.name)
-        if self.revision and not isinstance(task.source, HubSource):
-            raise PeftbenchError(f"task {self.name!r} is not a hub dataset: it has no hub revision")
-        changes: dict[str, Any] = {}
-        if self.train_split:
-            changes["train_split"] = self.train_split
-        if self.eval_split:
-            changes["eval_split"] = self.eval_split
-        if self.revision:
-            changes["source"] = dataclasses.replace(task.source, revision=self.revision)
-        self._spec = dataclasses.replace(task, **changes) if changes else task
-
-    def spec(self) -> TaskSpec:
-        """The resolved task (`BenchConfig` resolves its tasks when it is validated)."""
-        if self._spec is None:
-            raise RuntimeError(f"task {self.name!r} was not resolved: validate it as part of a BenchConfig")
-        return self._spec
 
 
 class TrainingConfig(StrictModel):
@@ -287,21 +252,6 @@ class BenchConfig(StrictModel):
     @classmethod
     def _one_dir(cls, value: Any) -> Any:
         return [value] if isinstance(value, (str, Path)) else value
-
-    @model_validator(mode="after")
-    def _resolve_tasks(self) -> BenchConfig:
-        from peftbench.tasks import catalog
-
-        try:
-            tasks = catalog(self.tasks_dir)
-        except PeftbenchError as exc:
-            raise ValueError(f"tasks_dir: {exc}") from None
-        for i, task in enumerate(self.tasks):
-            try:
-                task.resolve(tasks)
-            except PeftbenchError as exc:
-                raise ValueError(f"tasks[{i}].name: {exc}") from None
-        return self
 
 
 # --- loading -------------------------------------------------------------------------------------------

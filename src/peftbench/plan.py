@@ -1,4 +1,6 @@
-"""Expanding a config into runs: methods × tasks × seeds, each with a content-addressed id.
+"""Expanding a config into runs: the config's method and task names are resolved here, once, and
+every run (methods × tasks × seeds) carries the resolved method, task and learning rate with a
+content-addressed id.
 
 A run's id hashes what the run *means*: the model, the resolved method arguments and learning
 rate, the task definition, the data (a hub dataset's pinned revision; local files by their
@@ -21,43 +23,82 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from peftbench.config import TINY_MODEL, BenchConfig, MethodConfig, TaskConfig
+from peftbench.config import TINY_MODEL, BenchConfig, TaskConfig
 from peftbench.decoding import DECODER
+from peftbench.errors import PeftbenchError
 from peftbench.methods import Method, resolve_method
-from peftbench.tasks import GeneratedSource, LocalSource, TaskSpec
+from peftbench.registry import Registry
+from peftbench.store import IDENTITY_VERSION
+from peftbench.tasks import GeneratedSource, HubSource, LocalSource, TaskSpec, catalog
 from peftbench.tasks.data import local_data_fingerprint
 
-# 3: evaluation through peftbench's own decoder (runs of version 2 decoded prompt-learning methods
-# with the broken cached `generate`), local data identified by content.
-IDENTITY_VERSION = 3
 # Settings that change how a run executes or is checked, never its result.
 NOT_IDENTITY = {"training": {"checkpoint_steps"}, "evaluation": {"decode_check", "decode_check_tolerance"}}
 
 
 @dataclass(frozen=True)
 class RunSpec:
+    """One run, resolved: what every stage downstream needs, nothing to look up again."""
+
     run_id: str
     method_id: str
     task: str
     seed: int
-    method_cfg: MethodConfig
-    task_cfg: TaskConfig
+    method: Method
+    task_spec: TaskSpec
+    learning_rate: float
     identity: dict[str, Any]
 
-    @property
-    def learning_rate(self) -> float:
-        return self.identity["method"]["learning_rate"]
 
-    def method(self) -> Method:
-        return resolve_method(self.method_cfg.name, self.method_cfg.args)
+@dataclass(frozen=True)
+class Resolved:
+    """The config's names looked up once: methods by id (with their arguments and learning rate)
+    and tasks by name (with the entry's overrides)."""
+
+    methods: dict[str, tuple[Method, float]]
+    tasks: dict[str, TaskSpec]
 
 
-def run_identity(cfg: BenchConfig, method_cfg: MethodConfig, task: TaskConfig, seed: int,
-                 data: dict[str, str | None] | None = None) -> dict[str, Any]:
-    """What the run means (see the module docstring); `data` is the local files' fingerprint
-    (`local_data_fingerprint`), computed here when not given."""
-    method = resolve_method(method_cfg.name, method_cfg.args)
-    lr = method_cfg.learning_rate if method_cfg.learning_rate is not None else method.default_lr
+def resolve(cfg: BenchConfig) -> Resolved:
+    """Every method and task of the config, or a one-line error naming the config key."""
+    methods = {}
+    for i, m in enumerate(cfg.methods):
+        try:
+            method = resolve_method(m.name, m.args)
+        except PeftbenchError as exc:
+            raise PeftbenchError(f"methods[{i}]: {exc}") from None
+        methods[m.id] = (method, m.learning_rate if m.learning_rate is not None else method.default_lr)
+    try:
+        known = catalog(cfg.tasks_dir)
+    except PeftbenchError as exc:
+        raise PeftbenchError(f"tasks_dir: {exc}") from None
+    tasks = {}
+    for i, t in enumerate(cfg.tasks):
+        try:
+            tasks[t.name] = resolve_task(t, known)
+        except PeftbenchError as exc:
+            raise PeftbenchError(f"tasks[{i}].name: {exc}") from None
+    return Resolved(methods, tasks)
+
+
+def resolve_task(entry: TaskConfig, known: Registry[TaskSpec]) -> TaskSpec:
+    """The named task with the config entry's overrides (splits, hub revision) applied."""
+    task = known.get(entry.name)
+    if entry.revision and not isinstance(task.source, HubSource):
+        raise PeftbenchError(f"task {entry.name!r} is not a hub dataset: it has no hub revision")
+    changes: dict[str, Any] = {}
+    if entry.train_split:
+        changes["train_split"] = entry.train_split
+    if entry.eval_split:
+        changes["eval_split"] = entry.eval_split
+    if entry.revision:
+        changes["source"] = dataclasses.replace(task.source, revision=entry.revision)
+    return dataclasses.replace(task, **changes) if changes else task
+
+
+def run_identity(cfg: BenchConfig, method_id: str, method: Method, learning_rate: float, task: TaskSpec, seed: int,
+                 data: dict[str, str | None] | None) -> dict[str, Any]:
+    """What the run means (see the module docstring); `data` is the local files' fingerprint."""
     model = cfg.model.model_dump(mode="json")
     if cfg.model.name == TINY_MODEL:
         from peftbench.tiny import recipe_digest
@@ -66,9 +107,9 @@ def run_identity(cfg: BenchConfig, method_cfg: MethodConfig, task: TaskConfig, s
     return {
         "version": IDENTITY_VERSION,
         "model": model,
-        "method": {"id": method_cfg.id, "name": method_cfg.name, "args": method.args, "learning_rate": lr},
-        "task": {"name": task.name, "fingerprint": task_fingerprint(task.spec())},
-        "data": data if data is not None else local_data_fingerprint(task.spec(), cfg.data_dir),
+        "method": {"id": method_id, "name": method.name, "args": method.args, "learning_rate": learning_rate},
+        "task": {"name": task.name, "category": task.category, "fingerprint": task_fingerprint(task)},
+        "data": data,
         "training": cfg.training.model_dump(mode="json", exclude=NOT_IDENTITY["training"]),
         "evaluation": cfg.evaluation.model_dump(mode="json", exclude=NOT_IDENTITY["evaluation"]),
         "decoder": DECODER,
@@ -98,12 +139,13 @@ def run_id(identity: dict[str, Any]) -> str:
 
 
 def plan_runs(cfg: BenchConfig) -> list[RunSpec]:
-    """All runs of the grid in a stable order: method-major, then task, then seed."""
+    """All runs of the grid in a stable order (method-major, then task, then seed), resolved once."""
+    resolved = resolve(cfg)
+    data = {name: local_data_fingerprint(task, cfg.data_dir) for name, task in resolved.tasks.items()}  # read once
     runs = []
-    data = {task.name: local_data_fingerprint(task.spec(), cfg.data_dir) for task in cfg.tasks}  # files read once
-    for method_cfg in cfg.methods:
-        for task in cfg.tasks:
+    for method_id, (method, lr) in resolved.methods.items():
+        for name, task in resolved.tasks.items():
             for seed in cfg.seeds:
-                identity = run_identity(cfg, method_cfg, task, seed, data[task.name])
-                runs.append(RunSpec(run_id(identity), method_cfg.id, task.name, seed, method_cfg, task, identity))
+                identity = run_identity(cfg, method_id, method, lr, task, seed, data[name])
+                runs.append(RunSpec(run_id(identity), method_id, name, seed, method, task, lr, identity))
     return runs

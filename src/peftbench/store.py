@@ -22,13 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peftbench.config import ExecutorConfig
 from peftbench.jsonsafe import dumps_json
 
 SCHEMA_VERSION = 1
 DB_NAME = "peftbench.db"
 STATUSES = ("pending", "running", "done", "failed", "diverged")
 FINAL = ("done", "diverged")
-DEFAULT_LEASE_S = 600.0
+# Version of the run-id scheme, recorded in every run's identity (`plan.run_identity`). 3: evaluation
+# through peftbench's own decoder (runs of version 2 decoded prompt-learning methods with the broken
+# cached `generate`), local data identified by content.
+IDENTITY_VERSION = 3
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -149,9 +153,22 @@ class Store:
                 [(rid, m, t, s, dumps_json(c, sort_keys=True), now, now) for rid, m, t, s, c in runs],
             )
 
-    def claim(self, run_id: str, owner: str | None = None, lease_s: float = DEFAULT_LEASE_S) -> bool:
+    def set_plan(self, run_ids: list[str]) -> None:
+        """Remember the runs of the config last run into this directory: reports show those, not
+        the runs of earlier configs kept beside them (averaging those in would add fake seeds)."""
+        with self._connect() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('plan', ?)", (dumps_json(run_ids),))
+
+    def plan(self) -> list[str] | None:
+        """The run ids `set_plan` recorded, or None when no grid recorded one."""
+        with self._connect() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'plan'").fetchone()
+        return json.loads(row[0]) if row else None
+
+    def claim(self, run_id: str, owner: str | None = None, lease_s: float | None = None) -> bool:
         """Atomically mark a run as running for `owner`; False if it is final or held by a live owner
         whose claim was renewed within `lease_s` seconds."""
+        lease_s = ExecutorConfig().claim_timeout_s if lease_s is None else lease_s
         owner = owner or owner_id()
         with self._connect() as db:
             row = db.execute("SELECT status, claimed_by, updated_at FROM runs WHERE run_id = ?",

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from peftbench.config import CostsConfig
 from peftbench.costs.flops import count_parameters, forward_flops
 from peftbench.errors import PeftbenchError
 from peftbench.hub import hub_reachable
@@ -67,8 +68,12 @@ def skeleton(config: Any) -> torch.nn.Module:
         return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
 
 
-def cost_from_config(config: Any, methods: list[str], *, batch_size: int = 1, seq_len: int = 512) -> list[dict]:
-    """Per method: trainable/total parameters and base/extra forward TFLOPs (merged where mergeable)."""
+def cost_from_config(config: Any, methods: list[str], *, batch_size: int | None = None,
+                     seq_len: int | None = None) -> list[dict]:
+    """Per method: trainable/total parameters and base/extra forward TFLOPs (merged where mergeable),
+    for a forward of batch_size × seq_len tokens (default: the cost protocol's, `CostsConfig`)."""
+    protocol = CostsConfig()
+    batch_size, seq_len = batch_size or protocol.flops_batch_size, seq_len or protocol.flops_seq_len
     vocab = config.vocab_size
 
     def tflops(model: torch.nn.Module) -> float:

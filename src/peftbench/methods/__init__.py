@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from peftbench.methods.base import METHODS, Method, Shape
-from peftbench.methods.generic import PREFIX, generic_peft_method
+from peftbench.methods.generic import PREFIX, PeftTuner
 
 __all__ = ["METHODS", "Method", "Shape", "resolve_method", "paper_methods"]
 
@@ -25,5 +25,5 @@ def paper_methods() -> list[str]:
 def resolve_method(name: str, args: Mapping[str, Any] | None = None) -> Method:
     """A configured method from a registry name or `peft:<TYPE>`."""
     if name.startswith(PREFIX):
-        return generic_peft_method(name, args or {})
+        return PeftTuner(name, args or {})
     return METHODS.get(name)(args)

@@ -13,10 +13,9 @@ from pathlib import Path
 import yaml
 
 from peftbench.config import BenchConfig, PSCPConfig, validate_config
-from peftbench.plan import IDENTITY_VERSION, plan_runs
 from peftbench.report.aggregate import REFERENCES, Summary, aggregate, with_reference
 from peftbench.report.tables import latex, markdown, rich_tables, runs_csv, summary_json
-from peftbench.store import RunRecord, Store
+from peftbench.store import IDENTITY_VERSION, RunRecord, Store
 from peftbench.utils import atomic_write_text
 
 __all__ = ["CONFIG_FILE", "REFERENCES", "Report", "build_report", "write_report", "rich_tables", "markdown",
@@ -42,16 +41,16 @@ def current_config(out_dir: Path) -> BenchConfig | None:
     return validate_config(yaml.safe_load(path.read_text()) or {}, source=str(path))
 
 
-def current_records(records: list[RunRecord], cfg: BenchConfig | None) -> tuple[list[RunRecord], int]:
-    """The runs of `cfg` (the directory's current config) among a store's `records`, and how many
-    other runs the store holds.
+def current_records(records: list[RunRecord], plan: list[str] | None) -> tuple[list[RunRecord], int]:
+    """The runs of the directory's current plan (`Store.plan`, the last grid run into it) among a
+    store's `records`, and how many other runs the store holds.
 
     Runs of an earlier config (say, other epochs) stay in the store; averaging them in would
     count them as extra seeds, so reports show only the current plan's runs.
     """
-    if cfg is None:
+    if plan is None:
         return records, 0
-    ids = {r.run_id for r in plan_runs(cfg)}
+    ids = set(plan)
     kept = [r for r in records if r.run_id in ids]
     return kept, len(records) - len(kept)
 
@@ -75,19 +74,21 @@ def version_notes(shown: list[RunRecord], all_records: list[RunRecord]) -> list[
     return notes
 
 
-def task_categories(names: list[str]) -> dict[str, str]:
-    from peftbench.tasks import TASKS
-
-    return {n: TASKS.get(n).category if n in TASKS else "other" for n in names}
+def task_categories(records: list[RunRecord]) -> dict[str, str]:
+    """Each task's category, as its runs recorded it (user tasks included, no registry needed)."""
+    categories = {}
+    for r in records:
+        task = (r.config or {}).get("task")
+        categories[r.task] = (task.get("category") if isinstance(task, dict) else None) or "other"
+    return categories
 
 
 def build_report(out_dir: Path, *, reference: str | None = None) -> Report:
     store = Store.open(out_dir)
     cfg = current_config(store.out_dir)
     everything = store.records()
-    records, other = current_records(everything, cfg)
-    summary = aggregate(records, cfg.pscp if cfg else PSCPConfig(),
-                        task_categories(list(dict.fromkeys(r.task for r in records))))
+    records, other = current_records(everything, store.plan())
+    summary = aggregate(records, cfg.pscp if cfg else PSCPConfig(), task_categories(records))
     if reference:
         summary = with_reference(summary, reference)
     return Report(store, records, other, summary, title=f"peftbench — {cfg.name if cfg else store.out_dir.name}",

@@ -40,11 +40,9 @@ class GridResult:
     counts: dict[str, int]
 
 
-def check_methods(cfg: BenchConfig, source: ModelSource) -> None:
+def check_methods(cfg: BenchConfig, source: ModelSource, plan: list[RunSpec]) -> None:
     """Apply-time checks (target modules exist, biases can be added) on a weightless copy of the model."""
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from peftbench.methods import resolve_method
 
     remote = cfg.model.trust_remote_code
     try:
@@ -57,11 +55,12 @@ def check_methods(cfg: BenchConfig, source: ModelSource) -> None:
                                  f"it only when the config sets model.trust_remote_code: true") from None
         raise PeftbenchError(f"model.name: cannot load the configuration of {cfg.model.name!r}: "
                              f"{str(exc).strip().splitlines()[0]}") from None
-    for i, m in enumerate(cfg.methods):
+    methods = {r.method_id: r.method for r in plan}
+    for i, (method_id, method) in enumerate(methods.items()):
         try:
-            resolve_method(m.name, m.args).check(skeleton)
+            method.check(skeleton)
         except PeftbenchError as exc:
-            raise PeftbenchError(f"methods[{i}] ({m.id}): {exc}") from None
+            raise PeftbenchError(f"methods[{i}] ({method_id}): {exc}") from None
 
 
 def check_executor(cfg: BenchConfig) -> None:
@@ -78,17 +77,18 @@ def run_grid(cfg: BenchConfig, out_dir: Path | None = None, console: Console | N
     quiet_libraries()
     out_dir = Path(out_dir or cfg.output_dir)
     check_executor(cfg)
-    source = resolve_model(cfg.model)
-    check_methods(cfg, source)
-    ctx = RunContext(cfg, source, out_dir)
-    for task in cfg.tasks:
-        ctx.task_data(task.spec())
     plan = plan_runs(cfg)
+    source = resolve_model(cfg.model)
+    check_methods(cfg, source, plan)
+    ctx = RunContext(cfg, source, out_dir)
+    for task in {r.task: r.task_spec for r in plan}.values():
+        ctx.task_data(task)
 
     try:
         store = Store.create(out_dir)
         atomic_write_text(out_dir / CONFIG_FILE, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         store.register([(r.run_id, r.method_id, r.task, r.seed, r.identity) for r in plan])
+        store.set_plan([r.run_id for r in plan])
     except (OSError, sqlite3.Error) as exc:
         raise PeftbenchError(f"output_dir: cannot write to {out_dir}: {getattr(exc, 'strerror', None) or exc}") \
             from None

@@ -160,9 +160,9 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
     cfg = ctx.cfg
     with pinned_threads(cfg.runtime.threads):
         seed_everything(spec.seed)
-        task = spec.task_cfg.spec()
+        task = spec.task_spec
         data = ctx.task_data(task)
-        method = spec.method()
+        method = spec.method
         phase("load", 0, 1)
         model = method.apply(ctx.fresh_model())
         outcome = RunOutcome(status="done")
