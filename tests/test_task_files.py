@@ -122,3 +122,46 @@ def test_a_task_name_defined_twice_is_an_error(tmp_path):
     (folder / "again.yaml").write_text(REVIEWS.replace("my_reviews", "sst2"))
     with pytest.raises(PeftbenchError, match="task 'sst2' is already defined in .*sst2.yaml"):
         catalog([folder])
+
+
+@pytest.mark.slow
+def test_a_user_task_and_a_hub_task_run_in_one_grid_through_the_cli(tmp_path):
+    """No package edit: a YAML file and its data in the user's directory, named in the config."""
+    from conftest import run_cli
+
+    from peftbench.store import Store
+
+    folder = user_task_dir(tmp_path)
+    config = tmp_path / "grid.yaml"
+    config.write_text(f"""
+name: mine
+methods: [base, {{name: lora, learning_rate: 5.0e-3}}]
+tasks: [my_reviews, sst2]
+tasks_dir: [{folder}]
+data_dir: {SHARED_DATA}
+training: {{max_steps: 4, batch_size: 4, cutoff_len: 128}}
+evaluation: {{max_samples: 8}}
+costs: {{latency: false, memory_steps: 0}}
+""")
+    assert "= 4 runs" in run_cli("validate", str(config)).stdout
+    run_cli("run", str(config), "--out", str(tmp_path / "out"))
+    records = Store.open(tmp_path / "out").records()
+    assert {(r.method, r.task, r.status) for r in records} == {
+        (m, t, "done") for m in ("base", "lora") for t in ("my_reviews", "sst2")}
+    assert {r.config["task"]["category"] for r in records} == {"user", "glue"}
+    report = json.loads(run_cli("report", "--out", str(tmp_path / "out"), "--format", "json").stdout)
+    assert report["categories"] == {"my_reviews": "user", "sst2": "glue"}
+
+
+def test_a_misspelt_metric_in_a_task_file_is_one_line_at_validate_exit_2(tmp_path):
+    from conftest import run_cli
+
+    folder = user_task_dir(tmp_path)
+    path = folder / "reviews.yaml"
+    path.write_text(path.read_text().replace("[f1, accuracy]", "[f1, acurracy]"))
+    config = tmp_path / "grid.yaml"
+    config.write_text(f"methods: [base]\ntasks: [my_reviews]\ntasks_dir: [{folder}]\n")
+    result = run_cli("validate", str(config), check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: tasks_dir: task file {path}: task 'my_reviews': metrics: unknown "
+                                    "metric 'acurracy' (did you mean 'accuracy'")
