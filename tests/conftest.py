@@ -112,11 +112,13 @@ def quickstart_dir(tmp_path_factory) -> Path:
 def hand_store(path: Path, rows, costs=None):
     """A store built by hand: rows of (method, task, seed, status, score); costs per method."""
     from peftbench.store import Store
+    from peftbench.tasks import TASKS
 
     store = Store.create(path)
     for i, (method, task, seed, status, score) in enumerate(rows):
         run_id = f"run{i:03d}"
-        store.register([(run_id, method, task, seed, {"method": {"id": method}, "task": task})])
+        store.register([(run_id, method, task, seed, {"method": {"id": method}, "task": {
+            "name": task, "category": TASKS.get(task).category if task in TASKS else "other"}})])
         store.claim(run_id)
         params, tflops, mem = (costs or {}).get(method, (1000, 0.0, 1.0))
         done = status == "done"
