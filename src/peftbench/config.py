@@ -192,10 +192,73 @@ class ExecutorConfig(StrictModel):
         return {"kind": value} if isinstance(value, str) else value
 
 
+LAMBDA_GRID = tuple(round(0.05 * i, 2) for i in range(21))
+FEW_SHOTS = (0, 5, 10, 25, 50, 100, 250, 500, 750, 1000)
+
+
+class TPVGroup(StrictModel):
+    """Few-shot transfer: TPVs of the `sources` (trained on their full data) start prompt tuning on
+    each of the `targets` with a few shots."""
+
+    sources: list[str] = Field(min_length=2, max_length=2)
+    targets: list[str] = Field(min_length=1)
+
+
+class TPVFewShotConfig(StrictModel):
+    """Few-shot initialisation (the paper's section 5.4): the four starts of prompt tuning on a target."""
+
+    groups: list[TPVGroup] = Field(min_length=1)
+    shots: list[NonNegativeInt] = Field(default_factory=lambda: list(FEW_SHOTS), min_length=1)
+    steps: PositiveInt = Field(default=1000, description="optimisation steps of every few-shot run")
+    origins: PositiveInt = Field(default=3, description="the first N origins of the study")
+    starts: list[Literal["random", "single", "sum", "multitask"]] = Field(
+        default_factory=lambda: ["random", "single", "sum", "multitask"], min_length=1,
+        description="random: θ₀; single: θ₀ + τ_A; sum: θ₀ + τ_A + τ_B; multitask: a prompt trained on A ∪ B")
+    batch_sizes: list[tuple[NonNegativeInt, PositiveInt]] = Field(
+        default_factory=lambda: [(25, 2), (250, 8), (1_000_000_000, 16)],
+        description="(up to this many shots, batch size) pairs, in increasing order of shots")
+
+    def batch_size(self, shots: int) -> int:
+        return next((b for limit, b in self.batch_sizes if shots <= limit), self.batch_sizes[-1][1])
+
+
+class TPVConfig(StrictModel):
+    """Task Prompt Vector studies (docs/tpv.md): prompt tuning from each origin on each task keeps a
+    TPV; the studies combine, transplant, compare and reuse them."""
+
+    tasks: list[str] = Field(min_length=1, description="tasks (from `tasks:`) that get a TPV from every origin")
+    origins: PositiveInt = Field(default=10, description="origins 0 … N−1")
+    tokens: PositiveInt = Field(default=100, description="virtual tokens of every prompt")
+    learning_rate: PositiveFloat = 0.3
+    seeds: list[int] | None = Field(default=None, description="default: the config's seeds")
+    combinations: list[list[str]] = Field(default_factory=list, description="task sets whose TPVs are summed")
+    lambdas: list[Annotated[float, Field(ge=0)]] = Field(default_factory=lambda: list(LAMBDA_GRID), min_length=1)
+    cross_origin: bool = Field(default=True, description="TPVs of origin j on origin i's prompt, all pairs")
+    similarity: bool = Field(default=True, description="cosine of prompts and of TPVs across origins and tasks")
+    few_shot: TPVFewShotConfig | None = None
+
+    @model_validator(mode="after")
+    def _known_tasks(self) -> TPVConfig:
+        named = [("combinations", c) for c in self.combinations]
+        if self.few_shot:
+            named += [(f"few_shot.groups[{i}].sources", g.sources) for i, g in enumerate(self.few_shot.groups)]
+        for where, names in named:
+            unknown = [n for n in names if n not in self.tasks]
+            if unknown:
+                raise ValueError(f"{where}: {', '.join(unknown)} not in tpv.tasks (a TPV is needed for each)")
+            if len(set(names)) != len(names) or len(names) < 2:
+                raise ValueError(f"{where}: expected two or more distinct tasks, got {names}")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError("tpv.tasks must be unique")
+        if self.few_shot and self.few_shot.origins > self.origins:
+            raise ValueError(f"few_shot.origins ({self.few_shot.origins}) exceeds origins ({self.origins})")
+        return self
+
+
 class BenchConfig(StrictModel):
     name: str = "peftbench"
     model: ModelConfig = Field(default_factory=ModelConfig)
-    methods: list[MethodConfig] = Field(min_length=1)
+    methods: list[MethodConfig] = Field(default_factory=list, description="at least one, unless tpv is set")
     tasks: list[TaskConfig] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     data_dir: Path | None = Field(default=None, description="a local mirror of hub tasks: "
@@ -209,6 +272,21 @@ class BenchConfig(StrictModel):
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     output_dir: Path = Path("runs/peftbench")
     save_adapters: bool = True
+    tpv: TPVConfig | None = None
+
+    @model_validator(mode="after")
+    def _something_to_run(self) -> BenchConfig:
+        if not self.methods and self.tpv is None:
+            raise ValueError("methods: at least one method is required (or a tpv: section)")
+        if self.tpv is not None:
+            names = [t.name for t in self.tasks]
+            groups = self.tpv.few_shot.groups if self.tpv.few_shot else []
+            used = [("tpv.tasks", n) for n in self.tpv.tasks] + [
+                (f"tpv.few_shot.groups[{i}].targets", n) for i, g in enumerate(groups) for n in g.targets]
+            for where, name in used:
+                if name not in names:
+                    raise ValueError(f"{where}: {name!r} is not one of the config's tasks ({', '.join(names)})")
+        return self
 
     @field_validator("methods", mode="before")
     @classmethod

@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from peftbench.config import TINY_MODEL, BenchConfig, TaskConfig
+from peftbench.config import TINY_MODEL, BenchConfig, TaskConfig, TrainingConfig
 from peftbench.decoding import DECODER
 from peftbench.errors import PeftbenchError
 from peftbench.methods import Method, resolve_method
@@ -48,6 +48,15 @@ class RunSpec:
     task_spec: TaskSpec
     learning_rate: float
     identity: dict[str, Any]
+    training: TrainingConfig | None = None
+    """This run's training protocol when it is not the config's (few-shot runs of a TPV study)."""
+    shots: int | None = None
+    """Train on the first `shots` training rows only (0: evaluate the starting point untrained)."""
+    mixed_tasks: tuple[TaskSpec, ...] = ()
+    """Tasks whose training and validation rows are mixed into this run's (a multi-task prompt)."""
+    measure_costs: bool = True
+    study: Any = None
+    """A study unit (`tpv.study`) that evaluates stored prompts instead of training: it executes itself."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +116,8 @@ def run_identity(cfg: BenchConfig, method_id: str, method: Method, learning_rate
     return {
         "version": IDENTITY_VERSION,
         "model": model,
-        "method": {"id": method_id, "name": method.name, "args": method.args, "learning_rate": learning_rate},
+        "method": {"id": method_id, "name": method.name, "args": method.identity_args(),
+                   "learning_rate": learning_rate},
         "task": {"name": task.name, "category": task.category, "fingerprint": task_fingerprint(task)},
         "data": data,
         "training": cfg.training.model_dump(mode="json", exclude=NOT_IDENTITY["training"]),

@@ -33,6 +33,7 @@ FINAL = ("done", "diverged")
 # through peftbench's own decoder (runs of version 2 decoded prompt-learning methods with the broken
 # cached `generate`), local data identified by content.
 IDENTITY_VERSION = 3
+TPV_PLAN = "tpv_plan"  # meta key: the runs of the config's TPV study (both stages)
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -153,16 +154,17 @@ class Store:
                 [(rid, m, t, s, dumps_json(c, sort_keys=True), now, now) for rid, m, t, s, c in runs],
             )
 
-    def set_plan(self, run_ids: list[str]) -> None:
+    def set_plan(self, run_ids: list[str], key: str = "plan") -> None:
         """Remember the runs of the config last run into this directory: reports show those, not
-        the runs of earlier configs kept beside them (averaging those in would add fake seeds)."""
+        the runs of earlier configs kept beside them (averaging those in would add fake seeds).
+        `key`: which part of the config (the grid's `plan`, a TPV study's `TPV_PLAN`)."""
         with self._connect() as db:
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('plan', ?)", (dumps_json(run_ids),))
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, dumps_json(run_ids)))
 
-    def plan(self) -> list[str] | None:
-        """The run ids `set_plan` recorded, or None when no grid recorded one."""
+    def plan(self, key: str = "plan") -> list[str] | None:
+        """The run ids `set_plan` recorded under `key`, or None when no grid recorded one."""
         with self._connect() as db:
-            row = db.execute("SELECT value FROM meta WHERE key = 'plan'").fetchone()
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
     def claim(self, run_id: str, owner: str | None = None, lease_s: float | None = None) -> bool:

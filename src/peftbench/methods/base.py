@@ -105,6 +105,11 @@ class Method(ABC):
             allowed = ", ".join(sorted(self.defaults)) or "none"
             raise PeftbenchError(f"method {self.label!r}: unknown argument(s) {unknown} (expected: {allowed})")
 
+    def identity_args(self) -> dict[str, Any]:
+        """The arguments as they enter a run's identity (a method whose argument names a file
+        replaces the path by the file's content hash)."""
+        return dict(self.args)
+
     def closed_form_params(self, shape: Shape) -> int | None:
         """Trainable parameters on a Llama of this shape with this method's arguments, written out by
         hand: the independent reference for the counted figure (tests compare the two for every
@@ -186,9 +191,12 @@ class PeftMethod(Method):
 
     config_cls: ClassVar[type]
     target_keys: ClassVar[tuple[str, ...]] = ()
+    own_args: ClassVar[Mapping[str, Any]] = {}
+    """Arguments peftbench handles itself (not peft's), with their defaults; `validate_own_args` checks them."""
 
     def validate_args(self) -> None:
         fields = {f.name for f in dataclasses.fields(self.config_cls)} - {"task_type", "peft_type"}
+        own = {key: self.args.pop(key, default) for key, default in self.own_args.items()}
         unknown = sorted(set(self.args) - fields)
         if unknown:
             raise PeftbenchError(
@@ -201,9 +209,14 @@ class PeftMethod(Method):
             self.config_cls(task_type="CAUSAL_LM", **self.args)
         except (TypeError, ValueError) as exc:
             raise PeftbenchError(f"method {self.label!r}: invalid arguments: {_first_line(exc)}") from None
+        self.args.update({key: value for key, value in own.items() if value is not None})
+        self.validate_own_args()
+
+    def validate_own_args(self) -> None:  # noqa: B027 - an optional hook, not abstract
+        """Check the `own_args` (already merged into `self.args`)."""
 
     def peft_config(self, model: nn.Module) -> Any:
-        args = dict(self.args)
+        args = {key: value for key, value in self.args.items() if key not in self.own_args}
         for key in self.target_keys:
             if args.get(key) not in (None, "all-linear"):
                 args[key] = resolve_targets(model, args[key], method=self.label, key=key)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import yaml
 from rich.console import Console
+from rich.markup import escape
 
 from peftbench.config import BenchConfig
 from peftbench.errors import PeftbenchError
@@ -28,7 +29,8 @@ from peftbench.runner.backends.slurm import SlurmBackend
 from peftbench.runner.driver import Backend, drive
 from peftbench.runner.progress import GridProgress
 from peftbench.runner.run import RunContext
-from peftbench.store import FINAL, Store
+from peftbench.store import FINAL, TPV_PLAN, Store
+from peftbench.tpv.study import plan_first_stage, plan_second_stage
 from peftbench.utils import atomic_write_text, quiet_libraries
 
 
@@ -72,36 +74,61 @@ def check_executor(cfg: BenchConfig) -> None:
 
 
 def run_grid(cfg: BenchConfig, out_dir: Path | None = None, console: Console | None = None) -> GridResult:
-    """Run every run of the grid that is not done yet into `out_dir` (default: the config's output_dir)."""
+    """Run every run of the grid that is not done yet into `out_dir` (default: the config's output_dir),
+    then the second stage of a TPV study (runs defined by what the first stage stored)."""
     console = console or Console(stderr=True)
     quiet_libraries()
     out_dir = Path(out_dir or cfg.output_dir)
     check_executor(cfg)
-    plan = plan_runs(cfg)
+    plan = plan_runs(cfg) if cfg.methods else []
+    study = plan_first_stage(cfg) if cfg.tpv else []
     source = resolve_model(cfg.model)
-    check_methods(cfg, source, plan)
+    check_methods(cfg, source, plan + study)
     ctx = RunContext(cfg, source, out_dir)
-    for task in {r.task: r.task_spec for r in plan}.values():
+    for task in {r.task: r.task_spec for r in plan + study}.values():
         ctx.task_data(task)
 
     try:
         store = Store.create(out_dir)
         atomic_write_text(out_dir / CONFIG_FILE, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        store.register([(r.run_id, r.method_id, r.task, r.seed, r.identity) for r in plan])
+        store.register([(r.run_id, r.method_id, r.task, r.seed, r.identity) for r in plan + study])
         store.set_plan([r.run_id for r in plan])
+        store.set_plan([r.run_id for r in study], key=TPV_PLAN)
     except (OSError, sqlite3.Error) as exc:
         raise PeftbenchError(f"output_dir: cannot write to {out_dir}: {getattr(exc, 'strerror', None) or exc}") \
             from None
+    what = (f"{len(plan)} runs ({len(cfg.methods)} methods × {len(cfg.tasks)} tasks × {len(cfg.seeds)} seeds)"
+            if plan else "")
+    if study:
+        what += f"{' + ' if what else ''}{len(study)} TPV study runs (stage 1 of 2)"
+    result = _drive_stage(cfg, ctx, store, plan + study, what, console)
+    if cfg.tpv:
+        status = {r.run_id: r.status for r in store.records()}
+        second = plan_second_stage(cfg, out_dir, study, status)
+        store.register([(r.run_id, r.method_id, r.task, r.seed, r.identity) for r in second.runs])
+        store.set_plan([r.run_id for r in study + second.runs], key=TPV_PLAN)
+        staged = _drive_stage(cfg, ctx, store, second.runs, f"{len(second.runs)} TPV study runs (stage 2 of 2)",
+                              console)
+        for key, value in staged.counts.items():
+            result.counts[key] = result.counts.get(key, 0) + value
+        result.total += staged.total
+        result.already_done += staged.already_done
+        if second.waiting:
+            console.print(f"tpv: {second.waiting} stage-2 run(s) wait for stage-1 runs that did not finish; "
+                          f"run the same command again to retry them", highlight=False)
+    return result
+
+
+def _drive_stage(cfg: BenchConfig, ctx: RunContext, store: Store, runs: list[RunSpec], what: str,
+                 console: Console) -> GridResult:
     status = {r.run_id: r.status for r in store.records()}
-    pending: list[RunSpec] = [r for r in plan if status.get(r.run_id) not in FINAL]
-    done = len(plan) - len(pending)
-    console.print(
-        f"[bold]{cfg.name}[/bold]: {len(plan)} runs ({len(cfg.methods)} methods × {len(cfg.tasks)} tasks × "
-        f"{len(cfg.seeds)} seeds), {done} already finished, {len(pending)} to run on {executor_line(cfg)} → {out_dir}"
-    )
+    pending: list[RunSpec] = [r for r in runs if status.get(r.run_id) not in FINAL]
+    done = len(runs) - len(pending)
+    console.print(f"[bold]{escape(cfg.name)}[/bold]: {what}, {done} already finished, {len(pending)} to run on "
+                  f"{executor_line(cfg)} → {escape(str(store.out_dir))}")
     counts = drive(pending, store, console, cfg.executor,
                    lambda progress: _backend(ctx, progress, len(pending), console)) if pending else {}
-    return GridResult(out_dir=out_dir, total=len(plan), already_done=done, counts=counts)
+    return GridResult(out_dir=store.out_dir, total=len(runs), already_done=done, counts=counts)
 
 
 def _backend(ctx: RunContext, progress: GridProgress, n_runs: int, console: Console) -> Backend:
@@ -148,7 +175,8 @@ class PlanRow:
 
 def plan_summary(cfg: BenchConfig, out_dir: Path) -> list[PlanRow]:
     """The grid's state without starting anything: nothing is loaded, created or written."""
-    plan = plan_runs(cfg)
+    plan = plan_runs(cfg) if cfg.methods else []
+    plan += plan_first_stage(cfg) if cfg.tpv else []
     store = Store(out_dir)
     records = {r.run_id: r for r in store.records()} if store.path.is_file() else {}
     rows = []

@@ -37,6 +37,7 @@ from peftbench.plan import RunSpec, task_fingerprint
 from peftbench.scoring import Scores, pass_at_ks, score
 from peftbench.tasks import Row, TaskSpec, load_rows
 from peftbench.tasks.prompts import encode_example, encode_prompt, render_prompt
+from peftbench.tpv.runs import keep_task_vector
 from peftbench.training import train
 from peftbench.utils import atomic_torch_save, cache_root, dir_size_bytes, pinned_threads, seed_everything
 
@@ -124,6 +125,18 @@ class RunContext:
                 self._encoded[key] = examples
         return self._encoded[key]
 
+    def training_examples(self, spec: RunSpec) -> tuple[list[dict[str, list[int]]], list[dict[str, list[int]]]]:
+        """Encoded training and validation examples of a run: its task's (the first `shots` training
+        rows of a few-shot run), followed by those of the tasks it mixes in (a multi-task prompt)."""
+        train: list[dict[str, list[int]]] = []
+        val: list[dict[str, list[int]]] = []
+        for task in (spec.task_spec, *spec.mixed_tasks):
+            data = self.task_data(task)
+            rows = data.train if spec.shots is None else data.train[: spec.shots]
+            train += self.encoded(task, rows)
+            val += self.encoded(task, data.val)
+        return train, val
+
     def base_figures(self) -> BaseFigures:
         """FLOPs, FLOPs per token and latency of a fresh base model, measured once per process."""
         if self._base is None:
@@ -156,8 +169,11 @@ class RunContext:
 def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) -> RunOutcome:
     """Train and evaluate one run. Exceptions propagate: the worker turns them into a failed outcome."""
     phase = phase or (lambda name, done, total: None)
+    if spec.study is not None:
+        return spec.study.execute(spec, ctx, phase)
     t_start = time.perf_counter()
     cfg = ctx.cfg
+    training = spec.training or cfg.training
     with pinned_threads(cfg.runtime.threads):
         seed_everything(spec.seed)
         task = spec.task_spec
@@ -167,23 +183,23 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
         model = method.apply(ctx.fresh_model())
         outcome = RunOutcome(status="done")
         peak = energy = None
-        if method.trains:
+        if method.trains and spec.shots != 0:
             tok = ctx.tokenizer
-            train_ex, val_ex = ctx.encoded(task, data.train), ctx.encoded(task, data.val)
+            train_ex, val_ex = ctx.training_examples(spec)
             t0 = time.perf_counter()
-            checkpoints = checkpoint_dir(ctx.out_dir, spec.run_id) if cfg.training.checkpoint_steps else None
+            checkpoints = checkpoint_dir(ctx.out_dir, spec.run_id) if training.checkpoint_steps else None
             with tempfile.TemporaryDirectory(prefix="peftbench-trainer-") as workdir, \
                     peak_memory(ctx.device, model) as peak, EnergyMeter(ctx.device) as energy:
                 result = train(
-                    model, tok, train_ex, val_ex, cfg.training,
+                    model, tok, train_ex, val_ex, training,
                     learning_rate=spec.learning_rate, seed=spec.seed, device=ctx.device,
                     workdir=checkpoints or Path(workdir),
                     progress=lambda done, total_: phase("train", done, total_),
                 )
             outcome.timings["train_s"] = time.perf_counter() - t0
             outcome.timings["train_tokens_per_s"] = (
-                result.train_tokens * cfg.training.epochs / outcome.timings["train_s"]
-                if not cfg.training.max_steps else None
+                result.train_tokens * training.epochs / outcome.timings["train_s"]
+                if not training.max_steps else None
             )
             outcome.training = asdict(result)
             if result.diverged:
@@ -197,21 +213,23 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
 
         phase("save", 0, 1)
         adapter_bytes = _save_adapter(method, model, ctx.out_dir / "adapters" / spec.run_id, cfg.save_adapters)
+        keep_task_vector(method, model, spec, ctx.out_dir)
 
         t0 = time.perf_counter()
         scores, decoding = evaluate(model, task, data.eval, ctx, phase)
         outcome.timings["eval_s"] = time.perf_counter() - t0
         outcome.provenance["decoding"] = decoding
 
-        phase("costs", 0, 1)
-        t0 = time.perf_counter()
-        outcome.costs = measure_run_costs(
-            model, method, base=ctx.base_figures, cfg=cfg.costs,
-            memory_batch_size=cfg.costs.memory_batch_size or cfg.training.batch_size, device=ctx.device,
-            adapter_bytes=adapter_bytes, train_peak=peak, energy=energy,
-        )
-        outcome.costs["model_revision"] = model_revision(model) or ctx.source.revision
-        outcome.timings["costs_s"] = time.perf_counter() - t0
+        if spec.measure_costs:
+            phase("costs", 0, 1)
+            t0 = time.perf_counter()
+            outcome.costs = measure_run_costs(
+                model, method, base=ctx.base_figures, cfg=cfg.costs,
+                memory_batch_size=cfg.costs.memory_batch_size or training.batch_size, device=ctx.device,
+                adapter_bytes=adapter_bytes, train_peak=peak, energy=energy,
+            )
+            outcome.costs["model_revision"] = model_revision(model) or ctx.source.revision
+            outcome.timings["costs_s"] = time.perf_counter() - t0
         outcome.metrics = {
             "score": scores.primary,
             "primary_metric": task.primary_metric,
@@ -233,14 +251,15 @@ def checkpoint_dir(out_dir: Path, run_id: str) -> Path:
 
 
 def evaluate(model: torch.nn.Module, task: TaskSpec, rows: list[Row], ctx: RunContext,
-             phase: PhaseFn) -> tuple[Scores, dict[str, Any]]:
+             phase: PhaseFn, *, check: bool = True) -> tuple[Scores, dict[str, Any]]:
     """Score the model on the eval rows: label log-likelihoods (loglik mode, classification) or greedy
-    generation; first, the fast path is checked against the full-forward reference on a few prompts.
-    Returns the scores and how they were decoded (for provenance)."""
+    generation; first (unless `check` is off: a model already checked), the fast path is checked
+    against the full-forward reference on a few prompts. Returns the scores and how they were
+    decoded (for provenance)."""
     cfg = ctx.cfg.evaluation
     phase("eval", 0, len(rows))
     prompts = [render_prompt(task, r, ctx.tokenizer) for r in rows]
-    checked = _check_prompts(prompts, cfg.decode_check)
+    checked = _check_prompts(prompts, cfg.decode_check if check else 0)
     tolerance = cfg.decode_check_tolerance or default_tolerance(model)
     if cfg.mode == "loglik" and task.kind == "classification":
         check = (check_label_logprobs(model, ctx.tokenizer, checked, task.labels, tolerance=tolerance)

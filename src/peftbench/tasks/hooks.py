@@ -15,7 +15,7 @@ from typing import Any
 
 from peftbench.metrics import parse_gsm8k, parse_svamp
 from peftbench.registry import Registry
-from peftbench.tasks.quickstart import arith_rows, sentiment_rows, topic_rows
+from peftbench.tasks.quickstart import arith_rows, feedback_rows, sentiment_rows, topic_rows
 from peftbench.tasks.spec import Row
 
 HOOKS: Registry[Callable[..., Any]] = Registry("task hook")
@@ -77,6 +77,20 @@ def math_qa_row(row: Row) -> Row:
     return {**row, "label": "abcde".index(row["correct"].strip().lower())}
 
 
+# --- Task Prompt Vectors' datasets -------------------------------------------------------------------------
+
+
+def yahoo_row(row: Row) -> Row:
+    """Yahoo Answers' title, content and best answer, a missing one as empty text: the hub has empty
+    strings, the offline slices null (their source kept no answers)."""
+    return {**row, **{k: row.get(k) or "" for k in ("question_title", "question_content", "best_answer")}}
+
+
+def has_gold_label(row: Row) -> bool:
+    """SNLI marks pairs without an annotator majority with label -1; the paper drops them."""
+    return int(row["label"]) >= 0
+
+
 # --- answers and targets -----------------------------------------------------------------------------------
 
 
@@ -121,8 +135,8 @@ def apps_has_solution(row: Row) -> bool:
     return bool(row["solution_list"])
 
 
-for _hook in (sentiment_rows, topic_rows, arith_rows, mark_wsc_spans, record_passage, multirc_question, mmlu_row,
-              siqa_row, hellaswag_row, winogrande_row, openbookqa_row, math_qa_row, stsb_target, gsm8k_gold,
+for _hook in (sentiment_rows, feedback_rows, topic_rows, arith_rows, mark_wsc_spans, record_passage, multirc_question,
+              mmlu_row, siqa_row, hellaswag_row, winogrande_row, openbookqa_row, math_qa_row, stsb_target, gsm8k_gold,
               parse_gsm8k, svamp_target, parse_svamp, conala_row, apps_row, apps_target, apps_gold,
-              apps_has_solution):
+              apps_has_solution, yahoo_row, has_gold_label):
     HOOKS.register(_hook.__name__, _hook)
