@@ -92,6 +92,9 @@ class TaskFile(_File):
     train_split: str = "train"
     eval_split: str = "validation"
     value_range: tuple[float, float] | None = None
+    split_rule: Literal["fraction", "tpv"] = Field(
+        default="fraction", description="fraction: validation is a share of train, tests on eval_split; tpv: the Task "
+        "Prompt Vectors paper's rule (data.split_rows)")
     hooks: HooksFile = HooksFile()
 
 
@@ -180,6 +183,7 @@ def _to_spec(f: TaskFile, base: Path) -> TaskSpec:
         train_split=f.train_split,
         eval_split=f.eval_split,
         prepare=_hook("prepare", f.hooks.prepare),
+        split_rule=f.split_rule,
     )
 
 
@@ -241,6 +245,8 @@ def tasks_table(tasks: Registry[TaskSpec]) -> str:
             source = "generated in code" if isinstance(s, GeneratedSource) else "local files"
         others = [m for m in task.metrics if m != task.primary_metric]
         metric = task.primary_metric + (f" ({', '.join(others)})" if others else "")
-        lines.append(f"| `{task.name}` | {task.category} | {source} | {task.train_split} → {task.eval_split} | "
+        rule = f" ({task.split_rule} rule)" if task.split_rule != "fraction" else ""
+        splits = f"{task.train_split} → {task.eval_split}{rule}"
+        lines.append(f"| `{task.name}` | {task.category} | {source} | {splits} | "
                      f"{task.kind} | {metric} | {', '.join(task.labels) or '—'} |")
     return "\n".join(lines) + "\n"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import random
 from pathlib import Path
 from string import Formatter
 
@@ -66,6 +67,57 @@ def load_rows(task: TaskSpec, split: str, data_dir: Path | None = None) -> list[
     for i, row in enumerate(rows):
         check_row(task, row, where=f"{where}, row {i + 1}")
     return rows
+
+
+TPV_LARGE = 10_000
+"""The paper's threshold: a task with more training rows than this takes its validation from train."""
+TPV_VALIDATION = 1_000
+"""Training rows the paper moves to validation for such a task."""
+
+
+def split_rows(rule: str, train: list[Row], eval_rows: list[Row], *, val_fraction: float, seed: int,
+               max_train: int | None = None, max_eval: int | None = None) -> tuple[list[Row], list[Row], list[Row]]:
+    """(train, validation, test) rows of a task under its `split_rule`; pure, and the same for every
+    run seed (`seed` is the data seed), so every method is trained and scored on the same rows.
+
+    `fraction` (the default, PEFT-Bench's protocol): the shuffled train rows, capped at `max_train`,
+    give `val_fraction` of themselves (at least one) to validation; the test rows are `eval_rows`.
+
+    `tpv` (Task Prompt Vectors, Belanec et al. 2025): hub datasets often lack a labelled test split,
+    so the paper carves its own. Over 10,000 training rows: 1,000 shuffled train rows become
+    validation and the eval split (the original validation, or test where there is none) is the test
+    split. 10,000 or fewer: train stays as it is and the shuffled eval split is halved, validation the
+    first half (floor), test the rest. `max_train` caps only the training part, so capping never
+    shrinks the paper's validation; a cap of the small case's unshuffled train draws its rows with the
+    seed. `max_eval` caps the test rows (after any halving).
+
+    Every row lands in at most one of the three parts; the inputs are never modified. Train rows are
+    expected already filtered by the task's `usable` hook.
+    """
+    if rule == "fraction":
+        rows = list(train)
+        random.Random(seed).shuffle(rows)
+        rows = _capped(rows, max_train)
+        n_val = max(1, round(len(rows) * val_fraction)) if len(rows) > 1 else 0
+        return rows[n_val:], rows[:n_val], _capped(list(eval_rows), max_eval)
+    if rule == "tpv":
+        if len(train) > TPV_LARGE:
+            rows = list(train)
+            random.Random(seed).shuffle(rows)
+            return _capped(rows[TPV_VALIDATION:], max_train), rows[:TPV_VALIDATION], _capped(list(eval_rows), max_eval)
+        held = list(eval_rows)
+        random.Random(seed).shuffle(held)
+        half = len(held) // 2
+        kept = list(train)
+        if max_train and max_train < len(kept):
+            random.Random(seed).shuffle(kept)
+        return _capped(kept, max_train), held[:half], _capped(held[half:], max_eval)
+    raise PeftbenchError(f"unknown split rule {rule!r} (expected: fraction, tpv)")
+
+
+def _capped(rows: list[Row], limit: int | None) -> list[Row]:
+    """The first `limit` rows; a limit of None or 0 is no limit (as the config's max_* settings mean)."""
+    return rows[:limit] if limit else rows
 
 
 def check_row(task: TaskSpec, row: Row, *, where: str) -> None:

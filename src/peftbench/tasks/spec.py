@@ -89,6 +89,9 @@ class TaskSpec:
     """Row hook for data that needs real processing (marking WSC's spans, mapping letter answers)."""
     tags: tuple[str, ...] = ()
     """Which collections the task belongs to (`peft-bench`: PEFT-Bench's 27)."""
+    split_rule: Literal["fraction", "tpv"] = "fraction"
+    """How train/validation/test are cut (`data.split_rows`): `fraction` holds out a share of the
+    train rows and tests on eval_split; `tpv` is the Task Prompt Vectors paper's rule."""
 
     def __post_init__(self) -> None:
         """A task that cannot be scored fails when it is defined, not after its runs trained."""
