@@ -15,7 +15,7 @@ from typing import Any
 
 from peftbench.metrics import parse_gsm8k, parse_svamp
 from peftbench.registry import Registry
-from peftbench.tasks.quickstart import arith_rows, sentiment_rows, topic_rows
+from peftbench.tasks.quickstart import arith_rows, feedback_rows, sentiment_rows, topic_rows
 from peftbench.tasks.spec import Row
 
 HOOKS: Registry[Callable[..., Any]] = Registry("task hook")
@@ -135,8 +135,8 @@ def apps_has_solution(row: Row) -> bool:
     return bool(row["solution_list"])
 
 
-for _hook in (sentiment_rows, topic_rows, arith_rows, mark_wsc_spans, record_passage, multirc_question, mmlu_row,
-              siqa_row, hellaswag_row, winogrande_row, openbookqa_row, math_qa_row, stsb_target, gsm8k_gold,
+for _hook in (sentiment_rows, feedback_rows, topic_rows, arith_rows, mark_wsc_spans, record_passage, multirc_question,
+              mmlu_row, siqa_row, hellaswag_row, winogrande_row, openbookqa_row, math_qa_row, stsb_target, gsm8k_gold,
               parse_gsm8k, svamp_target, parse_svamp, conala_row, apps_row, apps_target, apps_gold,
               apps_has_solution, yahoo_row, has_gold_label):
     HOOKS.register(_hook.__name__, _hook)
