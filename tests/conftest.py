@@ -177,3 +177,38 @@ def small_grid(tmp_path_factory) -> tuple[Path, dict[str, tuple]]:
     config.write_text(SMALL)
     run_cli("run", str(config), "--out", str(root / "reference"))
     return config, stored_results(root / "reference")
+
+
+TPV_STUDY = """
+name: tpv-test
+model: {name: builtin:tiny-llama}
+methods: []
+tasks: [qs_sentiment, qs_feedback, qs_topic]
+seeds: [0]
+training: {max_steps: 30, batch_size: 4, cutoff_len: 128, max_train_samples: 120, eval_steps: 30}
+evaluation: {batch_size: 32, max_samples: 16}
+costs: {latency: false, memory_steps: 1}
+runtime: {threads: 1, workers: 1}
+tpv:
+  tasks: [qs_sentiment, qs_feedback, qs_topic]
+  origins: 2
+  tokens: 8
+  learning_rate: 0.05
+  combinations: [[qs_sentiment, qs_feedback]]
+  lambdas: [0.0, 0.5, 1.0]
+  few_shot:
+    groups: [{sources: [qs_sentiment, qs_topic], targets: [qs_feedback]}]
+    shots: [0, 4]
+    steps: 6
+    origins: 2
+"""
+
+
+@pytest.fixture(scope="session")
+def tpv_study(tmp_path_factory) -> tuple[Path, Path]:
+    """A small TPV study (every study kind, 2 origins, 3 tasks) run once through the CLI: (config, output)."""
+    root = tmp_path_factory.mktemp("tpv")
+    config = root / "tpv.yaml"
+    config.write_text(TPV_STUDY)
+    run_cli("run", str(config), "--out", str(root / "reference"))
+    return config, root / "reference"

@@ -207,13 +207,9 @@ SNLI_ROWS = [{"premise": "A dog runs.", "hypothesis": "An animal moves.", "label
 
 def test_snli_marks_pairs_without_a_gold_label():
     assert [has_gold_label(r) for r in SNLI_ROWS] == [True, False]
-    assert get_task("snli").usable is has_gold_label
+    assert get_task("snli").keep is has_gold_label
 
 
-@pytest.mark.xfail(raises=PeftbenchError, strict=True, reason=(
-    "load_rows checks every row (label -1 is out of range) before the usable hook filters, and the runner "
-    "applies usable to train rows only; SNLI's hub splits hold such rows, so loading fails until the loader "
-    "drops them"))
 def test_snli_rows_without_a_gold_label_are_dropped_when_loaded(tmp_path):
     (tmp_path / "snli").mkdir()
     (tmp_path / "snli" / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in SNLI_ROWS))

@@ -189,7 +189,15 @@ def report(
 
 
 def _print_report(out: Path, format: ReportFormat, reference: str | None = None) -> None:
-    from peftbench.report import REFERENCES, build_report, latex, markdown, rich_tables, runs_csv, summary_json
+    from peftbench.report import (
+        REFERENCES,
+        build_report,
+        report_json,
+        report_latex,
+        report_markdown,
+        rich_tables,
+        runs_csv,
+    )
     from peftbench.report import write_report as write_artifacts
 
     if reference is not None and reference not in REFERENCES:
@@ -202,13 +210,20 @@ def _print_report(out: Path, format: ReportFormat, reference: str | None = None)
     for note in result.notes:
         err_console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     renderings = {
-        ReportFormat.md: lambda: markdown(result.summary, result.notes),
+        ReportFormat.md: lambda: report_markdown(result),
         ReportFormat.csv: lambda: runs_csv(result.records),
-        ReportFormat.json: lambda: summary_json(result.summary) + "\n",
-        ReportFormat.latex: lambda: latex(result.summary),
+        ReportFormat.json: lambda: report_json(result) + "\n",
+        ReportFormat.latex: lambda: report_latex(result),
     }
     if format is ReportFormat.table:
-        out_console.print(rich_tables(result.summary))
+        from rich.markdown import Markdown
+
+        from peftbench.report import tpv
+
+        if result.summary.methods or result.tpv is None:
+            out_console.print(rich_tables(result.summary))
+        if result.tpv is not None:
+            out_console.print(Markdown(tpv.markdown(result.tpv)))
     else:
         sys.stdout.write(renderings[format]())
 
@@ -457,6 +472,52 @@ def list_(
     for row in rows:
         table.add_row(*(dumps_json(v) if isinstance(v, (dict, list)) else str(v) for v in row.values()))
     out_console.print(table)
+
+
+tpv_app = typer.Typer(help="Task prompt vectors kept by origin-initialised prompt-tuning runs (docs/tpv.md).",
+                      no_args_is_help=True)
+app.add_typer(tpv_app, name="tpv")
+ResultsDirOption = Annotated[Path, typer.Option("--out", help="Results directory.")]
+
+
+@tpv_app.command(name="list")
+def tpv_list(out: ResultsDirOption, format: Annotated[ListFormat, typer.Option("--format")] = ListFormat.table) -> None:
+    """Every kept TPV: run, method, task, origin, seed, score and norm."""
+    from rich.table import Table
+
+    from peftbench.tpv.runs import kept_vectors
+
+    rows = [{"run": k.run_id, "method": k.method, "task": k.task, "origin": k.origin, "seed": k.seed,
+             "score": k.score, "norm": k.norm, "tokens": k.n_tokens} for k in kept_vectors(out)]
+    if format is ListFormat.json:
+        print(dumps_json(rows, indent=2))
+        return
+    if format is ListFormat.md:
+        raise PeftbenchError("--format md: tpv list prints table or json")
+    table = Table(title=f"task prompt vectors in {out}")
+    for key in ("run", "method", "task", "origin", "seed", "score", "norm", "tokens"):
+        table.add_column(key, justify="left" if key in ("run", "method", "task") else "right", no_wrap=key == "run")
+    for r in rows:
+        table.add_row(r["run"], r["method"], r["task"], str(r["origin"]), str(r["seed"]),
+                      "–" if r["score"] is None else f"{r['score']:.1f}", f"{r['norm']:.3f}", str(r["tokens"]))
+    out_console.print(table)
+
+
+@tpv_app.command(name="combine")
+def tpv_combine(
+    runs: Annotated[list[str], typer.Argument(help="Run ids whose TPVs are added (see: peftbench tpv list).")],
+    out: ResultsDirOption,
+    save: Annotated[Path, typer.Option("--save", help="Prompt file to write (.safetensors), for args.init_prompt.")],
+    lam: Annotated[float, typer.Option("--lambda", help="Scale of the summed TPVs (θ = θ₀ + λ·Σ τ).")] = 1.0,
+    negate: Annotated[list[str] | None, typer.Option("--negate", help="Run id whose TPV is subtracted.")] = None,
+) -> None:
+    """Write θ₀ + λ·(Σ τ − Σ τ_negated) as a prompt file; TPVs of different origins do not mix."""
+    from peftbench.tpv import vectors
+    from peftbench.tpv.runs import combine_runs
+
+    prompt = combine_runs(out, runs, negate or [], lam)
+    vectors.save(prompt, save, sources=",".join(runs), negated=",".join(negate or []), scale=lam)
+    err_console.print(f"wrote {prompt.describe()} to {save}", highlight=False, markup=False)
 
 
 def main() -> None:

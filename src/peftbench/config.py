@@ -277,7 +277,8 @@ class BenchConfig(StrictModel):
     @model_validator(mode="after")
     def _something_to_run(self) -> BenchConfig:
         if not self.methods and self.tpv is None:
-            raise ValueError("methods: at least one method is required (or a tpv: section)")
+            raise ValueError("key 'methods': required key is missing (at least one method, unless the config "
+                             "has a tpv: section)")
         if self.tpv is not None:
             names = [t.name for t in self.tasks]
             groups = self.tpv.few_shot.groups if self.tpv.few_shot else []

@@ -32,6 +32,9 @@ from peftbench.store import IDENTITY_VERSION
 from peftbench.tasks import GeneratedSource, HubSource, LocalSource, TaskSpec, catalog
 from peftbench.tasks.data import local_data_fingerprint
 
+# Task fields added after run-id version 3: left out of a task's fingerprint while they hold their
+# default, so the runs of tasks that do not use them keep their ids.
+LATER_FIELDS = frozenset({"keep", "split_rule"})
 # Settings that change how a run executes or is checked, never its result.
 NOT_IDENTITY = {"training": {"checkpoint_steps"}, "evaluation": {"decode_check", "decode_check_tolerance"}}
 
@@ -132,7 +135,8 @@ def task_fingerprint(task: TaskSpec) -> str:
     """Hash of everything in a task's definition that changes its runs: data source (a local
     task's splits, not its paths), prompt, verbaliser, generation length, metrics, and the names
     of its row hooks."""
-    fields = {f.name: getattr(task, f.name) for f in dataclasses.fields(task)}
+    fields = {f.name: getattr(task, f.name) for f in dataclasses.fields(task)
+              if f.name not in LATER_FIELDS or getattr(task, f.name) != f.default}
     source = fields.pop("source")
     if isinstance(source, GeneratedSource):
         source = {"generate": source.generate.__qualname__, "sizes": dict(source.sizes), "seed": source.seed}

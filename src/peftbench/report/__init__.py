@@ -13,13 +13,15 @@ from pathlib import Path
 import yaml
 
 from peftbench.config import BenchConfig, PSCPConfig, validate_config
+from peftbench.jsonsafe import dumps_json
 from peftbench.report.aggregate import REFERENCES, Summary, aggregate, with_reference
 from peftbench.report.tables import latex, markdown, rich_tables, runs_csv, summary_json
-from peftbench.store import IDENTITY_VERSION, RunRecord, Store
+from peftbench.report.tpv import TPVSummary, tpv_summary
+from peftbench.store import IDENTITY_VERSION, TPV_PLAN, RunRecord, Store
 from peftbench.utils import atomic_write_text
 
 __all__ = ["CONFIG_FILE", "REFERENCES", "Report", "build_report", "write_report", "rich_tables", "markdown",
-           "runs_csv", "summary_json", "latex"]
+           "runs_csv", "summary_json", "latex", "report_markdown", "report_json", "report_latex"]
 CONFIG_FILE = "config.yaml"
 
 
@@ -31,6 +33,7 @@ class Report:
     summary: Summary
     title: str
     notes: list[str]  # what a reader must know before trusting the numbers (printed and in the artefacts)
+    tpv: TPVSummary | None = None  # the config's Task Prompt Vector study, when it has one
 
 
 def current_config(out_dir: Path) -> BenchConfig | None:
@@ -87,12 +90,14 @@ def build_report(out_dir: Path, *, reference: str | None = None) -> Report:
     store = Store.open(out_dir)
     cfg = current_config(store.out_dir)
     everything = store.records()
-    records, other = current_records(everything, store.plan())
+    study_ids = set(store.plan(TPV_PLAN) or [])
+    records, other = current_records([r for r in everything if r.run_id not in study_ids], store.plan())
+    study = tpv_summary([r for r in everything if r.run_id in study_ids], store.out_dir) if study_ids else None
     summary = aggregate(records, cfg.pscp if cfg else PSCPConfig(), task_categories(records))
     if reference:
         summary = with_reference(summary, reference)
     return Report(store, records, other, summary, title=f"peftbench — {cfg.name if cfg else store.out_dir.name}",
-                  notes=version_notes(records, everything))
+                  notes=version_notes(records, everything), tpv=study)
 
 
 def _predictions(store: Store, records: list[RunRecord], limit: int) -> dict[str, list[dict]]:
@@ -105,23 +110,48 @@ def _predictions(store: Store, records: list[RunRecord], limit: int) -> dict[str
     return sample
 
 
+def report_markdown(report: Report) -> str:
+    """The leaderboard's markdown, with the TPV section when the store has a study (alone when the
+    config ran only a study)."""
+    from peftbench.report import tpv
+
+    main = markdown(report.summary, report.notes) if report.summary.methods or report.tpv is None else ""
+    return main + (tpv.markdown(report.tpv) if report.tpv is not None else "")
+
+
+def report_json(report: Report) -> str:
+    data = json.loads(summary_json(report.summary))
+    if report.tpv is not None:
+        data["tpv"] = report.tpv.to_json()
+    return dumps_json(data, indent=2)
+
+
+def report_latex(report: Report) -> str:
+    from peftbench.report import tpv
+
+    main = latex(report.summary) if report.summary.methods or report.tpv is None else ""
+    return main + (tpv.latex(report.tpv) if report.tpv is not None else "")
+
+
 def write_report(report: Report) -> list[Path]:
     """leaderboard.md/.html, results.csv (one row per run), summary.json, tables.tex and plots/ beside the store."""
+    from peftbench.report import tpv
     from peftbench.report.html import PREDICTION_SAMPLE, render_html
     from peftbench.report.plots import write_plots
 
     out = report.store.out_dir
-    summary = report.summary
     texts = {
-        out / "leaderboard.md": markdown(summary, report.notes),
+        out / "leaderboard.md": report_markdown(report),
         out / "results.csv": runs_csv(report.records),
-        out / "summary.json": summary_json(summary),
-        out / "tables.tex": latex(summary),
+        out / "summary.json": report_json(report),
+        out / "tables.tex": report_latex(report),
     }
     for path, text in texts.items():
         atomic_write_text(path, text)
-    plots = write_plots(summary, out / "plots")
+    plots = write_plots(report.summary, out / "plots")
+    tpv_plots = tpv.write_plots(report.tpv, out / "plots") if report.tpv is not None else {}
     predictions = _predictions(report.store, report.records, PREDICTION_SAMPLE)
-    html = render_html(summary, report.records, plots, predictions, title=report.title, notes=report.notes)
+    html = render_html(report.summary, report.records, plots, predictions, title=report.title, notes=report.notes,
+                       extra=tpv.html(report.tpv, tpv_plots) if report.tpv is not None else "")
     atomic_write_text(out / "leaderboard.html", html)
-    return [*texts, *(p for paths in plots.values() for p in paths), out / "leaderboard.html"]
+    return [*texts, *(p for paths in plots.values() for p in paths), *tpv_plots.values(), out / "leaderboard.html"]

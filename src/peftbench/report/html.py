@@ -121,7 +121,9 @@ def _image(path: Path, alt: str) -> str:
 
 
 def render_html(summary: Summary, records: Sequence[RunRecord], plots: dict[str, list[Path]],
-                predictions: dict[str, list[dict[str, Any]]], *, title: str, notes: Sequence[str] = ()) -> str:
+                predictions: dict[str, list[dict[str, Any]]], *, title: str, notes: Sequence[str] = (),
+                extra: str = "") -> str:
+    """The leaderboard page; `extra` is a further section's HTML (a TPV study), placed before the runs."""
     options = "".join(f'<option value="{escape(c)}">{escape(c)}</option>'
                       for c in dict.fromkeys(summary.categories.values()))
     k = summary.constants
@@ -137,6 +139,7 @@ def render_html(summary: Summary, records: Sequence[RunRecord], plots: dict[str,
         f"{options}</select></label>", _scores(summary),
         "<h2>PSCP sensitivity</h2><p class='muted'>* = the ranking of methods changes</p>", _sensitivity(summary),
         "<h2>Plots</h2>", *(_image(paths[0], name) for name, paths in plots.items()),
+        extra,
         "<h2>Runs</h2>", _runs(records, predictions),
     ]
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'

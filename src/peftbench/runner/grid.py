@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import sqlite3
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -101,34 +102,31 @@ def run_grid(cfg: BenchConfig, out_dir: Path | None = None, console: Console | N
             if plan else "")
     if study:
         what += f"{' + ' if what else ''}{len(study)} TPV study runs (stage 1 of 2)"
-    result = _drive_stage(cfg, ctx, store, plan + study, what, console)
-    if cfg.tpv:
+    result = GridResult(out_dir=out_dir, total=0, already_done=0, counts={})
+    stage: list[RunSpec] | None = plan + study
+    second_stage_due = cfg.tpv is not None
+    while stage is not None:  # the grid, then (for a TPV study) the runs defined by what it stored
         status = {r.run_id: r.status for r in store.records()}
-        second = plan_second_stage(cfg, out_dir, study, status)
-        store.register([(r.run_id, r.method_id, r.task, r.seed, r.identity) for r in second.runs])
-        store.set_plan([r.run_id for r in study + second.runs], key=TPV_PLAN)
-        staged = _drive_stage(cfg, ctx, store, second.runs, f"{len(second.runs)} TPV study runs (stage 2 of 2)",
-                              console)
-        for key, value in staged.counts.items():
+        pending = [r for r in stage if status.get(r.run_id) not in FINAL]
+        result.total += len(stage)
+        result.already_done += len(stage) - len(pending)
+        console.print(f"[bold]{escape(cfg.name)}[/bold]: {what}, {len(stage) - len(pending)} already finished, "
+                      f"{len(pending)} to run on {executor_line(cfg)} → {escape(str(out_dir))}")
+        counts = drive(pending, store, console, cfg.executor,
+                       partial(_backend, ctx, n_runs=len(pending), console=console)) if pending else {}
+        for key, value in counts.items():
             result.counts[key] = result.counts.get(key, 0) + value
-        result.total += staged.total
-        result.already_done += staged.already_done
-        if second.waiting:
-            console.print(f"tpv: {second.waiting} stage-2 run(s) wait for stage-1 runs that did not finish; "
-                          f"run the same command again to retry them", highlight=False)
+        stage = None
+        if second_stage_due:
+            second_stage_due = False
+            second = plan_second_stage(cfg, out_dir, study, {r.run_id: r.status for r in store.records()})
+            store.register([(r.run_id, r.method_id, r.task, r.seed, r.identity) for r in second.runs])
+            store.set_plan([r.run_id for r in study + second.runs], key=TPV_PLAN)
+            stage, what = second.runs, f"{len(second.runs)} TPV study runs (stage 2 of 2)"
+            if second.waiting:
+                console.print(f"tpv: {second.waiting} stage-2 run(s) wait for stage-1 runs that did not finish; "
+                              f"run the same command again to retry them", highlight=False)
     return result
-
-
-def _drive_stage(cfg: BenchConfig, ctx: RunContext, store: Store, runs: list[RunSpec], what: str,
-                 console: Console) -> GridResult:
-    status = {r.run_id: r.status for r in store.records()}
-    pending: list[RunSpec] = [r for r in runs if status.get(r.run_id) not in FINAL]
-    done = len(runs) - len(pending)
-    console.print(f"[bold]{escape(cfg.name)}[/bold]: {what}, {done} already finished, {len(pending)} to run on "
-                  f"{executor_line(cfg)} → {escape(str(store.out_dir))}")
-    counts = drive(pending, store, console, cfg.executor,
-                   lambda progress: _backend(ctx, progress, len(pending), console)) if pending else {}
-    return GridResult(out_dir=store.out_dir, total=len(runs), already_done=done, counts=counts)
 
 
 def _backend(ctx: RunContext, progress: GridProgress, n_runs: int, console: Console) -> Backend:

@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import platform
-import random
 import shutil
 import subprocess
 import tempfile
@@ -36,6 +35,7 @@ from peftbench.modeling import ModelSource, load_model, load_tokenizer, model_re
 from peftbench.plan import RunSpec, task_fingerprint
 from peftbench.scoring import Scores, pass_at_ks, score
 from peftbench.tasks import Row, TaskSpec, load_rows
+from peftbench.tasks.data import split_rows
 from peftbench.tasks.prompts import encode_example, encode_prompt, render_prompt
 from peftbench.tpv.runs import keep_task_vector
 from peftbench.training import train
@@ -90,19 +90,15 @@ class RunContext:
         return copy.deepcopy(self._pristine).to(self.device)
 
     def task_data(self, task: TaskSpec) -> TaskData:
-        """Train/validation/eval rows; validation is a fixed share of train, the same for every seed."""
+        """Train/validation/eval rows under the task's split rule (`split_rows`), the same for every seed."""
         if task.name not in self._tasks:
             rows = load_rows(task, task.train_split, self.cfg.data_dir)
             rows = [r for r in rows if task.usable(task.prepared(r))] if task.usable else list(rows)
-            random.Random(DATA_SPLIT_SEED).shuffle(rows)
-            t = self.cfg.training
-            if t.max_train_samples:
-                rows = rows[: t.max_train_samples]
-            n_val = max(1, round(len(rows) * t.val_fraction)) if len(rows) > 1 else 0
-            eval_rows = load_rows(task, task.eval_split, self.cfg.data_dir)
-            if self.cfg.evaluation.max_samples:
-                eval_rows = eval_rows[: self.cfg.evaluation.max_samples]
-            self._tasks[task.name] = TaskData(train=rows[n_val:], val=rows[:n_val], eval=eval_rows)
+            train, val, test = split_rows(
+                task.split_rule, rows, load_rows(task, task.eval_split, self.cfg.data_dir),
+                val_fraction=self.cfg.training.val_fraction, seed=DATA_SPLIT_SEED,
+                max_train=self.cfg.training.max_train_samples, max_eval=self.cfg.evaluation.max_samples)
+            self._tasks[task.name] = TaskData(train=train, val=val, eval=test)
         return self._tasks[task.name]
 
     def encoded(self, task: TaskSpec, rows: list[Row]) -> list[dict[str, list[int]]]:

@@ -68,6 +68,7 @@ class HooksFile(_File):
     parse: str | None = None
     group: str | None = None
     usable: str | None = None
+    keep: str | None = None
 
 
 class TaskFile(_File):
@@ -180,6 +181,7 @@ def _to_spec(f: TaskFile, base: Path) -> TaskSpec:
         group=_hook("group", f.hooks.group),
         value_range=f.value_range,
         usable=_hook("usable", f.hooks.usable),
+        keep=_hook("keep", f.hooks.keep),
         train_split=f.train_split,
         eval_split=f.eval_split,
         prepare=_hook("prepare", f.hooks.prepare),

@@ -62,6 +62,8 @@ def load_rows(task: TaskSpec, split: str, data_dir: Path | None = None) -> list[
         rows, where = read_rows(path, task=task.name), str(path)
     else:
         rows, where = _load_from_hub(task, source, split), f"{source.path} split {split}"
+    if task.keep is not None:
+        rows = [r for r in rows if task.keep(r)]
     if not rows:
         raise PeftbenchError(f"task {task.name!r}: {where}: the split is empty")
     for i, row in enumerate(rows):

@@ -83,6 +83,9 @@ class TaskSpec:
     """Regression: predictions are clipped to this range."""
     usable: Callable[[Row], bool] | None = None
     """Training rows must pass this (e.g. APPS problems that have a reference solution)."""
+    keep: Callable[[Row], bool] | None = None
+    """Rows that are examples at all; the others are dropped from every split when loaded (SNLI's
+    pairs without a gold label)."""
     train_split: str = "train"
     eval_split: str = "validation"
     prepare: Callable[[Row], Row] | None = None

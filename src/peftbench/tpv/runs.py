@@ -87,3 +87,18 @@ def load_task_vector(out_dir: Path, run_id: str) -> vectors.PromptVector:
         raise PeftbenchError(f"run {run_id} kept no task prompt vector (expected {path})")
     tau, _ = vectors.load(path)
     return tau
+
+
+def combine_runs(out_dir: Path, add: list[str], negate: list[str] = (), lam: float = 1.0) -> vectors.PromptVector:
+    """θ₀ + λ·(Σ τ_add − Σ τ_negate) from the TPVs stored runs kept, as a prompt (a start for
+    `init_prompt`). θ₀ comes from the first run itself (θ − τ), so no model is loaded; the
+    arithmetic refuses runs of different origins, models, token counts or dtypes."""
+    runs = [*add, *negate]
+    if not runs:
+        raise PeftbenchError("name at least one run whose task prompt vector to use")
+    first = prompt_path(out_dir, runs[0])
+    if not first.is_file():
+        raise PeftbenchError(f"run {runs[0]} kept no prompt (expected {first})")
+    theta0 = vectors.subtract(vectors.load(first)[0], load_task_vector(out_dir, runs[0]))
+    tpvs = [load_task_vector(out_dir, r) for r in add] + [vectors.negate(load_task_vector(out_dir, r)) for r in negate]
+    return vectors.combine(theta0, tpvs, lam)

@@ -203,5 +203,8 @@ def load(path: Path) -> tuple[PromptVector, dict[str, object]]:
 
 
 def file_digest(path: Path) -> str:
-    """Content hash of a prompt file: what a run started from it is identified by."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    """What a run started from a prompt file is identified by: a hash of the values and of what they
+    belong to (not of the file's bytes: safetensors writes its metadata in no fixed order)."""
+    vector, _ = load(path)
+    header = json.dumps([vector.kind, vector.model, vector.origin, vector.dtype, list(vector.values.shape)])
+    return hashlib.sha256(header.encode() + vector.values.contiguous().numpy().tobytes()).hexdigest()[:16]
