@@ -212,3 +212,29 @@ def tpv_study(tmp_path_factory) -> tuple[Path, Path]:
     config.write_text(TPV_STUDY)
     run_cli("run", str(config), "--out", str(root / "reference"))
     return config, root / "reference"
+
+
+def start_traced(config: Path, out: Path, trace: Path, *extra: str):
+    """`peftbench run CONFIG --out OUT` in the background, writing its phase markers to `trace`."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "peftbench.cli", "run", str(config), "--out", str(out), *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PEFTBENCH_TRACE": str(trace)})
+
+
+def wait_for_mark(proc, trace: Path, wanted, timeout: float = 300) -> dict:
+    """The first phase marker in `trace` for which `wanted(mark)` holds, polled while `proc` runs
+    (acting at a point the run reports, never after a sleep of a guessed length)."""
+    import json
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        lines = trace.read_text().splitlines() if trace.is_file() else []
+        for mark in (json.loads(line) for line in lines if line.endswith("}")):
+            if wanted(mark):
+                return mark
+        time.sleep(0.02)

@@ -13,7 +13,7 @@ import os
 import shutil
 
 import pytest
-from conftest import hand_store
+from conftest import hand_store, run_cli
 
 from peftbench.report import build_report, write_report
 
@@ -113,3 +113,21 @@ def test_sorting_filtering_and_hostile_labels(browser, hostile_report):
     assert [r.find_element("css selector", "td").text for r in visible] == ["copa"]
     Select(browser.find_element("id", "category-filter")).select_by_value("all")
     assert all(r.is_displayed() for r in rows)
+
+
+@pytest.mark.slow
+def test_the_tpv_section_in_a_browser(browser, tpv_study):
+    """A store holding only a TPV study: its section renders (tables, four inline plots) without errors."""
+    _, out = tpv_study
+    run_cli("report", "--out", str(out))
+    errors = open_page(browser, out / "leaderboard.html")
+    assert errors == []
+    section = browser.find_element("id", "tpv")
+    assert section.is_displayed() and section.text == "Task Prompt Vectors"
+    images = browser.find_elements("css selector", "img[alt^='tpv ']")
+    assert len(images) == 4 and all(img.get_property("naturalWidth") > 100 for img in images)
+    tables = browser.find_elements("css selector", "table.tpv")
+    assert len(tables) == 3  # single-task, combinations, few-shot
+    first_row = [td.text for td in tables[0].find_elements("css selector", "tbody tr")[0].find_elements(
+        "css selector", "td")]
+    assert first_row[0] == "qs_feedback" and "±" in first_row[1]

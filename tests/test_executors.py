@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli as cli
+from conftest import start_traced, wait_for_mark
 from conftest import stored_results as results
 
 from peftbench.store import Store
@@ -59,16 +60,8 @@ def kill_a_worker_mid_training(config: Path, out: Path, extra: list[str]) -> tup
     """Start the grid, SIGKILL the process that runs the first LoRA run once it is half-way through
     training (known from the phase trace, not from timing), and let the grid finish."""
     trace = out.parent / f"{out.name}.trace"
-    proc = subprocess.Popen([sys.executable, "-m", "peftbench.cli", "run", str(config), "--out", str(out), *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PEFTBENCH_TRACE": str(trace)})
-    deadline = time.monotonic() + 300
-    victim = None
-    while victim is None:
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
-        victim = next((t for t in trace_lines(trace) if t["method"] == "lora" and t["phase"] == "train"
-                       and t["step"] >= 15), None)
-        time.sleep(0.05)
+    proc = start_traced(config, out, trace, *extra)
+    victim = wait_for_mark(proc, trace, lambda t: t["method"] == "lora" and t["phase"] == "train" and t["step"] >= 15)
     assert victim["pid"] != proc.pid  # a worker, not the driver
     os.kill(victim["pid"], signal.SIGKILL)
     _, stderr = proc.communicate(timeout=600)

@@ -11,12 +11,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli, stored_results
+from conftest import run_cli, start_traced, stored_results, wait_for_mark
 
 from peftbench.cli import main
 from peftbench.store import Store
@@ -27,22 +26,8 @@ pytestmark = pytest.mark.slow
 PHASES = [("load", 0), ("train", 12), ("save", 0), ("eval", 0), ("costs", 0), ("record", 0)]
 
 
-def start(config: Path, out: Path, trace: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "peftbench.cli", "run", str(config), "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PEFTBENCH_TRACE": str(trace)})
-
-
 def wait_for(proc: subprocess.Popen, trace: Path, phase: str, step: int) -> dict:
-    deadline = time.monotonic() + 300
-    while True:
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
-        lines = trace.read_text().splitlines() if trace.is_file() else []
-        for line in lines:
-            if line.endswith("}") and (mark := json.loads(line))["phase"] == phase and mark["step"] >= step \
-                    and mark["method"] == "lora":
-                return mark
-        time.sleep(0.02)
+    return wait_for_mark(proc, trace, lambda m: m["phase"] == phase and m["step"] >= step and m["method"] == "lora")
 
 
 def test_kill_9_at_every_phase_then_rerun_completes_with_the_same_results(small_grid, tmp_path):
@@ -50,7 +35,7 @@ def test_kill_9_at_every_phase_then_rerun_completes_with_the_same_results(small_
     out = tmp_path / "out"
     for i, (phase, step) in enumerate(PHASES):
         trace = tmp_path / f"trace{i}"
-        proc = start(config, out, trace)
+        proc = start_traced(config, out, trace)
         mark = wait_for(proc, trace, phase, step)
         assert mark["pid"] == proc.pid
         proc.send_signal(signal.SIGKILL)
@@ -74,7 +59,7 @@ def test_two_drivers_on_one_output_take_different_runs(small_grid, tmp_path):
     config, expected = small_grid
     out = tmp_path / "out"
     trace = tmp_path / "trace"
-    first = start(config, out, trace)
+    first = start_traced(config, out, trace)
     held = wait_for(first, trace, "train", 5)
     first.send_signal(signal.SIGSTOP)
     try:
@@ -182,8 +167,7 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint_with_the_uninterrup
     out = tmp_path / "out"
     args = ["run", str(config), "--out", str(out), "--set", "training.checkpoint_steps=5"]
     first, second = tmp_path / "trace1", tmp_path / "trace2"
-    proc = subprocess.Popen([sys.executable, "-m", "peftbench.cli", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PEFTBENCH_TRACE": str(first)})
+    proc = start_traced(config, out, first, *args[4:])
     mark = wait_for(proc, first, "train", 17)  # checkpoints at steps 5, 10 and 15 are on disk
     proc.send_signal(signal.SIGKILL)
     proc.wait()

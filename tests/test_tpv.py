@@ -5,18 +5,14 @@ resume after kill -9."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import statistics
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli, stored_results
+from conftest import run_cli, start_traced, stored_results, wait_for_mark
 
 from peftbench.config import validate_config
 from peftbench.errors import PeftbenchError
@@ -217,13 +213,19 @@ def study_records(out: Path):
 
 @pytest.mark.slow
 def test_a_study_runs_every_kind_as_runs_of_the_store(tpv_study):
-    _, out = tpv_study
+    config, out = tpv_study
     records = study_records(out)
     assert {r.status for r in records} == {"done"}
     kinds = Counter(r.config["tpv"]["study"] for r in records)
     # 2 origins × 3 tasks; 2 multi-task prompts; few-shot: 4 starts × 2 origins × 2 shots; 1 sum × 2 origins;
     # cross-origin: 3 tasks × 2 × 2 origin pairs
     assert kinds == {"source": 6, "multitask": 2, "few_shot": 16, "combination": 2, "cross_origin": 12}
+    from peftbench.config import load_config
+    from peftbench.tpv.study import second_stage_size
+
+    second = [r for r in records if r.config["tpv"]["study"] in ("combination", "cross_origin")
+              or r.config["tpv"].get("start") in ("single", "sum", "multitask")]
+    assert sum(second_stage_size(load_config(config).tpv, 1).values()) == len(second) == 26  # what --dry-run says
     assert set(Store.open(out).plan("tpv_plan")) == {r.run_id for r in records}
     sources = {(r.task, r.config["tpv"]["origin"]): r for r in records if r.config["tpv"]["study"] == "source"}
 
@@ -261,7 +263,7 @@ def test_kept_vectors_rebuild_the_saved_adapters_exactly(tpv_study):
 
     from peftbench.methods.prompt_tuning import trained_prompt
     from peftbench.tiny import tiny_model_dir
-    from peftbench.tpv.runs import load_task_vector, prompt_path
+    from peftbench.tpv.runs import load_task_vector, origin_path, prompt_path
 
     _, out = tpv_study
     sources = [r for r in study_records(out) if r.config["tpv"]["study"] == "source"][:3]
@@ -274,6 +276,9 @@ def test_kept_vectors_rebuild_the_saved_adapters_exactly(tpv_study):
         assert torch.equal(V.add(theta0, tau).as_prompt_tensor(), trained)  # θ₀ + τ = θ_t, bit for bit
         assert torch.equal(V.load(prompt_path(out, r.run_id))[0].as_prompt_tensor(), trained)
         assert tau.norm() > 0
+        kept_origin, meta = V.load(origin_path(out, theta0))  # origins are kept as data too
+        assert torch.equal(kept_origin.values, theta0.values) and meta["n_tokens"] == 8
+    assert len(list((out / "tpv" / "origins").glob("*.safetensors"))) == 2
 
 
 @pytest.mark.slow
@@ -342,18 +347,8 @@ def test_kill_9_mid_study_then_rerun_gives_the_same_results(tpv_study, tmp_path)
     not redone and every result equals the uninterrupted run's."""
     config, reference = tpv_study
     out, trace = tmp_path / "out", tmp_path / "trace"
-    proc = subprocess.Popen([sys.executable, "-m", "peftbench.cli", "run", str(config), "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PEFTBENCH_TRACE": str(trace)})
-    deadline = time.monotonic() + 600
-    mark = None
-    while mark is None:
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
-        for line in trace.read_text().splitlines() if trace.is_file() else []:
-            if line.endswith("}") and (m := json.loads(line))["method"].startswith("tpv-cross") \
-                    and m["phase"] == "eval":
-                mark = m
-        time.sleep(0.02)
+    proc = start_traced(config, out, trace)
+    mark = wait_for_mark(proc, trace, lambda m: m["method"].startswith("tpv-cross") and m["phase"] == "eval", 600)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = {r.run_id: r.attempts for r in Store.open(out).records() if r.status == "done"}
@@ -364,3 +359,14 @@ def test_kill_9_mid_study_then_rerun_gives_the_same_results(tpv_study, tmp_path)
     assert after[mark["run_id"]].attempts == 2
     expected = stored_results(reference)
     assert stored_results(out) == expected
+
+
+def test_a_config_gives_any_task_the_paper_split_rule():
+    from peftbench.config import TaskConfig
+    from peftbench.plan import resolve_task, task_fingerprint
+    from peftbench.tasks import TASKS
+
+    plain = resolve_task(TaskConfig(name="sst2"), TASKS)
+    ruled = resolve_task(TaskConfig(name="sst2", split_rule="tpv"), TASKS)
+    assert (plain.split_rule, ruled.split_rule) == ("fraction", "tpv")
+    assert task_fingerprint(plain) != task_fingerprint(ruled)  # other rows: other runs

@@ -175,6 +175,12 @@ def _print_plan(cfg: BenchConfig, out: Path) -> None:
                 f"with finished runs" if known else "no finished runs to estimate time from (docs/cluster.md)")
     out_console.print(f"{pending} of {sum(r.runs for r in rows)} runs pending, to run on {executor_line(cfg)}; "
                       f"{estimate}. Dry run: nothing was started or written.", highlight=False)
+    if cfg.tpv is not None:
+        from peftbench.tpv.study import second_stage_size
+
+        later = second_stage_size(cfg.tpv, len(cfg.tpv.seeds or cfg.seeds))
+        out_console.print("Then, once these are stored, the TPV study's second stage: "
+                          + ", ".join(f"{n} {what}" for what, n in later.items() if n) + ".", highlight=False)
 
 
 @app.command()

@@ -69,6 +69,8 @@ class TaskConfig(StrictModel):
     train_split: str | None = None
     eval_split: str | None = None
     revision: str | None = Field(default=None, description="hub revision (commit) instead of the task's own")
+    split_rule: Literal["fraction", "tpv"] | None = Field(
+        default=None, description="how train/validation/test are cut instead of the task's own (docs/tasks.md)")
 
 
 class TrainingConfig(StrictModel):
@@ -235,6 +237,8 @@ class TPVConfig(StrictModel):
     lambdas: list[Annotated[float, Field(ge=0)]] = Field(default_factory=lambda: list(LAMBDA_GRID), min_length=1)
     cross_origin: bool = Field(default=True, description="TPVs of origin j on origin i's prompt, all pairs")
     similarity: bool = Field(default=True, description="cosine of prompts and of TPVs across origins and tasks")
+    metric: str = Field(default="accuracy", description="the metric λ is chosen by and the studies report (the "
+                        "paper: exact match on the label); a task without it uses its primary metric")
     few_shot: TPVFewShotConfig | None = None
 
     @model_validator(mode="after")

@@ -103,6 +103,8 @@ def resolve_task(entry: TaskConfig, known: Registry[TaskSpec]) -> TaskSpec:
         changes["train_split"] = entry.train_split
     if entry.eval_split:
         changes["eval_split"] = entry.eval_split
+    if entry.split_rule:
+        changes["split_rule"] = entry.split_rule
     if entry.revision:
         changes["source"] = dataclasses.replace(task.source, revision=entry.revision)
     return dataclasses.replace(task, **changes) if changes else task

@@ -92,7 +92,8 @@ def build_report(out_dir: Path, *, reference: str | None = None) -> Report:
     everything = store.records()
     study_ids = set(store.plan(TPV_PLAN) or [])
     records, other = current_records([r for r in everything if r.run_id not in study_ids], store.plan())
-    study = tpv_summary([r for r in everything if r.run_id in study_ids], store.out_dir) if study_ids else None
+    metric = cfg.tpv.metric if cfg is not None and cfg.tpv is not None else "accuracy"
+    study = tpv_summary([r for r in everything if r.run_id in study_ids], store.out_dir, metric) if study_ids else None
     summary = aggregate(records, cfg.pscp if cfg else PSCPConfig(), task_categories(records))
     if reference:
         summary = with_reference(summary, reference)

@@ -54,6 +54,7 @@ class CombinationResult:
 
 @dataclass
 class TPVSummary:
+    metric: str
     single: dict[str, Stat]  # task → single-task score over origins
     combinations: list[CombinationResult]
     origins: list[int]
@@ -66,8 +67,9 @@ class TPVSummary:
         return asdict(self)
 
 
-def tpv_summary(records: Sequence[RunRecord], out_dir: Path) -> TPVSummary | None:
-    """Aggregate the done runs of a TPV study; None when there are none."""
+def tpv_summary(records: Sequence[RunRecord], out_dir: Path, metric: str = "accuracy") -> TPVSummary | None:
+    """Aggregate the done runs of a TPV study in its `metric` (a task without it: its primary
+    metric); None when there are none."""
     done = [r for r in records if r.status == "done" and "tpv" in (r.config or {})]
     if not done:
         return None
@@ -77,15 +79,15 @@ def tpv_summary(records: Sequence[RunRecord], out_dir: Path) -> TPVSummary | Non
     sources = by_study["source"]
     per_origin: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in sources:
-        per_origin[r.task][r.config["tpv"]["origin"]].append(r.metrics["score"])
+        per_origin[r.task][r.config["tpv"]["origin"]].append(_score(r, metric))
     single = {t: Stat.of([statistics.fmean(v) for v in o.values()]) for t, o in sorted(per_origin.items())}
     origins = sorted({r.config["tpv"]["origin"] for r in sources})
     return TPVSummary(
-        single=single, combinations=_combinations(by_study["combination"], per_origin), origins=origins,
-        cross=_cross(by_study["cross_origin"], origins),
+        metric=metric, single=single, combinations=_combinations(by_study["combination"], per_origin), origins=origins,
+        cross=_cross(by_study["cross_origin"], origins, metric),
         cosine_tpv=similarity(sources, out_dir, prompts=False),
         cosine_prompt=similarity(sources, out_dir, prompts=True),
-        few_shot=_few_shot(by_study["few_shot"]),
+        few_shot=_few_shot(by_study["few_shot"], metric),
     )
 
 
@@ -106,19 +108,23 @@ def _combinations(runs: list[RunRecord], per_origin: dict[str, dict[int, list[fl
     return results
 
 
-def _cross(runs: list[RunRecord], origins: list[int]) -> dict[str, list[list[float | None]]]:
+def _score(r: RunRecord, metric: str) -> float:
+    return r.metrics.get(metric, r.metrics["score"])
+
+
+def _cross(runs: list[RunRecord], origins: list[int], metric: str) -> dict[str, list[list[float | None]]]:
     cells: dict[str, dict[tuple[int, int], list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
-        cells[r.task][(r.config["tpv"]["origin"], r.config["tpv"]["source_origin"])].append(r.metrics["score"])
+        cells[r.task][(r.config["tpv"]["origin"], r.config["tpv"]["source_origin"])].append(_score(r, metric))
     return {task: [[statistics.fmean(c[(i, j)]) if c.get((i, j)) else None for j in origins] for i in origins]
             for task, c in sorted(cells.items())}
 
 
-def _few_shot(runs: list[RunRecord]) -> dict[str, dict[str, dict[int, Stat]]]:
+def _few_shot(runs: list[RunRecord], metric: str) -> dict[str, dict[str, dict[int, Stat]]]:
     scores: dict[str, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for r in runs:
         t = r.config["tpv"]
-        scores[t["target"]][t["start"]][t["shots"]].append(r.metrics["score"])
+        scores[t["target"]][t["start"]][t["shots"]].append(_score(r, metric))
     return {target: {start: {k: Stat.of(v) for k, v in sorted(by_shots.items())} for start, by_shots in starts.items()}
             for target, starts in sorted(scores.items())}
 
@@ -152,8 +158,9 @@ def similarity(sources: list[RunRecord], out_dir: Path, *, prompts: bool) -> dic
 
 
 def markdown(s: TPVSummary) -> str:
-    lines = ["", "## Task Prompt Vectors", "", f"Origins: {', '.join(map(str, s.origins))}. Scores: the task's "
-             "primary metric, mean ± sd over origins.", "", "### Single-task prompts (θ₀ + τ)", "",
+    lines = ["", "## Task Prompt Vectors", "", f"Origins: {', '.join(map(str, s.origins))}. Scores: {s.metric} (a "
+             "task without it: its primary metric), mean ± sd over origins.", "",
+             "### Single-task prompts (θ₀ + τ)", "",
              "| task | score |", "|---|---:|", *(f"| {t} | {st.text()} |" for t, st in s.single.items())]
     if s.combinations:
         lines += ["", "### Combinations θ₀ + λ·Σ τ (λ chosen on validation)", "",

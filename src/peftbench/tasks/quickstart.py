@@ -3,8 +3,8 @@ the tasks themselves are task files (`files/qs_*.yaml`) naming these generators.
 
 Three small tasks exercise the three output kinds of the benchmark: a 2-class and a 3-class
 classification with verbalised labels, and an arithmetic question scored by its numeric answer.
-A fourth, `qs_feedback`, is sentiment in a second domain (comments on the topic words) with the
-same labels: the related pair that Task Prompt Vector studies combine (docs/tpv.md).
+A fourth, `qs_feedback`, is sentiment in a second domain (reviews of the topic words) with the same
+forms and labels: the related pair that Task Prompt Vector studies combine (docs/tpv.md).
 The same vocabulary feeds the tiny model's pretraining corpus, so the model knows the words and
 sums before fine-tuning and fine-tuning has to teach the task format and the label mapping.
 """
@@ -54,21 +54,18 @@ def sentiment_rows(split: str, n: int, seed: int) -> list[Row]:
     return rows
 
 
-FEEDBACK_FORMS = ["the {w} today was {a}.", "my comment: the {w} felt {a}.", "people said the {w} was {a} and {b}.",
-                  "i think the {w} was {a}."]
-
-
 def feedback_rows(split: str, n: int, seed: int) -> list[Row]:
-    """Sentiment of comments about the topic words (`the soup was awful`): sentiment's labels and
-    adjectives, topic's subjects and its own sentence forms."""
+    """Sentiment in a second domain: `qs_sentiment`'s sentence forms, adjectives and labels about the
+    topic words (`the soup was awful.`) instead of films, food and shows — the pair that Task Prompt
+    Vector studies combine, as the paper combines SST-2 with Yelp."""
     rng = _rng(split, seed + 7919)
     nouns = [w for words in TOPICS.values() for w in words]
     rows = []
     for i in range(n):
         label = rng.randrange(2)
         a, b = rng.sample(POSITIVE if label else NEGATIVE, 2)
-        rows.append({"idx": i, "text": rng.choice(FEEDBACK_FORMS).format(w=rng.choice(nouns), a=a, b=b),
-                     "label": label})
+        text = rng.choice(SENTIMENT_FORMS).format(s="the " + rng.choice(nouns), a=a, b=b)
+        rows.append({"idx": i, "text": text, "label": label})
     return rows
 
 

@@ -1,7 +1,8 @@
 """Task prompt vectors of finished runs: kept beside the store, listed, read back.
 
 Every prompt-tuning run that started from an origin (or from a prompt of an origin) keeps its
-trained prompt θ_t and its TPV τ_t = θ_t − θ₀ in `<output>/tpv/vectors/<run_id>[.prompt].safetensors`,
+trained prompt θ_t and its TPV τ_t = θ_t − θ₀ in `<output>/tpv/vectors/<run_id>[.prompt].safetensors`
+(and the origin θ₀ itself in `<output>/tpv/origins/`),
 whether or not adapters are saved: the TPV studies and `peftbench tpv list` read them there.
 Workers write them (as they write adapters); the file is complete before the run is recorded.
 """
@@ -18,6 +19,12 @@ from peftbench.errors import PeftbenchError
 from peftbench.tpv import vectors
 
 VECTORS_DIR = Path("tpv") / "vectors"
+ORIGINS_DIR = Path("tpv") / "origins"
+
+
+def origin_path(out_dir: Path, origin: vectors.PromptVector) -> Path:
+    """Where an origin is kept: named by what identifies it (model fingerprint, token count, index)."""
+    return Path(out_dir) / ORIGINS_DIR / f"{origin.model}-n{origin.n_tokens}-o{origin.origin}.safetensors"
 
 
 def vector_path(out_dir: Path, run_id: str) -> Path:
@@ -41,6 +48,8 @@ def keep_task_vector(method: Any, model: nn.Module, spec: Any, out_dir: Path) ->
     from peftbench.methods.prompt_tuning import trained_prompt
 
     theta0 = start[0]
+    if not origin_path(out_dir, theta0).is_file():
+        vectors.save(theta0, origin_path(out_dir, theta0))
     trained = vectors.prompt_of(trained_prompt(model), theta0)
     tau = vectors.task_vector(trained, theta0)
     meta = {"run_id": spec.run_id, "task": spec.task, "seed": spec.seed, "method": spec.method_id}

@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,11 @@ from peftbench.tpv.runs import load_task_vector, prompt_path
 SOURCE, MULTITASK, FEW_SHOT = "source", "multitask", "few_shot"
 COMBINATION, CROSS_ORIGIN = "combination", "cross_origin"
 PROMPTS_DIR = Path("tpv") / "prompts"
+
+
+def study_score(metrics: dict[str, Any], task: TaskSpec, metric: str) -> float:
+    """A run's score in the study's metric, or its task's primary metric where the task lacks it."""
+    return metrics[metric] if metric in task.metrics else metrics[task.primary_metric]
 
 
 def choose_lambda(lambdas: Sequence[float], curve: Sequence[float]) -> float:
@@ -158,9 +164,10 @@ def plan_second_stage(cfg: BenchConfig, out_dir: Path, first: list[RunSpec], sta
             for origin in range(tpv.origins):
                 sources = [by_key[(SOURCE, t, origin, seed)] for t in combo]
                 if ready(*sources):
-                    study = {"study": COMBINATION, "origin": origin, "tasks": combo, "lambdas": tpv.lambdas}
+                    study = {"study": COMBINATION, "origin": origin, "tasks": combo, "lambdas": tpv.lambdas,
+                             "metric": tpv.metric}
                     unit = Combination(tuple(s.tasks[t] for t in combo), origin, tuple(r.run_id for r in sources),
-                                       tuple(tpv.lambdas))
+                                       tuple(tpv.lambdas), tpv.metric)
                     runs.append(s.unit(f"tpv-sum@o{origin}", "+".join(combo), combo, seed, sources, study, unit,
                                        origin))
         if tpv.cross_origin:
@@ -213,10 +220,16 @@ def _start_prompt(out_dir: Path, start: str, needs: tuple[RunSpec, ...]) -> Path
 # --- stage-2 units: evaluations of stored prompts -------------------------------------------------------
 
 
-def _prompt_model(spec: RunSpec, ctx: Any) -> tuple[torch.nn.Module, vectors.PromptVector]:
-    """A fresh prompt-tuning model of the unit's origin, and that origin's θ₀."""
-    model = spec.method.apply(ctx.fresh_model()).eval()
-    return model, spec.method.start(model)[0]
+@contextmanager
+def _prompt_model(spec: RunSpec, ctx: Any) -> Iterator[tuple[torch.nn.Module, vectors.PromptVector]]:
+    """A fresh prompt-tuning model of the unit's origin and that origin's θ₀, with the run's threads
+    pinned and its seed set."""
+    from peftbench.utils import pinned_threads, seed_everything
+
+    with pinned_threads(ctx.cfg.runtime.threads):
+        seed_everything(spec.seed)
+        model = spec.method.apply(ctx.fresh_model()).eval()
+        yield model, spec.method.start(model)[0]
 
 
 def _set_prompt(model: torch.nn.Module, prompt: vectors.PromptVector) -> None:
@@ -229,39 +242,37 @@ def _set_prompt(model: torch.nn.Module, prompt: vectors.PromptVector) -> None:
 
 @dataclass(frozen=True)
 class Combination:
-    """θ₀ + λ·Σ τ_i for every λ on each task's validation rows; the λ of the best mean primary
-    metric is then scored on each task's evaluation split."""
+    """θ₀ + λ·Σ τ_i for every λ on each task's validation rows; the λ of the best mean score (the
+    study's metric) is then scored on each task's evaluation split."""
 
     tasks: tuple[TaskSpec, ...]
     origin: int
     sources: tuple[str, ...]
     lambdas: tuple[float, ...]
+    metric: str
 
     def execute(self, spec: RunSpec, ctx: Any, phase: Any) -> Any:
         from peftbench.runner.run import RunOutcome, evaluate
-        from peftbench.utils import pinned_threads, seed_everything
 
         t0 = time.perf_counter()
-        with pinned_threads(ctx.cfg.runtime.threads):
-            seed_everything(spec.seed)
-            model, theta0 = _prompt_model(spec, ctx)
+        with _prompt_model(spec, ctx) as (model, theta0):
             tpvs = [load_task_vector(ctx.out_dir, run) for run in self.sources]
             val: dict[str, list[float]] = {t.name: [] for t in self.tasks}
             for i, lam in enumerate(self.lambdas):
                 _set_prompt(model, vectors.combine(theta0, tpvs, lam))
                 for task in self.tasks:
                     scores, _ = evaluate(model, task, _rows(ctx, task, "val"), ctx, phase, check=i == 0)
-                    val[task.name].append(scores.primary)
+                    val[task.name].append(study_score(scores.metrics, task, self.metric))
             curve = [statistics.fmean(v[i] for v in val.values()) for i in range(len(self.lambdas))]
             best = choose_lambda(self.lambdas, curve)
             _set_prompt(model, vectors.combine(theta0, tpvs, best))
             test, predictions, invalid = {}, [], []
             for task in self.tasks:
                 scores, _ = evaluate(model, task, ctx.task_data(task).eval, ctx, phase, check=False)
-                test[task.name] = scores.primary
+                test[task.name] = study_score(scores.metrics, task, self.metric)
                 invalid.append(scores.invalid_rate)
                 predictions += [{"task": task.name, **r} for r in scores.records]
-        metrics = {"score": statistics.fmean(test.values()), "primary_metric": "mean of the tasks' primary metrics",
+        metrics = {"score": statistics.fmean(test.values()), "primary_metric": f"mean {self.metric} over the tasks",
                    "lambda": best, "lambdas": list(self.lambdas), "val_curve": curve, "val_scores": val,
                    "scores": test, "invalid_rate": statistics.fmean(invalid)}
         return RunOutcome(status="done", metrics=metrics, predictions=predictions,
@@ -278,12 +289,9 @@ class CrossOrigin:
 
     def execute(self, spec: RunSpec, ctx: Any, phase: Any) -> Any:
         from peftbench.runner.run import RunOutcome, evaluate
-        from peftbench.utils import pinned_threads, seed_everything
 
         t0 = time.perf_counter()
-        with pinned_threads(ctx.cfg.runtime.threads):
-            seed_everything(spec.seed)
-            model, theta0 = _prompt_model(spec, ctx)
+        with _prompt_model(spec, ctx) as (model, theta0):
             _set_prompt(model, vectors.rebase(load_task_vector(ctx.out_dir, self.source), theta0))
             scores, decoding = evaluate(model, self.task, ctx.task_data(self.task).eval, ctx, phase)
         metrics = {"score": scores.primary, "primary_metric": self.task.primary_metric, **scores.metrics,
@@ -299,3 +307,13 @@ def _rows(ctx: Any, task: TaskSpec, part: str) -> list[Any]:
 
         raise PeftbenchError(f"task {task.name!r}: no validation rows to choose λ on (training.val_fraction)")
     return rows
+
+
+def second_stage_size(tpv: TPVConfig, seeds: int) -> dict[str, int]:
+    """How many stage-2 runs a study will add once stage 1 is stored (for `--dry-run`)."""
+    fs = tpv.few_shot
+    later = [s for s in (fs.starts if fs else []) if s != "random"]
+    few = sum(len(g.targets) for g in fs.groups) * fs.origins * len(fs.shots) * len(later) if fs else 0
+    return {"combinations": len(tpv.combinations) * tpv.origins * seeds,
+            "cross-origin evaluations": len(tpv.tasks) * tpv.origins ** 2 * seeds if tpv.cross_origin else 0,
+            "few-shot runs from TPVs": few * seeds}
