@@ -302,8 +302,14 @@ def validate(
 
     cfg = load_config(config, set_ or [])
     runs = plan_runs(cfg)
+    study = ""
+    if cfg.tpv is not None:
+        from peftbench.tpv.study import plan_first_stage, second_stage_size
+
+        later = sum(second_stage_size(cfg.tpv, len(cfg.tpv.seeds or cfg.seeds)).values())
+        study = f", plus a TPV study of {len(plan_first_stage(cfg))} runs and then {later} more"
     print(f"{config}: valid — {len(cfg.methods)} methods × {len(cfg.tasks)} tasks × {len(cfg.seeds)} seeds "
-          f"= {len(runs)} runs, model {cfg.model.name}, on {executor_line(cfg)}")
+          f"= {len(runs)} runs{study}, model {cfg.model.name}, on {executor_line(cfg)}")
 
 
 DataDirOption = Annotated[
