@@ -73,6 +73,29 @@ class TaskConfig(StrictModel):
         default=None, description="how train/validation/test are cut instead of the task's own (docs/tasks.md)")
 
 
+class MitigationConfig(StrictModel):
+    """Against fine-tuning instability (docs/stability.md): DENI (Pecher et al., 2024), its ablations and
+    baselines, as a training option of any method. The paper's parameters are the defaults."""
+
+    strategy: Literal["default", "de", "ni", "deni", "weight_noise"] = Field(
+        default="default", description="default: plain training; de: delayed ensemble (K models vote); ni: noisy "
+        "interpolation (one model); deni: both; weight_noise: NI's schedule, noise on the one model, no copies")
+    members: Annotated[int, Field(ge=2)] = Field(default=10, description="K: the main model and K−1 noisy copies")
+    sigma2: NonNegativeFloat = Field(default=0.15, description="noise variance, in units of each tensor's variance")
+    ni_start: Annotated[float, Field(ge=0, le=1)] = 0.3
+    ni_end: Annotated[float, Field(ge=0, le=1)] = 0.6
+    de_start: Annotated[float, Field(ge=0, le=1)] = 0.9
+    ni_single_steps: NonNegativeInt = Field(default=125, description="single-model steps before each NI copy phase")
+    ni_multi_steps: PositiveInt = Field(default=125, description="steps the K models train before they are averaged")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> MitigationConfig:
+        if not self.ni_start <= self.ni_end <= self.de_start:
+            raise ValueError(f"expected ni_start ≤ ni_end ≤ de_start (got {self.ni_start}, {self.ni_end}, "
+                             f"{self.de_start})")
+        return self
+
+
 class TrainingConfig(StrictModel):
     """Shared fine-tuning protocol; PEFT-Bench's settings are the defaults."""
 
@@ -93,6 +116,8 @@ class TrainingConfig(StrictModel):
     eval_steps: PositiveInt | None = Field(default=None, description="validation interval; default per epoch")
     select_best: bool = Field(default=True, description="restore the weights of lowest validation loss")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    mitigation: MitigationConfig = Field(default_factory=MitigationConfig, description="instability mitigation "
+                                         "(DENI and its ablations); a run with one keeps its final weights")
 
 
 class EvaluationConfig(StrictModel):

@@ -125,12 +125,21 @@ def run_identity(cfg: BenchConfig, method_id: str, method: Method, learning_rate
                    "learning_rate": learning_rate},
         "task": {"name": task.name, "category": task.category, "fingerprint": task_fingerprint(task)},
         "data": data,
-        "training": cfg.training.model_dump(mode="json", exclude=NOT_IDENTITY["training"]),
+        "training": training_identity(cfg.training),
         "evaluation": cfg.evaluation.model_dump(mode="json", exclude=NOT_IDENTITY["evaluation"]),
         "decoder": DECODER,
         "costs": cfg.costs.model_dump(mode="json"),
         "seed": seed,
     }
+
+
+def training_identity(training: TrainingConfig) -> dict[str, Any]:
+    """The training protocol as it enters a run's identity: the settings that change results, with
+    the mitigation strategy only when one is chosen (runs without one keep their ids)."""
+    dumped = training.model_dump(mode="json", exclude=NOT_IDENTITY["training"])
+    if training.mitigation.strategy == "default":
+        dumped.pop("mitigation")
+    return dumped
 
 
 def task_fingerprint(task: TaskSpec) -> str:

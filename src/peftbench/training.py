@@ -22,6 +22,7 @@ from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer, Train
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from peftbench.config import TrainingConfig
+from peftbench.deni.members import MemberTraining
 from peftbench.tasks.prompts import IGNORE_INDEX
 from peftbench.utils import atomic_torch_save
 
@@ -43,6 +44,14 @@ class TrainResult:
     last_finite_loss: float | None = None
     train_tokens: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    strategy: str = "default"
+    """Instability mitigation (docs/stability.md); with one, the final weights are kept (no best snapshot)."""
+    model_steps: int = 0
+    """Optimiser steps taken by all models of the run (the main one and any noisy copies)."""
+    step_equivalents: float = 1.0
+    """model_steps / steps: what training cost in single trainings (DENI ≈ 3.3, an ensemble of K: K)."""
+    members: int = 1
+    """Models whose predictions are voted (the DE copies and the main model), 1 without a vote."""
 
 
 class _Watch(TrainerCallback):
@@ -127,6 +136,19 @@ def last_complete_checkpoint(workdir: Path) -> Path | None:
     return complete
 
 
+class _Trainer(Trainer):
+    """The Trainer, telling the noisy copies (if any) which micro-batches the main model trained on."""
+
+    def __init__(self, *args: Any, members: MemberTraining | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.members = members
+
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        if self.members is not None:
+            self.members.record(inputs)
+        return super().training_step(model, inputs, num_items_in_batch)
+
+
 def train(
     model: nn.Module,
     tokenizer: Any,
@@ -139,11 +161,19 @@ def train(
     device: torch.device,
     workdir: Path,
     progress: ProgressFn | None = None,
+    voters: list[dict[str, torch.Tensor]] | None = None,
 ) -> TrainResult:
     """Train `model` in place. With `cfg.checkpoint_steps`, `workdir` receives a resumable checkpoint
     (weights, optimiser, scheduler, RNG and data position, best snapshot) every that many steps, and a
-    call that finds one there continues from it instead of from step 0."""
-    result = TrainResult(train_tokens=sum(len(e["input_ids"]) for e in train_examples))
+    call that finds one there continues from it instead of from step 0.
+
+    With a mitigation strategy (`cfg.mitigation`), noisy copies train beside the main model; the
+    delayed ensemble's copies are appended to `voters` (their trainable tensors) for the vote. Such a
+    run writes no checkpoints: the copies' tensors and optimisers are not saved, so a killed run
+    restarts from step 0 (the store re-runs it)."""
+    result = TrainResult(train_tokens=sum(len(e["input_ids"]) for e in train_examples),
+                         strategy=cfg.mitigation.strategy)
+    mitigated = cfg.mitigation.strategy != "default"
     use_bf16 = cfg.precision == "bf16" or (
         cfg.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
     )
@@ -162,7 +192,7 @@ def train(
         max_grad_norm=cfg.max_grad_norm,
         eval_strategy="steps" if cfg.eval_steps else "epoch",
         eval_steps=cfg.eval_steps,
-        save_strategy="steps" if cfg.checkpoint_steps else "no",
+        save_strategy="steps" if cfg.checkpoint_steps and not mitigated else "no",
         save_steps=cfg.checkpoint_steps or 500,
         save_total_limit=None,  # rotation is ours (_Watch.on_save), once the new checkpoint is whole
         logging_strategy="steps",
@@ -181,21 +211,33 @@ def train(
     )
     tokenizer.padding_side = "right"
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
-    watch = _Watch(model, result, cfg.select_best, progress)
-    trainer = Trainer(
+    watch = _Watch(model, result, cfg.select_best and not mitigated, progress)
+    members = MemberTraining(model, cfg.mitigation, seed=seed, weight_decay=cfg.weight_decay,
+                             max_grad_norm=cfg.max_grad_norm, autocast=torch.bfloat16 if use_bf16 else None) \
+        if mitigated else None
+    trainer = _Trainer(
         model=model,
         args=args,
         train_dataset=train_examples,
         eval_dataset=val_examples,
         data_collator=collator,
-        callbacks=[watch],
+        callbacks=[watch, *([members] if members else [])],
+        members=members,
     )
     trainer.remove_callback(PrinterCallback)  # progress is ours; Trainer would print every log line
-    checkpoint = last_complete_checkpoint(workdir) if cfg.checkpoint_steps else None
+    checkpoint = last_complete_checkpoint(workdir) if cfg.checkpoint_steps and not mitigated else None
     if checkpoint:
         watch.resume(checkpoint)
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     result.train_loss = float(output.training_loss) if math.isfinite(output.training_loss) else None
+    if members is not None:
+        result.model_steps = members.model_steps
+        result.step_equivalents = members.model_steps / max(result.steps, 1)
+        result.members = 1 + len(members.final)
+        if voters is not None:
+            voters.extend(members.final)
+    else:
+        result.model_steps = result.steps
     if not result.diverged:
         final = trainer.evaluate()  # the last interval may end between scheduled evaluations
         result.final_val_loss = float(final["eval_loss"])

@@ -28,6 +28,7 @@ import torch
 from peftbench.config import BenchConfig
 from peftbench.costs import peak_memory
 from peftbench.costs.energy import EnergyMeter
+from peftbench.costs.flops import GB
 from peftbench.costs.run import BaseFigures, measure_base, measure_run_costs
 from peftbench.decoding import Sampling, check_decoding, decoder_name, default_tolerance
 from peftbench.evaluation import check_label_logprobs, generate, label_logprobs, stop_tokens
@@ -179,6 +180,7 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
         model = method.apply(ctx.fresh_model())
         outcome = RunOutcome(status="done")
         peak = energy = None
+        voters: list[dict[str, torch.Tensor]] = []  # a delayed ensemble's copies (docs/stability.md)
         if method.trains and spec.shots != 0:
             tok = ctx.tokenizer
             train_ex, val_ex = ctx.training_examples(spec)
@@ -190,7 +192,7 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
                     model, tok, train_ex, val_ex, training,
                     learning_rate=spec.learning_rate, seed=spec.seed, device=ctx.device,
                     workdir=checkpoints or Path(workdir),
-                    progress=lambda done, total_: phase("train", done, total_),
+                    progress=lambda done, total_: phase("train", done, total_), voters=voters,
                 )
             outcome.timings["train_s"] = time.perf_counter() - t0
             outcome.timings["train_tokens_per_s"] = (
@@ -212,7 +214,8 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
         keep_task_vector(method, model, spec, ctx.out_dir)
 
         t0 = time.perf_counter()
-        scores, decoding = evaluate(model, task, data.eval, ctx, phase)
+        scores, decoding = evaluate_members(model, task, data.eval, ctx, phase, voters) if voters else \
+            evaluate(model, task, data.eval, ctx, phase)
         outcome.timings["eval_s"] = time.perf_counter() - t0
         outcome.provenance["decoding"] = decoding
 
@@ -225,6 +228,8 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
                 adapter_bytes=adapter_bytes, train_peak=peak, energy=energy,
             )
             outcome.costs["model_revision"] = model_revision(model) or ctx.source.revision
+            if training.mitigation.strategy != "default":
+                outcome.costs.update(mitigation_costs(outcome.costs, training.mitigation, votes=1 + len(voters)))
             outcome.timings["costs_s"] = time.perf_counter() - t0
         outcome.metrics = {
             "score": scores.primary,
@@ -284,6 +289,56 @@ def evaluate(model: torch.nn.Module, task: TaskSpec, rows: list[Row], ctx: RunCo
         for record, outs, c in zip(scores.records, samples, passed, strict=True):
             record.update(samples=outs, samples_passed=c)
     return scores, {"mode": "generate", "decoder": decoder_name(model), "check": check}
+
+
+def evaluate_members(model: torch.nn.Module, task: TaskSpec, rows: list[Row], ctx: RunContext, phase: PhaseFn,
+                     voters: list[dict[str, torch.Tensor]]) -> tuple[Scores, dict[str, Any]]:
+    """A delayed ensemble's prediction: every member (the main model, then each copy) evaluated with its
+    own weights, then the vote per row — majority over normalised outputs with ties to the main model
+    (regression: the mean of the parsed values) — scored like any output; per-member scores beside it."""
+    from peftbench.deni.members import member_weights
+    from peftbench.deni.vote import mean_vote, vote_rows
+
+    per_member: list[Scores] = []
+    decoding: dict[str, Any] = {}
+    for index, member in enumerate([None, *voters]):
+        with member_weights(model, member):
+            scores, used = evaluate(model, task, rows, ctx, phase, check=index == 0)
+        per_member.append(scores)
+        decoding = decoding or used
+    outputs = [[record["prediction"] for record in s.records] for s in per_member]
+    if task.kind == "regression":
+        voted = []
+        for i in range(len(rows)):
+            mean = mean_vote([s.records[i]["parsed"] if isinstance(s.records[i]["parsed"], (int, float)) else None
+                              for s in per_member])
+            voted.append(outputs[0][i] if mean is None else f"{mean:.6g}")
+    else:
+        voted = vote_rows(outputs)
+    final = score(task, rows, voted)
+    final.metrics["member_scores"] = [s.primary for s in per_member]
+    final.metrics["member_invalid_rates"] = [s.invalid_rate for s in per_member]
+    return final, {**decoding, "vote": {"members": len(per_member), "rule": "mean" if task.kind == "regression"
+                                        else "majority of normalised outputs, ties to the main model"}}
+
+
+def mitigation_costs(costs: dict[str, Any], mitigation: Any, *, votes: int) -> dict[str, Any]:
+    """What a mitigation strategy adds to one model's costs (docs/stability.md): `votes` models are
+    stored and run at inference (parameters, adapter bytes, extra FLOPs ×K), and K−1 copies of the
+    trainable tensors with their gradients and AdamW states are held while training."""
+    copies = mitigation.members - 1 if mitigation.strategy in ("de", "ni", "deni") else 0
+    trainable = costs["trainable_params"]
+    bytes_per = 4  # copies are float32 like the trainable tensors they copy
+    return {
+        "vote_members": votes,
+        "trainable_params_per_member": trainable,
+        "trainable_params": trainable * votes,
+        "adapter_bytes": costs["adapter_bytes"] * votes,
+        "extra_tflops": (votes * costs["merged_flops"] - costs["base_flops"]) / 1e12,
+        "flops_per_token": costs["flops_per_token"] * votes,
+        "peak_train_mem_one_model_gb": costs["peak_train_mem_gb"],
+        "peak_train_mem_gb": costs["peak_train_mem_gb"] + copies * trainable * bytes_per * 4 / GB,
+    }
 
 
 # New tokens compared per checked prompt: decoding faults show in the first tokens, and the

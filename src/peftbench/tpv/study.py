@@ -25,7 +25,7 @@ import torch
 from peftbench.config import BenchConfig, TPVConfig
 from peftbench.decoding import DECODER
 from peftbench.methods import Method, resolve_method
-from peftbench.plan import NOT_IDENTITY, RunSpec, resolve, run_id, run_identity, task_fingerprint
+from peftbench.plan import RunSpec, resolve, run_id, run_identity, task_fingerprint, training_identity
 from peftbench.store import IDENTITY_VERSION
 from peftbench.tasks import TaskSpec
 from peftbench.tasks.data import local_data_fingerprint
@@ -90,7 +90,7 @@ class _Study:
             training = self.cfg.training.model_copy(update={
                 "max_steps": fs.steps, "batch_size": fs.batch_size(shots), "gradient_accumulation_steps": 1,
                 "select_best": False, "eval_steps": fs.steps})
-            identity["training"] = training.model_dump(mode="json", exclude=NOT_IDENTITY["training"])
+            identity["training"] = training_identity(training)
             identity["shots"] = shots
         return RunSpec(run_id(identity), method_id, task, seed, method, spec, self.tpv.learning_rate, identity,
                        training=training, shots=shots, mixed_tasks=tuple(self.tasks[m] for m in mixed),

@@ -1,0 +1,162 @@
+"""DENI inside the transformers Trainer: the noisy copies are extra sets of the *trainable* tensors.
+
+A copy is not a second model: it is one tensor per trainable parameter plus its own AdamW, and it
+trains on the main model's batches through `torch.func.functional_call` (the frozen base weights are
+shared). So K members cost K × the trainable parameters and optimiser states — for PEFT methods a
+few MB — and full fine-tuning K × the model, as it must. The main model keeps the Trainer's optimiser
+and schedule; copies take the schedule's current learning rate and the same gradient clipping.
+
+`MemberTraining` is a Trainer callback driven by `schedule.events`: it spawns copies (NI: noise
+decaying with the global step; DE: constant noise), trains them after each main step on the batches
+the main step saw (recorded by `record`), averages them into the main model at the end of an NI phase,
+and keeps the DE copies' final tensors for voting. `weight_noise` (a baseline) adds NI's noise to the
+main model at the same points, without copies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import TrainerCallback
+
+from peftbench.config import MitigationConfig
+from peftbench.deni.noise import average, noise_generator, noisy_copy
+from peftbench.deni.schedule import AVERAGE, SPAWN_DE, SPAWN_NI, Schedule, events, step_equivalents
+
+NI_STRATEGIES = frozenset({"ni", "deni", "weight_noise"})
+DE_STRATEGIES = frozenset({"de", "deni"})
+
+
+def schedule_of(cfg: MitigationConfig) -> Schedule:
+    return Schedule(members=cfg.members, ni_start=cfg.ni_start, ni_end=cfg.ni_end, de_start=cfg.de_start,
+                    ni_single_steps=cfg.ni_single_steps, ni_multi_steps=cfg.ni_multi_steps)
+
+
+def training_cost(cfg: MitigationConfig, total_steps: int) -> float:
+    """Model-steps per step of a plain run: what the strategy's training costs in single trainings."""
+    if cfg.strategy in ("default", "weight_noise"):
+        return 1.0
+    return step_equivalents(total_steps, schedule_of(cfg), ni=cfg.strategy in NI_STRATEGIES,
+                            de=cfg.strategy in DE_STRATEGIES)
+
+
+@dataclass
+class _Member:
+    params: dict[str, torch.Tensor]
+    optimizer: torch.optim.Optimizer
+
+
+class MemberTraining(TrainerCallback):
+    """The copies of one run (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, cfg: MitigationConfig, *, seed: int, weight_decay: float,
+                 max_grad_norm: float, autocast: torch.dtype | None) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.weight_decay, self.max_grad_norm, self.autocast = weight_decay, max_grad_norm, autocast
+        self.generators = [noise_generator(seed, k) for k in range(1, cfg.members)]
+        self.members: list[_Member] = []
+        self.batches: list[Mapping[str, Any]] = []
+        self.events: dict[int, str] = {}
+        self.final: list[dict[str, torch.Tensor]] = []  # the DE copies' tensors at the end (CPU)
+        self.model_steps = 0
+        self.total_steps = 0
+
+    def record(self, inputs: Mapping[str, Any]) -> None:
+        """A micro-batch the main model trains on now: the live copies train on it after the step."""
+        if self.members:
+            self.batches.append(inputs)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.total_steps = state.max_steps
+        self.events = events(state.max_steps, schedule_of(self.cfg), ni=self.cfg.strategy in NI_STRATEGIES,
+                             de=self.cfg.strategy in DE_STRATEGIES)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._apply(self.events.get(state.global_step, ""), state.global_step)
+
+    def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
+        self.model_steps += 1
+        if self.members:
+            lr = lr_scheduler.get_last_lr()[0] if lr_scheduler is not None else args.learning_rate
+            for member in self.members:
+                self._train(member, lr)
+                self.model_steps += 1
+        self.batches = []
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._apply(self.events.get(self.total_steps, ""), self.total_steps)
+        self.final = [{n: t.detach().to("cpu", copy=True) for n, t in m.params.items()} for m in self.members]
+        self.members = []
+
+    def _main(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.trainable.items()}
+
+    def _apply(self, joined: str, step: int) -> None:
+        for event in filter(None, joined.split("+")):
+            if event == AVERAGE:
+                mean = average([self._main(), *({n: t.detach() for n, t in m.params.items()} for m in self.members)])
+                with torch.no_grad():
+                    for name, param in self.trainable.items():
+                        param.copy_(mean[name])
+                self.members = []
+            elif event == SPAWN_NI and self.cfg.strategy == "weight_noise":  # NI's schedule, noise on the one model
+                noisy = noisy_copy(self._main(), sigma2=self.cfg.sigma2, generator=self.generators[0],
+                                   step=max(step, 1))
+                with torch.no_grad():
+                    for name, param in self.trainable.items():
+                        param.copy_(noisy[name])
+            elif event in (SPAWN_NI, SPAWN_DE):
+                decay = max(step, 1) if event == SPAWN_NI else None
+                self.members = [self._spawn(g, decay) for g in self.generators]
+            else:
+                raise ValueError(f"unknown schedule event {event!r}")
+
+    def _spawn(self, generator: torch.Generator, step: int | None) -> _Member:
+        noisy = noisy_copy(self._main(), sigma2=self.cfg.sigma2, generator=generator, step=step)
+        params = {n: t.detach().clone().requires_grad_(True) for n, t in noisy.items()}
+        # a fresh optimiser per copy (the main model keeps its own and its schedule), as the paper
+        optimizer = torch.optim.AdamW(params.values(), lr=0.0, weight_decay=self.weight_decay)
+        return _Member(params, optimizer)
+
+    def _train(self, member: _Member, lr: float) -> None:
+        """One optimiser step of a copy on the micro-batches the main step used."""
+        device = next(iter(member.params.values())).device
+        for inputs in self.batches:
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+            with torch.autocast(device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+                loss = torch.func.functional_call(self.model, member.params, args=(), kwargs=batch).loss
+            (loss / len(self.batches)).backward()
+        torch.nn.utils.clip_grad_norm_(member.params.values(), self.max_grad_norm)
+        for group in member.optimizer.param_groups:
+            group["lr"] = lr
+        member.optimizer.step()
+        member.optimizer.zero_grad(set_to_none=True)
+        for param in self.trainable.values():  # the copies' backward passes also reached shared leaves
+            param.grad = None
+
+
+@contextmanager
+def member_weights(model: nn.Module, member: Mapping[str, torch.Tensor] | None) -> Iterator[None]:
+    """The model with one member's trainable tensors loaded (None: the main model as it is), and the
+    main model's tensors back afterwards: every member is evaluated with its own weights."""
+    if member is None:
+        yield
+        return
+    params = dict(model.named_parameters())
+    saved = {name: params[name].detach().clone() for name in member}
+    try:
+        with torch.no_grad():
+            for name, value in member.items():
+                params[name].copy_(value)
+        yield
+    finally:
+        with torch.no_grad():
+            for name, value in saved.items():
+                params[name].copy_(value)

@@ -1,0 +1,129 @@
+"""Instability mitigation in real runs: DENI's copies train beside the main model, the delayed ensemble
+votes with every member's own weights, and the costs count what the strategy adds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import run_cli
+
+from peftbench.config import MitigationConfig, validate_config
+from peftbench.deni.members import member_weights, training_cost
+from peftbench.deni.schedule import Schedule, step_equivalents
+from peftbench.plan import plan_runs
+from peftbench.store import Store
+
+MITIGATION = {"strategy": "deni", "members": 3, "ni_single_steps": 2, "ni_multi_steps": 3}
+CONFIG = f"""
+model: {{name: builtin:tiny-llama}}
+methods:
+  - {{name: lora, learning_rate: 5.0e-3}}
+  - {{name: prompt_tuning, learning_rate: 3.0e-2, args: {{num_virtual_tokens: 8}}}}
+tasks: [qs_sentiment]
+seeds: [0]
+training: {{max_steps: 30, batch_size: 4, cutoff_len: 128, max_train_samples: 80, eval_steps: 30,
+           mitigation: {json.dumps(MITIGATION)}}}
+evaluation: {{batch_size: 32, max_samples: 24}}
+costs: {{latency: false, memory_steps: 1}}
+runtime: {{threads: 1, workers: 1}}
+"""
+
+
+def test_a_strategy_is_part_of_the_run_id_and_default_runs_keep_theirs():
+    base = {"methods": ["lora"], "tasks": ["qs_sentiment"]}
+    plain = plan_runs(validate_config(base))[0]
+    explicit = plan_runs(validate_config({**base, "training": {"mitigation": {"strategy": "default"}}}))[0]
+    deni = plan_runs(validate_config({**base, "training": {"mitigation": {"strategy": "deni"}}}))[0]
+    de = plan_runs(validate_config({**base, "training": {"mitigation": {"strategy": "de"}}}))[0]
+    assert plain.run_id == explicit.run_id and "mitigation" not in plain.identity["training"]
+    assert len({plain.run_id, deni.run_id, de.run_id}) == 3
+    assert deni.identity["training"]["mitigation"]["sigma2"] == 0.15
+
+
+def test_training_cost_is_the_schedules_step_equivalents():
+    cfg = MitigationConfig(strategy="deni")
+    assert training_cost(cfg, 10_000) == step_equivalents(10_000, Schedule()) == pytest.approx(3.25)
+    assert training_cost(MitigationConfig(strategy="de"), 10_000) == pytest.approx(1.9)
+    assert training_cost(MitigationConfig(strategy="weight_noise"), 10_000) == 1.0
+    assert training_cost(MitigationConfig(), 10_000) == 1.0
+
+
+def test_member_weights_load_a_members_tensors_and_restore_the_main_model():
+    from transformers import AutoModelForCausalLM
+
+    from peftbench.methods import resolve_method
+    from peftbench.tiny import tiny_model_dir
+
+    model = resolve_method("lora").apply(AutoModelForCausalLM.from_pretrained(tiny_model_dir())).eval()
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        for p in trainable.values():
+            p.add_(torch.randn_like(p) * 0.3)
+    main = {n: p.detach().clone() for n, p in trainable.items()}
+    member = {n: torch.randn_like(p) * 0.3 for n, p in main.items()}
+    ids = torch.tensor([[5, 9, 17, 33, 2]])
+    before = model(input_ids=ids).logits
+    with member_weights(model, member):
+        inside = model(input_ids=ids).logits
+        assert all(torch.equal(trainable[n].detach(), member[n]) for n in member)
+    assert not torch.allclose(inside, before)
+    assert all(torch.equal(trainable[n].detach(), main[n]) for n in main)  # the main model back, exactly
+    assert torch.equal(model(input_ids=ids).logits, before)
+
+
+@pytest.fixture(scope="module")
+def deni_grid(tmp_path_factory):
+    root = tmp_path_factory.mktemp("deni")
+    config = root / "deni.yaml"
+    config.write_text(CONFIG)
+    run_cli("run", str(config), "--out", str(root / "out"))
+    return config, root / "out"
+
+
+@pytest.mark.slow
+def test_deni_runs_count_their_model_steps_vote_and_cost_k_models(deni_grid):
+    _, out = deni_grid
+    records = Store.open(out).records()
+    assert {r.status for r in records} == {"done"} and len(records) == 2
+    schedule = Schedule(members=3, ni_single_steps=2, ni_multi_steps=3)
+    for r in records:
+        t, m, c = r.training, r.metrics, r.costs
+        assert t["strategy"] == "deni" and t["steps"] == 30
+        # counted optimiser steps of all models = the schedule's step-equivalents, computed independently
+        assert t["model_steps"] == round(step_equivalents(30, schedule) * 30)
+        assert t["step_equivalents"] == pytest.approx(step_equivalents(30, schedule))
+        assert t["members"] == 3 and len(m["member_scores"]) == 3
+        assert c["vote_members"] == 3 and c["trainable_params"] == 3 * c["trainable_params_per_member"]
+        assert c["extra_tflops"] == pytest.approx((3 * c["merged_flops"] - c["base_flops"]) / 1e12)
+        assert c["peak_train_mem_gb"] > c["peak_train_mem_one_model_gb"]
+        assert r.provenance["decoding"]["vote"]["members"] == 3
+
+
+@pytest.mark.slow
+def test_each_member_is_scored_with_its_own_weights(deni_grid, tmp_path):
+    """Members made to differ on purpose (one is the untrained adapter): their scores must be those of
+    their own weights; a vote that evaluated the main model K times gives the main score K times."""
+    from peftbench.config import load_config
+    from peftbench.modeling import resolve_model
+    from peftbench.runner.run import RunContext, evaluate, evaluate_members
+
+    config, out = deni_grid
+    cfg = load_config(config, ["methods=[{name: lora}]"])
+    ctx = RunContext(cfg, resolve_model(cfg.model), tmp_path)
+    spec = plan_runs(cfg)[0]
+    trained = next(r for r in Store.open(out).records() if r.method == "lora")
+    model = spec.method.load(ctx.fresh_model(), Store(out).adapter_path(trained.run_id))  # the DENI main model
+    lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    untrained = {n: (torch.zeros_like(p) if "lora_B" in n else p.detach().clone()) for n, p in lora.items()}
+    rows = ctx.task_data(spec.task_spec).eval
+    scores, decoding = evaluate_members(model, spec.task_spec, rows, ctx, lambda *a: None, [untrained, untrained])
+    base_model = spec.method.apply(ctx.fresh_model()).eval()  # LoRA B = 0: the base model's outputs
+    alone, _ = evaluate(base_model, spec.task_spec, rows, ctx, lambda *a: None)
+    main, _ = evaluate(model, spec.task_spec, rows, ctx, lambda *a: None)
+    assert scores.metrics["member_scores"] == [main.primary, alone.primary, alone.primary]
+    assert scores.metrics["member_invalid_rates"] == [main.invalid_rate, alone.invalid_rate, alone.invalid_rate]
+    assert main.invalid_rate != alone.invalid_rate  # so the check above tells the members apart
+    # two of three members agree on every row, so the vote is theirs
+    assert [r["prediction"] for r in scores.records] == [r["prediction"] for r in alone.records]
