@@ -127,3 +127,44 @@ def test_each_member_is_scored_with_its_own_weights(deni_grid, tmp_path):
     assert main.invalid_rate != alone.invalid_rate  # so the check above tells the members apart
     # two of three members agree on every row, so the vote is theirs
     assert [r["prediction"] for r in scores.records] == [r["prediction"] for r in alone.records]
+
+
+def test_swa_and_ema_average_the_iterates_by_hand():
+    from types import SimpleNamespace
+
+    from peftbench.deni.averaging import WeightAveraging
+
+    for strategy, expected in (("swa", (3.0 + 4.0 + 5.0 + 6.0) / 4), ("ema", None)):
+        model = torch.nn.Linear(1, 1, bias=False)
+        with torch.no_grad():
+            model.weight.fill_(0.0)
+        callback = WeightAveraging(model, MitigationConfig(strategy=strategy, swa_start=0.25, ema_decay=0.5))
+        callback.on_train_begin(None, SimpleNamespace(max_steps=8), None)
+        for step in range(1, 7):  # six steps; the weight after step s is s
+            with torch.no_grad():
+                model.weight.fill_(float(step))
+            callback.on_step_end(None, SimpleNamespace(global_step=step, max_steps=8), None)
+        callback.on_train_end(None, SimpleNamespace(global_step=6, max_steps=8), None)
+        if strategy == "swa":  # from round(0.25 × 8) = 2 completed steps on: the iterates after steps 3…6
+            assert model.weight.item() == expected
+        else:  # EMA with decay 0.5 from the first step: e = 1, then e = 0.5·e + 0.5·w
+            e = 1.0
+            for w in (2.0, 3.0, 4.0, 5.0, 6.0):
+                e = 0.5 * e + 0.5 * w
+            assert model.weight.item() == pytest.approx(e)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("strategy", "model_steps", "votes"), [
+    ("ensemble", 3 * 12, 3), ("swa", 12, 1), ("weight_noise", 12, 1), ("de", 12 + 2 * 1, 3)])
+def test_every_strategy_runs_end_to_end_with_its_counted_cost(strategy, model_steps, votes, tmp_path):
+    """12 steps: DE's copies train from round(0.9 × 12) = 11 to the end (one step each)."""
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG.replace('"deni"', f'"{strategy}"').replace("max_steps: 30", "max_steps: 12")
+                      .replace("eval_steps: 30", "eval_steps: 12"))
+    run_cli("run", str(config), "--out", str(tmp_path / "out"), "--set", "methods=[{name: lora}]")
+    (record,) = Store.open(tmp_path / "out").records()
+    assert record.status == "done" and record.training["strategy"] == strategy
+    assert record.training["model_steps"] == model_steps and record.training["members"] == votes
+    assert len(record.metrics.get("member_scores", [None])) == votes
+    assert record.costs.get("vote_members") == votes

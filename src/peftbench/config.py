@@ -77,9 +77,10 @@ class MitigationConfig(StrictModel):
     """Against fine-tuning instability (docs/stability.md): DENI (Pecher et al., 2024), its ablations and
     baselines, as a training option of any method. The paper's parameters are the defaults."""
 
-    strategy: Literal["default", "de", "ni", "deni", "weight_noise"] = Field(
+    strategy: Literal["default", "de", "ni", "deni", "weight_noise", "ensemble", "swa", "ema"] = Field(
         default="default", description="default: plain training; de: delayed ensemble (K models vote); ni: noisy "
-        "interpolation (one model); deni: both; weight_noise: NI's schedule, noise on the one model, no copies")
+        "interpolation (one model); deni: both; weight_noise: NI's schedule, noise on the one model, no copies; "
+        "ensemble: K independently seeded trainings vote; swa / ema: averaged iterates")
     members: Annotated[int, Field(ge=2)] = Field(default=10, description="K: the main model and K−1 noisy copies")
     sigma2: NonNegativeFloat = Field(default=0.15, description="noise variance, in units of each tensor's variance")
     ni_start: Annotated[float, Field(ge=0, le=1)] = 0.3
@@ -87,6 +88,9 @@ class MitigationConfig(StrictModel):
     de_start: Annotated[float, Field(ge=0, le=1)] = 0.9
     ni_single_steps: NonNegativeInt = Field(default=125, description="single-model steps before each NI copy phase")
     ni_multi_steps: PositiveInt = Field(default=125, description="steps the K models train before they are averaged")
+    swa_start: Annotated[float, Field(ge=0, lt=1)] = Field(default=0.25, description="SWA averages the iterates "
+                                                           "from this share of the steps on")
+    ema_decay: Annotated[float, Field(gt=0, lt=1)] = 0.999
 
     @model_validator(mode="after")
     def _ordered(self) -> MitigationConfig:

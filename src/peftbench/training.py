@@ -22,7 +22,8 @@ from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer, Train
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from peftbench.config import TrainingConfig
-from peftbench.deni.members import MemberTraining
+from peftbench.deni.averaging import WeightAveraging
+from peftbench.deni.members import COPY_STRATEGIES, MemberTraining
 from peftbench.tasks.prompts import IGNORE_INDEX
 from peftbench.utils import atomic_torch_save
 
@@ -212,16 +213,18 @@ def train(
     tokenizer.padding_side = "right"
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
     watch = _Watch(model, result, cfg.select_best and not mitigated, progress)
+    strategy = cfg.mitigation.strategy
     members = MemberTraining(model, cfg.mitigation, seed=seed, weight_decay=cfg.weight_decay,
                              max_grad_norm=cfg.max_grad_norm, autocast=torch.bfloat16 if use_bf16 else None) \
-        if mitigated else None
+        if strategy in COPY_STRATEGIES else None
+    averaging = WeightAveraging(model, cfg.mitigation) if strategy in ("swa", "ema") else None
     trainer = _Trainer(
         model=model,
         args=args,
         train_dataset=train_examples,
         eval_dataset=val_examples,
         data_collator=collator,
-        callbacks=[watch, *([members] if members else [])],
+        callbacks=[watch, *(c for c in (members, averaging) if c is not None)],
         members=members,
     )
     trainer.remove_callback(PrinterCallback)  # progress is ours; Trainer would print every log line

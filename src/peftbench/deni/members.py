@@ -30,6 +30,7 @@ from peftbench.deni.schedule import AVERAGE, SPAWN_DE, SPAWN_NI, Schedule, event
 
 NI_STRATEGIES = frozenset({"ni", "deni", "weight_noise"})
 DE_STRATEGIES = frozenset({"de", "deni"})
+COPY_STRATEGIES = NI_STRATEGIES | DE_STRATEGIES  # the strategies this callback runs
 
 
 def schedule_of(cfg: MitigationConfig) -> Schedule:
@@ -39,7 +40,9 @@ def schedule_of(cfg: MitigationConfig) -> Schedule:
 
 def training_cost(cfg: MitigationConfig, total_steps: int) -> float:
     """Model-steps per step of a plain run: what the strategy's training costs in single trainings."""
-    if cfg.strategy in ("default", "weight_noise"):
+    if cfg.strategy == "ensemble":
+        return float(cfg.members)
+    if cfg.strategy not in COPY_STRATEGIES or cfg.strategy == "weight_noise":
         return 1.0
     return step_equivalents(total_steps, schedule_of(cfg), ni=cfg.strategy in NI_STRATEGIES,
                             de=cfg.strategy in DE_STRATEGIES)

@@ -194,6 +194,8 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
                     workdir=checkpoints or Path(workdir),
                     progress=lambda done, total_: phase("train", done, total_), voters=voters,
                 )
+                if training.mitigation.strategy == "ensemble":
+                    voters += train_ensemble(spec, ctx, training, train_ex, val_ex, Path(workdir), result)
             outcome.timings["train_s"] = time.perf_counter() - t0
             outcome.timings["train_tokens_per_s"] = (
                 result.train_tokens * training.epochs / outcome.timings["train_s"]
@@ -291,6 +293,28 @@ def evaluate(model: torch.nn.Module, task: TaskSpec, rows: list[Row], ctx: RunCo
     return scores, {"mode": "generate", "decoder": decoder_name(model), "check": check}
 
 
+ENSEMBLE_SEED_STRIDE = 1_000_003  # member k of an ensemble trains with seed + k × this
+
+
+def train_ensemble(spec: RunSpec, ctx: RunContext, training: Any, train_ex: list[dict[str, list[int]]],
+                   val_ex: list[dict[str, list[int]]], workdir: Path, result: Any) -> list[dict[str, torch.Tensor]]:
+    """The ensemble baseline's other K−1 members: the run's method trained again from a fresh base model
+    with other seeds (initialisation, data order and dropout all change); their trainable tensors for
+    the vote. `result` (the main model's) is updated to count every member's steps."""
+    members = []
+    for k in range(1, training.mitigation.members):
+        seed = spec.seed + ENSEMBLE_SEED_STRIDE * k
+        seed_everything(seed)
+        other = spec.method.apply(ctx.fresh_model())
+        done = train(other, ctx.tokenizer, train_ex, val_ex, training, learning_rate=spec.learning_rate, seed=seed,
+                     device=ctx.device, workdir=workdir / f"member-{k}")
+        result.model_steps += done.steps
+        members.append({n: p.detach().to("cpu", copy=True) for n, p in other.named_parameters() if p.requires_grad})
+    result.members = training.mitigation.members
+    result.step_equivalents = result.model_steps / max(result.steps, 1)
+    return members
+
+
 def evaluate_members(model: torch.nn.Module, task: TaskSpec, rows: list[Row], ctx: RunContext, phase: PhaseFn,
                      voters: list[dict[str, torch.Tensor]]) -> tuple[Scores, dict[str, Any]]:
     """A delayed ensemble's prediction: every member (the main model, then each copy) evaluated with its
@@ -326,9 +350,12 @@ def mitigation_costs(costs: dict[str, Any], mitigation: Any, *, votes: int) -> d
     """What a mitigation strategy adds to one model's costs (docs/stability.md): `votes` models are
     stored and run at inference (parameters, adapter bytes, extra FLOPs ×K), and K−1 copies of the
     trainable tensors with their gradients and AdamW states are held while training."""
-    copies = mitigation.members - 1 if mitigation.strategy in ("de", "ni", "deni") else 0
     trainable = costs["trainable_params"]
     bytes_per = 4  # copies are float32 like the trainable tensors they copy
+    # held while training, in units of the trainable tensors: K−1 copies with gradients and two AdamW
+    # states (DENI's phases), one running average (SWA, EMA); an ensemble trains its members one by one
+    copies = {"de": 4 * (mitigation.members - 1), "ni": 4 * (mitigation.members - 1),
+              "deni": 4 * (mitigation.members - 1), "swa": 1, "ema": 1}.get(mitigation.strategy, 0)
     return {
         "vote_members": votes,
         "trainable_params_per_member": trainable,
@@ -337,7 +364,7 @@ def mitigation_costs(costs: dict[str, Any], mitigation: Any, *, votes: int) -> d
         "extra_tflops": (votes * costs["merged_flops"] - costs["base_flops"]) / 1e12,
         "flops_per_token": costs["flops_per_token"] * votes,
         "peak_train_mem_one_model_gb": costs["peak_train_mem_gb"],
-        "peak_train_mem_gb": costs["peak_train_mem_gb"] + copies * trainable * bytes_per * 4 / GB,
+        "peak_train_mem_gb": costs["peak_train_mem_gb"] + copies * trainable * bytes_per / GB,
     }
 
 
