@@ -168,3 +168,29 @@ def test_every_strategy_runs_end_to_end_with_its_counted_cost(strategy, model_st
     assert record.training["model_steps"] == model_steps and record.training["members"] == votes
     assert len(record.metrics.get("member_scores", [None])) == votes
     assert record.costs.get("vote_members") == votes
+
+
+def test_snips_loads_its_offline_slice():
+    from conftest import SHARED_DATA
+
+    from peftbench.scoring import score
+    from peftbench.tasks import TASKS, load_rows
+
+    folder = SHARED_DATA.parent / "data-more"
+    if not (folder / "snips").is_dir():
+        pytest.skip("no ../shared/data-more/snips slice")
+    task = TASKS.get("snips")
+    train, test = load_rows(task, "train", folder), load_rows(task, "test", folder)
+    assert len(train) == 256 and len(test) == 128
+    assert train[0]["text"].startswith("listen to westbam") and task.render_target(train[0]) == "PlayMusic"
+    assert {task.gold_of(r) for r in train} == set(range(7))  # every intent, by its own name
+    assert score(task, test, [task.render_target(r) for r in test]).primary == 100.0
+
+
+def test_a_method_can_carry_its_own_mitigation():
+    cfg = validate_config({"methods": ["lora", {"name": "lora", "label": "lora-deni", "mitigation": {
+        "strategy": "deni"}}], "tasks": ["qs_sentiment"]})
+    plain, deni = plan_runs(cfg)
+    assert plain.training is None and "mitigation" not in plain.identity["training"]
+    assert deni.training.mitigation.strategy == "deni" and deni.identity["training"]["mitigation"]["members"] == 10
+    assert plain.run_id == plan_runs(validate_config({"methods": ["lora"], "tasks": ["qs_sentiment"]}))[0].run_id

@@ -46,33 +46,6 @@ class ModelConfig(StrictModel):
     trust_remote_code: bool = False
 
 
-class MethodConfig(StrictModel):
-    """One method of the grid: a registry name (or `peft:<TYPE>`) with optional overrides."""
-
-    name: str
-    label: str | None = Field(default=None, description="id in the store and reports (default: name)")
-    learning_rate: PositiveFloat | None = Field(
-        default=None, description=f"default: the method's own (a peft:<TYPE> tuner: {PEFT_TUNER_LR:g})")
-    args: dict[str, Any] = Field(default_factory=dict)
-
-    @property
-    def id(self) -> str:
-        return self.label or self.name
-
-
-class TaskConfig(StrictModel):
-    """One task of the grid: a task name (the package's, or one in `tasks_dir`) with optional data
-    overrides (local files may name their splits differently; a hub revision can be pinned per task).
-    Names are looked up once, by the plan (`plan.resolve`)."""
-
-    name: str
-    train_split: str | None = None
-    eval_split: str | None = None
-    revision: str | None = Field(default=None, description="hub revision (commit) instead of the task's own")
-    split_rule: Literal["fraction", "tpv"] | None = Field(
-        default=None, description="how train/validation/test are cut instead of the task's own (docs/tasks.md)")
-
-
 class MitigationConfig(StrictModel):
     """Against fine-tuning instability (docs/stability.md): DENI (Pecher et al., 2024), its ablations and
     baselines, as a training option of any method. The paper's parameters are the defaults."""
@@ -98,6 +71,36 @@ class MitigationConfig(StrictModel):
             raise ValueError(f"expected ni_start ≤ ni_end ≤ de_start (got {self.ni_start}, {self.ni_end}, "
                              f"{self.de_start})")
         return self
+
+
+class MethodConfig(StrictModel):
+    """One method of the grid: a registry name (or `peft:<TYPE>`) with optional overrides."""
+
+    name: str
+    label: str | None = Field(default=None, description="id in the store and reports (default: name)")
+    learning_rate: PositiveFloat | None = Field(
+        default=None, description=f"default: the method's own (a peft:<TYPE> tuner: {PEFT_TUNER_LR:g})")
+    args: dict[str, Any] = Field(default_factory=dict)
+    mitigation: MitigationConfig | None = Field(
+        default=None, description="this method's instability mitigation instead of training.mitigation, so one grid "
+        "compares strategies (give each a label)")
+
+    @property
+    def id(self) -> str:
+        return self.label or self.name
+
+
+class TaskConfig(StrictModel):
+    """One task of the grid: a task name (the package's, or one in `tasks_dir`) with optional data
+    overrides (local files may name their splits differently; a hub revision can be pinned per task).
+    Names are looked up once, by the plan (`plan.resolve`)."""
+
+    name: str
+    train_split: str | None = None
+    eval_split: str | None = None
+    revision: str | None = Field(default=None, description="hub revision (commit) instead of the task's own")
+    split_rule: Literal["fraction", "tpv"] | None = Field(
+        default=None, description="how train/validation/test are cut instead of the task's own (docs/tasks.md)")
 
 
 class TrainingConfig(StrictModel):

@@ -69,17 +69,20 @@ class Resolved:
 
     methods: dict[str, tuple[Method, float]]
     tasks: dict[str, TaskSpec]
+    training: dict[str, TrainingConfig]
+    """Per method id, its training protocol (the config's, with the method's own mitigation if it has one)."""
 
 
 def resolve(cfg: BenchConfig) -> Resolved:
     """Every method and task of the config, or a one-line error naming the config key."""
-    methods = {}
+    methods, training = {}, {}
     for i, m in enumerate(cfg.methods):
         try:
             method = resolve_method(m.name, m.args)
         except PeftbenchError as exc:
             raise PeftbenchError(f"methods[{i}]: {exc}") from None
         methods[m.id] = (method, m.learning_rate if m.learning_rate is not None else method.default_lr)
+        training[m.id] = cfg.training.model_copy(update={"mitigation": m.mitigation}) if m.mitigation else cfg.training
     try:
         known = catalog(cfg.tasks_dir)
     except PeftbenchError as exc:
@@ -90,7 +93,7 @@ def resolve(cfg: BenchConfig) -> Resolved:
             tasks[t.name] = resolve_task(t, known)
         except PeftbenchError as exc:
             raise PeftbenchError(f"tasks[{i}].name: {exc}") from None
-    return Resolved(methods, tasks)
+    return Resolved(methods, tasks, training)
 
 
 def resolve_task(entry: TaskConfig, known: Registry[TaskSpec]) -> TaskSpec:
@@ -111,7 +114,7 @@ def resolve_task(entry: TaskConfig, known: Registry[TaskSpec]) -> TaskSpec:
 
 
 def run_identity(cfg: BenchConfig, method_id: str, method: Method, learning_rate: float, task: TaskSpec, seed: int,
-                 data: dict[str, str | None] | None) -> dict[str, Any]:
+                 data: dict[str, str | None] | None, training: TrainingConfig | None = None) -> dict[str, Any]:
     """What the run means (see the module docstring); `data` is the local files' fingerprint."""
     model = cfg.model.model_dump(mode="json")
     if cfg.model.name == TINY_MODEL:
@@ -125,7 +128,7 @@ def run_identity(cfg: BenchConfig, method_id: str, method: Method, learning_rate
                    "learning_rate": learning_rate},
         "task": {"name": task.name, "category": task.category, "fingerprint": task_fingerprint(task)},
         "data": data,
-        "training": training_identity(cfg.training),
+        "training": training_identity(training or cfg.training),
         "evaluation": cfg.evaluation.model_dump(mode="json", exclude=NOT_IDENTITY["evaluation"]),
         "decoder": DECODER,
         "costs": cfg.costs.model_dump(mode="json"),
@@ -170,7 +173,9 @@ def plan_runs(cfg: BenchConfig) -> list[RunSpec]:
     runs = []
     for method_id, (method, lr) in resolved.methods.items():
         for name, task in resolved.tasks.items():
+            training = resolved.training[method_id]
             for seed in cfg.seeds:
-                identity = run_identity(cfg, method_id, method, lr, task, seed, data[name])
-                runs.append(RunSpec(run_id(identity), method_id, name, seed, method, task, lr, identity))
+                identity = run_identity(cfg, method_id, method, lr, task, seed, data[name], training)
+                runs.append(RunSpec(run_id(identity), method_id, name, seed, method, task, lr, identity,
+                                    training=None if training is cfg.training else training))
     return runs
