@@ -194,3 +194,34 @@ def test_a_method_can_carry_its_own_mitigation():
     assert plain.training is None and "mitigation" not in plain.identity["training"]
     assert deni.training.mitigation.strategy == "deni" and deni.identity["training"]["mitigation"]["members"] == 10
     assert plain.run_id == plan_runs(validate_config({"methods": ["lora"], "tasks": ["qs_sentiment"]}))[0].run_id
+
+
+def test_strategy_rows_compare_spread_and_cost_by_hand(tmp_path):
+    from peftbench.report import build_report, report_markdown
+    from peftbench.report.stability import strategy_rows
+
+    store = Store.create(tmp_path)
+    runs = {("lora", "default"): ([10.0, 20.0, 30.0], 1.0), ("lora-deni", "deni"): ([18.0, 20.0, 22.0], 3.25),
+            ("lora-ensemble", "ensemble"): ([19.0, 20.0, 21.0], 10.0)}
+    ids = []
+    for (label, strategy), (scores, cost) in runs.items():
+        training = {} if strategy == "default" else {"mitigation": {"strategy": strategy}}
+        for seed, score in enumerate(scores):
+            run_id = f"{label}-{seed}"
+            ids.append(run_id)
+            store.register([(run_id, label, "qs_sentiment", seed, {
+                "method": {"id": label, "name": "lora"}, "task": {"name": "qs_sentiment", "category": "quickstart"},
+                "training": training})])
+            store.claim(run_id)
+            store.finish(run_id, "done", metrics={"score": score, "invalid_rate": 0.0, "n_eval": 10},
+                         costs={"trainable_params": 100, "extra_tflops": 0.0, "peak_train_mem_gb": 1.0},
+                         training={"step_equivalents": cost})
+    store.set_plan(ids)
+    rows = {r.strategy: r for r in strategy_rows(store.records())}
+    assert rows["default"].spread.sd == 10.0 and rows["default"].spread.iqr == 10.0
+    assert rows["deni"].spread.sd == 2.0 and rows["deni"].sd_vs_default == pytest.approx(0.2)
+    assert rows["ensemble"].sd_vs_default == pytest.approx(0.1)
+    assert rows["deni"].cost_vs_ensemble == pytest.approx(0.325) and rows["ensemble"].cost_vs_ensemble == 1.0
+    assert (rows["deni"].spread.minimum, rows["deni"].spread.maximum) == (18.0, 22.0)
+    md = report_markdown(build_report(tmp_path))
+    assert "## Stability by strategy" in md and "| qs_sentiment | lora-deni | deni | 3 | 20.0 | 2.00 |" in md

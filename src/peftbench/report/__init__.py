@@ -7,7 +7,7 @@ writes every artefact; the CLI prints one rendering.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -15,6 +15,7 @@ import yaml
 from peftbench.config import BenchConfig, PSCPConfig, validate_config
 from peftbench.jsonsafe import dumps_json
 from peftbench.report.aggregate import REFERENCES, Summary, aggregate, with_reference
+from peftbench.report.stability import StrategyRow, strategy_of, strategy_rows
 from peftbench.report.tables import latex, markdown, rich_tables, runs_csv, summary_json
 from peftbench.report.tpv import TPVSummary, tpv_summary
 from peftbench.store import IDENTITY_VERSION, TPV_PLAN, RunRecord, Store
@@ -34,6 +35,7 @@ class Report:
     title: str
     notes: list[str]  # what a reader must know before trusting the numbers (printed and in the artefacts)
     tpv: TPVSummary | None = None  # the config's Task Prompt Vector study, when it has one
+    strategies: list[StrategyRow] = field(default_factory=list)  # when the grid compares mitigation strategies
 
 
 def current_config(out_dir: Path) -> BenchConfig | None:
@@ -98,7 +100,8 @@ def build_report(out_dir: Path, *, reference: str | None = None) -> Report:
     if reference:
         summary = with_reference(summary, reference)
     return Report(store, records, other, summary, title=f"peftbench — {cfg.name if cfg else store.out_dir.name}",
-                  notes=version_notes(records, everything), tpv=study)
+                  notes=version_notes(records, everything), tpv=study,
+                  strategies=strategy_rows(records) if any(strategy_of(r) != "default" for r in records) else [])
 
 
 def _predictions(store: Store, records: list[RunRecord], limit: int) -> dict[str, list[dict]]:
@@ -114,29 +117,35 @@ def _predictions(store: Store, records: list[RunRecord], limit: int) -> dict[str
 def report_markdown(report: Report) -> str:
     """The leaderboard's markdown, with the TPV section when the store has a study (alone when the
     config ran only a study)."""
-    from peftbench.report import tpv
+    from peftbench.report import stability, tpv
 
     main = markdown(report.summary, report.notes) if report.summary.methods or report.tpv is None else ""
+    main += stability.markdown(report.strategies) if report.strategies else ""
     return main + (tpv.markdown(report.tpv) if report.tpv is not None else "")
 
 
 def report_json(report: Report) -> str:
+    from peftbench.report import stability
+
     data = json.loads(summary_json(report.summary))
+    if report.strategies:
+        data["stability_by_strategy"] = stability.to_json(report.strategies)
     if report.tpv is not None:
         data["tpv"] = report.tpv.to_json()
     return dumps_json(data, indent=2)
 
 
 def report_latex(report: Report) -> str:
-    from peftbench.report import tpv
+    from peftbench.report import stability, tpv
 
     main = latex(report.summary) if report.summary.methods or report.tpv is None else ""
+    main += stability.latex(report.strategies) if report.strategies else ""
     return main + (tpv.latex(report.tpv) if report.tpv is not None else "")
 
 
 def write_report(report: Report) -> list[Path]:
     """leaderboard.md/.html, results.csv (one row per run), summary.json, tables.tex and plots/ beside the store."""
-    from peftbench.report import tpv
+    from peftbench.report import stability, tpv
     from peftbench.report.html import PREDICTION_SAMPLE, render_html
     from peftbench.report.plots import write_plots
 
@@ -151,8 +160,12 @@ def write_report(report: Report) -> list[Path]:
         atomic_write_text(path, text)
     plots = write_plots(report.summary, out / "plots")
     tpv_plots = tpv.write_plots(report.tpv, out / "plots") if report.tpv is not None else {}
+    strategy_plot = stability.write_plot(report.strategies, out / "plots")
     predictions = _predictions(report.store, report.records, PREDICTION_SAMPLE)
+    extra = (stability.html(report.strategies, strategy_plot) if report.strategies else "") + \
+        (tpv.html(report.tpv, tpv_plots) if report.tpv is not None else "")
     html = render_html(report.summary, report.records, plots, predictions, title=report.title, notes=report.notes,
-                       extra=tpv.html(report.tpv, tpv_plots) if report.tpv is not None else "")
+                       extra=extra)
     atomic_write_text(out / "leaderboard.html", html)
-    return [*texts, *(p for paths in plots.values() for p in paths), *tpv_plots.values(), out / "leaderboard.html"]
+    return [*texts, *(p for paths in plots.values() for p in paths), *tpv_plots.values(),
+            *([strategy_plot] if strategy_plot else []), out / "leaderboard.html"]

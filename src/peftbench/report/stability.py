@@ -1,0 +1,155 @@
+"""The stability section: per method label × task, the spread of the score over seeds, and — where a
+grid compares mitigation strategies of one method (docs/stability.md) — each strategy's spread
+against the plain method's and its training cost against an ensemble's.
+
+Pure aggregation over stored runs (`strategy_rows`), then renderings; a strategy is read from each
+run's identity, so labels are free-form.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from peftbench.report.aggregate import fmt
+from peftbench.report.tables import latex_escape
+from peftbench.store import RunRecord
+
+
+@dataclass(frozen=True)
+class Spread:
+    n: int
+    mean: float
+    sd: float | None
+    minimum: float
+    maximum: float
+    iqr: float | None
+
+    @classmethod
+    def of(cls, scores: Sequence[float]) -> Spread | None:
+        if not scores:
+            return None
+        quartiles = statistics.quantiles(scores, n=4, method="inclusive") if len(scores) > 1 else None
+        return cls(len(scores), statistics.fmean(scores), statistics.stdev(scores) if len(scores) > 1 else None,
+                   min(scores), max(scores), quartiles[2] - quartiles[0] if quartiles else None)
+
+
+@dataclass(frozen=True)
+class StrategyRow:
+    method: str  # the method's registry name (lora, prompt_tuning, ...)
+    label: str  # the grid's method id
+    strategy: str
+    task: str
+    spread: Spread
+    scores: tuple[float, ...]
+    step_equivalents: float | None  # mean training cost in single trainings
+    sd_vs_default: float | None  # sd / the plain method's sd on the task (< 1: steadier)
+    cost_vs_ensemble: float | None  # step-equivalents / the ensemble's, when the grid has one
+
+
+def strategy_of(record: RunRecord) -> str:
+    training = (record.config or {}).get("training") or {}
+    return (training.get("mitigation") or {}).get("strategy", "default")
+
+
+def strategy_rows(records: Sequence[RunRecord]) -> list[StrategyRow]:
+    """One row per method label × task of the done runs, with the comparisons where they exist."""
+    groups: dict[tuple[str, str, str, str], list[RunRecord]] = defaultdict(list)
+    for r in records:
+        if r.status == "done" and r.metrics:
+            name = ((r.config or {}).get("method") or {}).get("name", r.method)
+            groups[(name, r.method, strategy_of(r), r.task)].append(r)
+    base: dict[tuple[str, str, str], tuple[Spread, float | None]] = {}
+    rows = []
+    for (name, label, strategy, task), runs in groups.items():
+        scores = tuple(float(r.metrics["score"]) for r in sorted(runs, key=lambda r: r.seed))
+        costs = [r.training["step_equivalents"] for r in runs if r.training and "step_equivalents" in r.training]
+        cost = statistics.fmean(costs) if costs else (1.0 if strategy == "default" else None)
+        spread = Spread.of(scores)
+        rows.append((name, label, strategy, task, spread, scores, cost))
+        base.setdefault((name, strategy, task), (spread, cost))
+    out = []
+    for name, label, strategy, task, spread, scores, cost in rows:
+        default = base.get((name, "default", task))
+        ensemble = base.get((name, "ensemble", task))
+        sd_ratio = (spread.sd / default[0].sd) if default and spread.sd is not None and default[0].sd else None
+        cost_ratio = (cost / ensemble[1]) if ensemble and cost is not None and ensemble[1] else None
+        out.append(StrategyRow(name, label, strategy, task, spread, scores, cost, sd_ratio, cost_ratio))
+    return sorted(out, key=lambda r: (r.task, r.method, r.strategy != "default", r.label))
+
+
+def markdown(rows: Sequence[StrategyRow]) -> str:
+    lines = ["", "## Stability by strategy (score over seeds)", "",
+             "| task | method | strategy | n | mean | sd | min | max | IQR | sd / default | training cost | "
+             "cost / ensemble |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        s = r.spread
+        lines.append(f"| {r.task} | {r.label} | {r.strategy} | {s.n} | {fmt(s.mean)} | {fmt(s.sd, 2)} | "
+                     f"{fmt(s.minimum)} | {fmt(s.maximum)} | {fmt(s.iqr, 2)} | {fmt(r.sd_vs_default, 2)} | "
+                     f"{fmt(r.step_equivalents, 2)} | {fmt(r.cost_vs_ensemble, 2)} |")
+    return "\n".join(lines) + "\n"
+
+
+def latex(rows: Sequence[StrategyRow]) -> str:
+    out = ["", "% stability by strategy", "\\begin{table}[t]", "\\centering", "\\small",
+           "\\begin{tabular}{lllrrrrr}", "\\toprule",
+           "Task & Method & Strategy & Mean & SD & IQR & SD/default & Cost/ensemble \\\\", "\\midrule"]
+    out += [f"{latex_escape(r.task)} & {latex_escape(r.label)} & {latex_escape(r.strategy)} & {fmt(r.spread.mean)} & "
+            f"{fmt(r.spread.sd, 2)} & {fmt(r.spread.iqr, 2)} & {fmt(r.sd_vs_default, 2)} & "
+            f"{fmt(r.cost_vs_ensemble, 2)} \\\\" for r in rows]
+    out += ["\\bottomrule", "\\end{tabular}", "\\caption{Score over seeds per mitigation strategy.}", "\\end{table}"]
+    return "\n".join(out) + "\n"
+
+
+def to_json(rows: Sequence[StrategyRow]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in rows]
+
+
+def write_plot(rows: Sequence[StrategyRow], out_dir: Path) -> Path | None:
+    """Box plots with the seeds' scores as points: one box per method label, one panel per task."""
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r.task for r in rows))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(5.0, 1.1 * len(rows) / len(tasks) + 2) * len(tasks), 4),
+                             squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        mine = [r for r in rows if r.task == task]
+        ax.boxplot([list(r.scores) for r in mine], showfliers=False)
+        for i, r in enumerate(mine, start=1):
+            ax.scatter([i] * len(r.scores), r.scores, s=10, alpha=0.6)
+        ax.set_xticks(range(1, len(mine) + 1), [r.label for r in mine], rotation=35, ha="right", fontsize=7)
+        ax.set(title=f"{task}: score over seeds", ylabel="score")
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "stability_strategies.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def html(rows: Sequence[StrategyRow], plot: Path | None) -> str:
+    import base64
+    from html import escape
+
+    headers = ["task", "method", "strategy", "n", "mean", "sd", "min", "max", "IQR", "sd / default",
+               "training cost", "cost / ensemble"]
+    body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in (
+        r.task, r.label, r.strategy, r.spread.n, fmt(r.spread.mean), fmt(r.spread.sd, 2), fmt(r.spread.minimum),
+        fmt(r.spread.maximum), fmt(r.spread.iqr, 2), fmt(r.sd_vs_default, 2), fmt(r.step_equivalents, 2),
+        fmt(r.cost_vs_ensemble, 2))) + "</tr>" for r in rows)
+    table = ('<table class="stability"><thead><tr>' + "".join(f"<th>{escape(h)}</th>" for h in headers)
+             + f"</tr></thead><tbody>{body}</tbody></table>")
+    image = ""
+    if plot is not None:
+        data = base64.b64encode(plot.read_bytes()).decode()
+        image = f'<figure><img alt="stability by strategy" src="data:image/png;base64,{data}"></figure>'
+    return f'<h2 id="stability">Stability by strategy</h2>{table}{image}'
