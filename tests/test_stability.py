@@ -225,3 +225,23 @@ def test_strategy_rows_compare_spread_and_cost_by_hand(tmp_path):
     assert (rows["deni"].spread.minimum, rows["deni"].spread.maximum) == (18.0, 22.0)
     md = report_markdown(build_report(tmp_path))
     assert "## Stability by strategy" in md and "| qs_sentiment | lora-deni | deni | 3 | 20.0 | 2.00 |" in md
+
+
+@pytest.mark.slow
+def test_kill_9_mid_deni_then_rerun_gives_the_uninterrupted_results(deni_grid, tmp_path):
+    """Killed while a DENI run trains with its copies (after the first NI phase began), the run is
+    re-run from step 0 (copies are not checkpointed) and ends exactly as the uninterrupted one."""
+    import signal
+
+    from conftest import start_traced, stored_results, wait_for_mark
+
+    config, reference = deni_grid
+    out, trace = tmp_path / "out", tmp_path / "trace"
+    proc = start_traced(config, out, trace, "--set", "training.checkpoint_steps=5")
+    mark = wait_for_mark(proc, trace, lambda m: m["method"] == "lora" and m["phase"] == "train" and m["step"] >= 12)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "checkpoints" / mark["run_id"]).exists()  # a run with a strategy writes none
+    run_cli("run", str(config), "--out", str(out))
+    assert Store.open(out).get(mark["run_id"]).attempts == 2
+    assert stored_results(out) == stored_results(reference)

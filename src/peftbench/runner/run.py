@@ -185,7 +185,8 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
             tok = ctx.tokenizer
             train_ex, val_ex = ctx.training_examples(spec)
             t0 = time.perf_counter()
-            checkpoints = checkpoint_dir(ctx.out_dir, spec.run_id) if training.checkpoint_steps else None
+            resumable = training.checkpoint_steps and training.mitigation.strategy == "default"  # docs/stability.md
+            checkpoints = checkpoint_dir(ctx.out_dir, spec.run_id) if resumable else None
             with tempfile.TemporaryDirectory(prefix="peftbench-trainer-") as workdir, \
                     peak_memory(ctx.device, model) as peak, EnergyMeter(ctx.device) as energy:
                 result = train(
