@@ -141,8 +141,8 @@ evaluation: {batch_size: 32, max_samples: 24}
 costs: {latency: false, memory_steps: 1}
 """
 # Figures that measure this machine at this moment rather than the run's result.
-MEASURED = ("peak_train_mem_gb", "peak_train_mem_one_model_gb", "peak_train_mem_source", "train_run_peak_mem_gb", "train_run_peak_mem_source",
-            "energy_j")
+MEASURED = ("peak_train_mem_gb", "peak_train_mem_one_model_gb", "peak_train_mem_source", "train_run_peak_mem_gb",
+            "train_run_peak_mem_source", "energy_j")
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True):
