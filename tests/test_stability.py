@@ -225,6 +225,8 @@ def test_strategy_rows_compare_spread_and_cost_by_hand(tmp_path):
     assert (rows["deni"].spread.minimum, rows["deni"].spread.maximum) == (18.0, 22.0)
     md = report_markdown(build_report(tmp_path))
     assert "## Stability by strategy" in md and "| qs_sentiment | lora-deni | deni | 3 | 20.0 | 2.00 |" in md
+    # the per-method section: sd 10, t-based 95 % CI 4.303 × 10 / √3 = 24.84, min, max, IQR 25 − 15
+    assert "| lora | qs_sentiment | 3 | 20.0 | 10.00 | ± 24.84 | 10.0 | 30.0 | 10.00 |" in md
 
 
 @pytest.mark.slow

@@ -220,6 +220,26 @@ def pscp_sensitivity(summary: Summary, grid: Sequence[tuple[float, float, float]
     return rows
 
 
+@dataclass(frozen=True)
+class Spread:
+    """A cell's scores over seeds: the stability study's figures."""
+
+    n: int
+    mean: float
+    sd: float | None
+    minimum: float
+    maximum: float
+    iqr: float | None
+
+    @classmethod
+    def of(cls, scores: Sequence[float]) -> Spread | None:
+        if not scores:
+            return None
+        quartiles = statistics.quantiles(scores, n=4, method="inclusive") if len(scores) > 1 else None
+        return cls(len(scores), statistics.fmean(scores), statistics.stdev(scores) if len(scores) > 1 else None,
+                   min(scores), max(scores), quartiles[2] - quartiles[0] if quartiles else None)
+
+
 def stability(summary: Summary, tasks: Sequence[str] = STABILITY_TASKS) -> list[Cell]:
     """Cells of the stability study's tasks (PEFT-Bench: CB, COPA, SVAMP, CoLA, SST-2, HellaSwag, WSC);
     the grid's own tasks when none of those were run."""

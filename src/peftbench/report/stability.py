@@ -15,27 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from peftbench.report.aggregate import fmt
+from peftbench.report.aggregate import Spread, fmt
 from peftbench.report.tables import latex_escape
 from peftbench.store import RunRecord
-
-
-@dataclass(frozen=True)
-class Spread:
-    n: int
-    mean: float
-    sd: float | None
-    minimum: float
-    maximum: float
-    iqr: float | None
-
-    @classmethod
-    def of(cls, scores: Sequence[float]) -> Spread | None:
-        if not scores:
-            return None
-        quartiles = statistics.quantiles(scores, n=4, method="inclusive") if len(scores) > 1 else None
-        return cls(len(scores), statistics.fmean(scores), statistics.stdev(scores) if len(scores) > 1 else None,
-                   min(scores), max(scores), quartiles[2] - quartiles[0] if quartiles else None)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from rich.console import Group
 from rich.table import Table
 
 from peftbench.jsonsafe import dumps_json
-from peftbench.report.aggregate import Cell, MethodSummary, Summary, fmt, pscp_sensitivity, stability
+from peftbench.report.aggregate import Cell, MethodSummary, Spread, Summary, fmt, pscp_sensitivity, stability
 from peftbench.store import RunRecord
 
 
@@ -83,10 +83,14 @@ def markdown(summary: Summary, notes: Sequence[str] = ()) -> str:
     lines += ["", "## Every metric (mean over seeds)", "", "| method | task | metrics |", "|---|---|---|"]
     lines += [f"| {c.method} | {c.task} | " + ", ".join(f"{k} {fmt(v)}" for k, v in c.metrics.items()) + " |"
               for c in summary.cells if c.metrics]
-    lines += ["", "## Stability (sd over seeds)", "", "| method | task | n | mean | sd | 95 % CI |",
-              "|---|---|---:|---:|---:|---:|"]
-    lines += [f"| {c.method} | {c.task} | {c.n_seeds} | {fmt(c.score_mean)} | {fmt(c.score_sd, 2)} | "
-              f"{'± ' + fmt(c.ci95, 2) if c.ci95 is not None else '—'} |" for c in stability(summary)]
+    lines += ["", "## Stability (sd over seeds)", "", "| method | task | n | mean | sd | 95 % CI | min | max | IQR |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in stability(summary):
+        spread = Spread.of(c.scores)
+        lines.append(f"| {c.method} | {c.task} | {c.n_seeds} | {fmt(c.score_mean)} | {fmt(c.score_sd, 2)} | "
+                     f"{'± ' + fmt(c.ci95, 2) if c.ci95 is not None else '—'} | "
+                     f"{fmt(spread.minimum) if spread else '—'} | {fmt(spread.maximum) if spread else '—'} | "
+                     f"{fmt(spread.iqr, 2) if spread else '—'} |")
     return "\n".join(lines) + "\n"
 
 
