@@ -131,3 +131,16 @@ def test_the_tpv_section_in_a_browser(browser, tpv_study):
     first_row = [td.text for td in tables[0].find_elements("css selector", "tbody tr")[0].find_elements(
         "css selector", "td")]
     assert first_row[0] == "qs_feedback" and "±" in first_row[1]
+
+
+def test_the_stability_section_in_a_browser(browser, tmp_path):
+    from test_stability import strategy_store
+
+    strategy_store(tmp_path)
+    write_report(build_report(tmp_path))
+    assert open_page(browser, tmp_path / "leaderboard.html") == []
+    assert browser.find_element("id", "stability").text == "Stability by strategy"
+    rows = browser.find_elements("css selector", "table.stability tbody tr")
+    assert [r.find_elements("css selector", "td")[2].text for r in rows] == ["default", "deni", "ensemble"]
+    image = browser.find_element("css selector", "img[alt='stability by strategy']")
+    assert image.get_property("naturalWidth") > 100

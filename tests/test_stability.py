@@ -196,11 +196,9 @@ def test_a_method_can_carry_its_own_mitigation():
     assert plain.run_id == plan_runs(validate_config({"methods": ["lora"], "tasks": ["qs_sentiment"]}))[0].run_id
 
 
-def test_strategy_rows_compare_spread_and_cost_by_hand(tmp_path):
-    from peftbench.report import build_report, report_markdown
-    from peftbench.report.stability import strategy_rows
-
-    store = Store.create(tmp_path)
+def strategy_store(path):
+    """Three labels of one method (plain, DENI, ensemble), three seeds each, with hand-picked scores."""
+    store = Store.create(path)
     runs = {("lora", "default"): ([10.0, 20.0, 30.0], 1.0), ("lora-deni", "deni"): ([18.0, 20.0, 22.0], 3.25),
             ("lora-ensemble", "ensemble"): ([19.0, 20.0, 21.0], 10.0)}
     ids = []
@@ -217,6 +215,14 @@ def test_strategy_rows_compare_spread_and_cost_by_hand(tmp_path):
                          costs={"trainable_params": 100, "extra_tflops": 0.0, "peak_train_mem_gb": 1.0},
                          training={"step_equivalents": cost})
     store.set_plan(ids)
+    return store
+
+
+def test_strategy_rows_compare_spread_and_cost_by_hand(tmp_path):
+    from peftbench.report import build_report, report_markdown
+    from peftbench.report.stability import strategy_rows
+
+    store = strategy_store(tmp_path)
     rows = {r.strategy: r for r in strategy_rows(store.records())}
     assert rows["default"].spread.sd == 10.0 and rows["default"].spread.iqr == 10.0
     assert rows["deni"].spread.sd == 2.0 and rows["deni"].sd_vs_default == pytest.approx(0.2)
