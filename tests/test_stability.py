@@ -253,3 +253,50 @@ def test_kill_9_mid_deni_then_rerun_gives_the_uninterrupted_results(deni_grid, t
     run_cli("run", str(config), "--out", str(out))
     assert Store.open(out).get(mark["run_id"]).attempts == 2
     assert stored_results(out) == stored_results(reference)
+
+
+def test_the_deni_split_pools_stratifies_and_balances():
+    from collections import Counter
+
+    from peftbench.errors import PeftbenchError
+    from peftbench.tasks.data import split_rows
+
+    train = [{"id": i, "label": 0 if i < 300 else (1 if i < 450 else 2)} for i in range(460)]  # 300 / 150 / 10
+    held = [{"id": 1000 + i, "label": i % 3} for i in range(90)]  # 30 per class
+    label = lambda r: r["label"]  # noqa: E731
+    tr, val, test = split_rows("deni", train, held, val_fraction=0.1, seed=0, max_train=120, label_of=label)
+    pooled = Counter(label(r) for r in train + held)  # 330 / 180 / 40
+    assert Counter(label(r) for r in test) == {c: round(n * 0.2) for c, n in pooled.items()}  # 66 / 36 / 8
+    assert Counter(label(r) for r in tr) == {0: 44, 1: 44, 2: 32}  # class 2 has 32 rows left: its share goes on
+    assert len(val) == 12
+    ids = [r["id"] for part in (tr, val, test) for r in part]
+    assert len(ids) == len(set(ids))  # no row in two parts
+    again = split_rows("deni", train, held, val_fraction=0.1, seed=0, max_train=120, label_of=label)
+    assert [r["id"] for r in again[0]] == [r["id"] for r in tr]
+    other = split_rows("deni", train, held, val_fraction=0.1, seed=1, max_train=120, label_of=label)
+    assert [r["id"] for r in other[0]] != [r["id"] for r in tr]
+    default = split_rows("deni", train, held, val_fraction=0.1, seed=0, label_of=label)[0]
+    assert len(default) == 550 - 110  # fewer than 1,000 rows: all of the 80 %
+    with pytest.raises(PeftbenchError, match="classification"):
+        split_rows("deni", train, held, val_fraction=0.1, seed=0)
+
+
+@pytest.mark.slow
+def test_fixed_seeds_take_each_source_of_randomness_off_the_run_seed(tmp_path):
+    """All three pinned: seeds 0 and 1 give identical runs (nothing else draws on the run seed); only
+    the data order pinned: they differ (initialisation and dropout still follow the seed)."""
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG.replace(f"mitigation: {json.dumps(MITIGATION)}", "mitigation: {strategy: default}")
+                      .replace("max_steps: 30", "max_steps: 10").replace("eval_steps: 30", "eval_steps: 10")
+                      .replace("seeds: [0]", "seeds: [0, 1]"))
+    results = {}
+    for name, fixed in (("all", "{init: 7, data_order: 7, model: 7}"), ("data", "{data_order: 7}")):
+        out = tmp_path / name
+        run_cli("run", str(config), "--out", str(out), "--set", "methods=[{name: lora, learning_rate: 0.05}]",
+                "--set", f"training.fixed_seeds={fixed}")
+        by_seed = {r.seed: r for r in Store.open(out).records()}
+        assert {r.status for r in by_seed.values()} == {"done"}
+        results[name] = [Store(out).predictions_path(by_seed[s].run_id).read_text() for s in (0, 1)] + [
+            by_seed[s].training["train_loss"] for s in (0, 1)]
+    assert results["all"][0] == results["all"][1] and results["all"][2] == results["all"][3]
+    assert results["data"][2] != results["data"][3]

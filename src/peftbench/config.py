@@ -99,8 +99,20 @@ class TaskConfig(StrictModel):
     train_split: str | None = None
     eval_split: str | None = None
     revision: str | None = Field(default=None, description="hub revision (commit) instead of the task's own")
-    split_rule: Literal["fraction", "tpv"] | None = Field(
+    split_rule: Literal["fraction", "tpv", "deni"] | None = Field(
         default=None, description="how train/validation/test are cut instead of the task's own (docs/tasks.md)")
+
+
+class FixedSeeds(StrictModel):
+    """Pin a source of randomness so that the run seed varies only the others (DENI's protocol varies
+    initialisation, data order and model randomness one at a time). None: the run's seed."""
+
+    init: int | None = Field(default=None, description="the method's initialisation (LoRA's A, a soft prompt)")
+    data_order: int | None = Field(default=None, description="the order of the training batches")
+    model: int | None = Field(default=None, description="dropout and other randomness while training")
+
+    def pinned(self) -> bool:
+        return any(v is not None for v in (self.init, self.data_order, self.model))
 
 
 class TrainingConfig(StrictModel):
@@ -123,6 +135,8 @@ class TrainingConfig(StrictModel):
     eval_steps: PositiveInt | None = Field(default=None, description="validation interval; default per epoch")
     select_best: bool = Field(default=True, description="restore the weights of lowest validation loss")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    fixed_seeds: FixedSeeds = Field(default_factory=FixedSeeds, description="sources of randomness kept fixed "
+                                    "across the grid's seeds (docs/stability.md)")
     mitigation: MitigationConfig = Field(default_factory=MitigationConfig, description="instability mitigation "
                                          "(DENI and its ablations); a run with one keeps its final weights")
 

@@ -138,10 +138,12 @@ def run_identity(cfg: BenchConfig, method_id: str, method: Method, learning_rate
 
 def training_identity(training: TrainingConfig) -> dict[str, Any]:
     """The training protocol as it enters a run's identity: the settings that change results, with
-    the mitigation strategy only when one is chosen (runs without one keep their ids)."""
+    the mitigation strategy and fixed seeds only when set (runs without them keep their ids)."""
     dumped = training.model_dump(mode="json", exclude=NOT_IDENTITY["training"])
     if training.mitigation.strategy == "default":
         dumped.pop("mitigation")
+    if not training.fixed_seeds.pinned():
+        dumped.pop("fixed_seeds")
     return dumped
 
 

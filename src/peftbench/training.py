@@ -163,6 +163,7 @@ def train(
     workdir: Path,
     progress: ProgressFn | None = None,
     voters: list[dict[str, torch.Tensor]] | None = None,
+    data_seed: int | None = None,
 ) -> TrainResult:
     """Train `model` in place. With `cfg.checkpoint_steps`, `workdir` receives a resumable checkpoint
     (weights, optimiser, scheduler, RNG and data position, best snapshot) every that many steps, and a
@@ -171,7 +172,8 @@ def train(
     With a mitigation strategy (`cfg.mitigation`), noisy copies train beside the main model; the
     delayed ensemble's copies are appended to `voters` (their trainable tensors) for the vote. Such a
     run writes no checkpoints: the copies' tensors and optimisers are not saved, so a killed run
-    restarts from step 0 (the store re-runs it)."""
+    restarts from step 0 (the store re-runs it). `seed` drives dropout and the copies' noise,
+    `data_seed` (default: `seed`) the order of the batches."""
     result = TrainResult(train_tokens=sum(len(e["input_ids"]) for e in train_examples),
                          strategy=cfg.mitigation.strategy)
     mitigated = cfg.mitigation.strategy != "default"
@@ -202,7 +204,7 @@ def train(
         report_to="none",
         disable_tqdm=True,
         seed=seed,
-        data_seed=seed,
+        data_seed=seed if data_seed is None else data_seed,
         use_cpu=device.type == "cpu",
         bf16=use_bf16,
         fp16=cfg.precision == "fp16",

@@ -98,7 +98,8 @@ class RunContext:
             train, val, test = split_rows(
                 task.split_rule, rows, load_rows(task, task.eval_split, self.cfg.data_dir),
                 val_fraction=self.cfg.training.val_fraction, seed=DATA_SPLIT_SEED,
-                max_train=self.cfg.training.max_train_samples, max_eval=self.cfg.evaluation.max_samples)
+                max_train=self.cfg.training.max_train_samples, max_eval=self.cfg.evaluation.max_samples,
+                label_of=task.gold_of if task.kind == "classification" else None)
             self._tasks[task.name] = TaskData(train=train, val=val, eval=test)
         return self._tasks[task.name]
 
@@ -171,8 +172,9 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
     t_start = time.perf_counter()
     cfg = ctx.cfg
     training = spec.training or cfg.training
+    fixed = training.fixed_seeds
     with pinned_threads(cfg.runtime.threads):
-        seed_everything(spec.seed)
+        seed_everything(spec.seed if fixed.init is None else fixed.init)  # the method's initialisation
         task = spec.task_spec
         data = ctx.task_data(task)
         method = spec.method
@@ -190,8 +192,9 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
             with tempfile.TemporaryDirectory(prefix="peftbench-trainer-") as workdir, \
                     peak_memory(ctx.device, model) as peak, EnergyMeter(ctx.device) as energy:
                 result = train(
-                    model, tok, train_ex, val_ex, training,
-                    learning_rate=spec.learning_rate, seed=spec.seed, device=ctx.device,
+                    model, tok, train_ex, val_ex, training, learning_rate=spec.learning_rate,
+                    seed=spec.seed if fixed.model is None else fixed.model, device=ctx.device,
+                    data_seed=spec.seed if fixed.data_order is None else fixed.data_order,
                     workdir=checkpoints or Path(workdir),
                     progress=lambda done, total_: phase("train", done, total_), voters=voters,
                 )

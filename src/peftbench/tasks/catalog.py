@@ -93,9 +93,10 @@ class TaskFile(_File):
     train_split: str = "train"
     eval_split: str = "validation"
     value_range: tuple[float, float] | None = None
-    split_rule: Literal["fraction", "tpv"] = Field(
+    split_rule: Literal["fraction", "tpv", "deni"] = Field(
         default="fraction", description="fraction: validation is a share of train, tests on eval_split; tpv: the Task "
-        "Prompt Vectors paper's rule (data.split_rows)")
+        "Prompt Vectors paper's rule; deni: DENI's pooled, stratified 80/20 split with 1,000 class-balanced training "
+        "rows (data.split_rows)")
     hooks: HooksFile = HooksFile()
 
 

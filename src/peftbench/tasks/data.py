@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from string import Formatter
 
@@ -78,7 +79,8 @@ TPV_VALIDATION = 1_000
 
 
 def split_rows(rule: str, train: list[Row], eval_rows: list[Row], *, val_fraction: float, seed: int,
-               max_train: int | None = None, max_eval: int | None = None) -> tuple[list[Row], list[Row], list[Row]]:
+               max_train: int | None = None, max_eval: int | None = None,
+               label_of: Callable[[Row], int] | None = None) -> tuple[list[Row], list[Row], list[Row]]:
     """(train, validation, test) rows of a task under its `split_rule`; pure, and the same for every
     run seed (`seed` is the data seed), so every method is trained and scored on the same rows.
 
@@ -93,9 +95,18 @@ def split_rows(rule: str, train: list[Row], eval_rows: list[Row], *, val_fractio
     shrinks the paper's validation; a cap of the small case's unshuffled train draws its rows with the
     seed. `max_eval` caps the test rows (after any halving).
 
+    `deni` (DENI, Pecher et al. 2024; classification, `label_of` gives a row's class): the labelled
+    splits are pooled and split 80/20 into train and test, stratified by class; from the 80 %,
+    `DENI_TRAIN` rows (or `max_train`) are drawn class-balanced — n // k per class, the remainder to
+    the classes in sorted order, a class short of rows giving its share to the others — and
+    validation is `val_fraction` of that many further rows of the 80 %, outside the sample.
+
     Every row lands in at most one of the three parts; the inputs are never modified. Train rows are
     expected already filtered by the task's `usable` hook.
     """
+    if rule == "deni":
+        return _deni_split(train, eval_rows, val_fraction=val_fraction, seed=seed, n_train=max_train or DENI_TRAIN,
+                           max_eval=max_eval, label_of=label_of)
     if rule == "fraction":
         rows = list(train)
         random.Random(seed).shuffle(rows)
@@ -115,6 +126,50 @@ def split_rows(rule: str, train: list[Row], eval_rows: list[Row], *, val_fractio
             random.Random(seed).shuffle(kept)
         return _capped(kept, max_train), held[:half], _capped(held[half:], max_eval)
     raise PeftbenchError(f"unknown split rule {rule!r} (expected: fraction, tpv)")
+
+
+DENI_TRAIN = 1_000
+"""Class-balanced training rows of DENI's data protocol."""
+
+
+def _deni_split(train: list[Row], eval_rows: list[Row], *, val_fraction: float, seed: int, n_train: int,
+                max_eval: int | None, label_of: Callable[[Row], int] | None) -> tuple[list[Row], list[Row], list[Row]]:
+    if label_of is None:
+        raise PeftbenchError("split_rule 'deni' needs a classification task (rows are stratified by class)")
+    rng = random.Random(seed)
+    by_class: dict[int, list[Row]] = {}
+    for row in [*train, *eval_rows]:
+        by_class.setdefault(label_of(row), []).append(row)
+    pool: dict[int, list[Row]] = {}
+    test: list[Row] = []
+    for label in sorted(by_class):
+        rows = list(by_class[label])
+        rng.shuffle(rows)
+        n_test = round(len(rows) * 0.2)
+        test += rows[:n_test]
+        pool[label] = rows[n_test:]
+    sample = _balanced(pool, n_train)
+    taken = {id(r) for r in sample}
+    rest = [r for label in sorted(pool) for r in pool[label] if id(r) not in taken]
+    rng.shuffle(rest)
+    val = rest[: max(1, round(len(sample) * val_fraction))] if rest else []
+    rng.shuffle(sample)
+    rng.shuffle(test)
+    return sample, val, _capped(test, max_eval)
+
+
+def _balanced(pool: dict[int, list[Row]], n: int) -> list[Row]:
+    """n rows, as even over the classes as their sizes allow (the first rows of each class's shuffled list)."""
+    quota = {label: 0 for label in pool}
+    left = min(n, sum(len(rows) for rows in pool.values()))
+    while left:
+        open_classes = [label for label in sorted(pool) if quota[label] < len(pool[label])]
+        share, extra = divmod(left, len(open_classes))
+        for i, label in enumerate(open_classes):
+            add = min(share + (i < extra), len(pool[label]) - quota[label])
+            quota[label] += add
+            left -= add
+    return [row for label in sorted(pool) for row in pool[label][: quota[label]]]
 
 
 def _capped(rows: list[Row], limit: int | None) -> list[Row]:

@@ -92,7 +92,7 @@ class TaskSpec:
     """Row hook for data that needs real processing (marking WSC's spans, mapping letter answers)."""
     tags: tuple[str, ...] = ()
     """Which collections the task belongs to (`peft-bench`: PEFT-Bench's 27)."""
-    split_rule: Literal["fraction", "tpv"] = "fraction"
+    split_rule: Literal["fraction", "tpv", "deni"] = "fraction"
     """How train/validation/test are cut (`data.split_rows`): `fraction` holds out a share of the
     train rows and tests on eval_split; `tpv` is the Task Prompt Vectors paper's rule."""
 
