@@ -135,7 +135,7 @@ metrics: [accuracy]
     path.write_text(body + "split_rule: tpv\n")
     assert read_task_file(path).split_rule == "tpv"
     path.write_text(body + "split_rule: paper\n")
-    with pytest.raises(PeftbenchError, match=r"split_rule: Input should be 'fraction' or 'tpv'"):
+    with pytest.raises(PeftbenchError, match=r"split_rule: Input should be 'fraction', 'tpv' or 'deni'"):
         read_task_file(path)
 
 
