@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from peftbench.deni.schedule import Schedule
 from peftbench.errors import PeftbenchError
 
 TINY_MODEL = "builtin:tiny-llama"
@@ -54,13 +55,17 @@ class MitigationConfig(StrictModel):
         default="default", description="default: plain training; de: delayed ensemble (K models vote); ni: noisy "
         "interpolation (one model); deni: both; weight_noise: NI's schedule, noise on the one model, no copies; "
         "ensemble: K independently seeded trainings vote; swa / ema: averaged iterates")
-    members: Annotated[int, Field(ge=2)] = Field(default=10, description="K: the main model and K−1 noisy copies")
+    # the schedule's defaults are the pure library's (`deni.schedule.Schedule`), written once
+    members: Annotated[int, Field(ge=2)] = Field(default=Schedule.members,
+                                                 description="K: the main model and K−1 noisy copies")
     sigma2: NonNegativeFloat = Field(default=0.15, description="noise variance, in units of each tensor's variance")
-    ni_start: Annotated[float, Field(ge=0, le=1)] = 0.3
-    ni_end: Annotated[float, Field(ge=0, le=1)] = 0.6
-    de_start: Annotated[float, Field(ge=0, le=1)] = 0.9
-    ni_single_steps: NonNegativeInt = Field(default=125, description="single-model steps before each NI copy phase")
-    ni_multi_steps: PositiveInt = Field(default=125, description="steps the K models train before they are averaged")
+    ni_start: Annotated[float, Field(ge=0, le=1)] = Schedule.ni_start
+    ni_end: Annotated[float, Field(ge=0, le=1)] = Schedule.ni_end
+    de_start: Annotated[float, Field(ge=0, le=1)] = Schedule.de_start
+    ni_single_steps: NonNegativeInt = Field(default=Schedule.ni_single_steps,
+                                            description="single-model steps before each NI copy phase")
+    ni_multi_steps: PositiveInt = Field(default=Schedule.ni_multi_steps,
+                                        description="steps the K models train before they are averaged")
     swa_start: Annotated[float, Field(ge=0, lt=1)] = Field(default=0.25, description="SWA averages the iterates "
                                                            "from this share of the steps on")
     ema_decay: Annotated[float, Field(gt=0, lt=1)] = 0.999
