@@ -370,3 +370,38 @@ def test_a_config_gives_any_task_the_paper_split_rule():
     ruled = resolve_task(TaskConfig(name="sst2", split_rule="tpv"), TASKS)
     assert (plain.split_rule, ruled.split_rule) == ("fraction", "tpv")
     assert task_fingerprint(plain) != task_fingerprint(ruled)  # other rows: other runs
+
+
+def test_the_tpv_summary_by_hand(tmp_path):
+    """Hand-built study rows: means and sds over origins in the study's metric (not the run's F1
+    `score`), the share kept by a combination, the chosen λ, the cross-origin cells, few-shot stats."""
+    from peftbench.report.tpv import tpv_summary
+
+    store = Store.create(tmp_path)
+    rows = [  # (task, study, accuracy, extra metrics)
+        ("a", {"study": "source", "origin": 0}, 60.0, {}), ("a", {"study": "source", "origin": 1}, 80.0, {}),
+        ("b", {"study": "source", "origin": 0}, 50.0, {}), ("b", {"study": "source", "origin": 1}, 70.0, {}),
+        ("a+b", {"study": "combination", "origin": 0, "tasks": ["a", "b"]}, 0.0,
+         {"lambda": 0.5, "lambdas": [0.0, 0.5], "val_curve": [10.0, 50.0], "scores": {"a": 54.0, "b": 45.0}}),
+        ("a+b", {"study": "combination", "origin": 1, "tasks": ["a", "b"]}, 0.0,
+         {"lambda": 0.3, "lambdas": [0.0, 0.5], "val_curve": [20.0, 40.0], "scores": {"a": 72.0, "b": 63.0}}),
+        ("a", {"study": "cross_origin", "origin": 0, "source_origin": 1}, 77.0, {}),
+        ("c", {"study": "few_shot", "start": "random", "origin": 0, "shots": 5, "target": "c"}, 30.0, {}),
+        ("c", {"study": "few_shot", "start": "random", "origin": 1, "shots": 5, "target": "c"}, 40.0, {}),
+    ]
+    for i, (task, study, accuracy, extra) in enumerate(rows):
+        run_id = f"r{i}"
+        store.register([(run_id, "tpv", task, 0, {"tpv": study})])
+        store.claim(run_id)
+        store.finish(run_id, "done", metrics={"score": accuracy - 1.0, "accuracy": accuracy, **extra})
+    s = tpv_summary(store.records(), tmp_path, "accuracy")
+    assert s.origins == [0, 1]
+    assert (s.single["a"].mean, s.single["b"].mean) == (70.0, 60.0)
+    assert s.single["a"].sd == pytest.approx(200 ** 0.5)  # sd of 60 and 80: √((10² + 10²) / 1)
+    (combo,) = s.combinations
+    assert combo.scores["a"].mean == 63.0 and combo.scores["b"].mean == 54.0
+    assert combo.retained == {"a": pytest.approx(90.0), "b": pytest.approx(90.0)}  # 63/70, 54/60
+    assert combo.chosen.mean == pytest.approx(0.4) and [p.mean for p in combo.val_curve] == [15.0, 45.0]
+    assert s.cross["a"] == [[None, 77.0], [None, None]]
+    few = s.few_shot["c"]["random"][5]
+    assert few.mean == 35.0 and few.sd == pytest.approx(50 ** 0.5) and few.n == 2
