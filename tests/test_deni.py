@@ -280,6 +280,15 @@ def test_zero_std_and_one_element_tensors_are_unchanged_and_draw_nothing():
     assert not torch.equal(noisy["w"], w)
 
 
+def test_untargeted_tensors_are_copied_unchanged_and_draw_nothing():
+    head, body = with_std((40, 40), 1.0, seed=1), with_std((40, 40), 2.0, seed=2)
+    noisy = noisy_copy({"body": body, "head": head}, sigma2=0.3, generator=noise_generator(3, 1), step=None,
+                       targets={"head"})
+    alone = noisy_copy({"head": head}, sigma2=0.3, generator=noise_generator(3, 1), step=None)
+    assert torch.equal(noisy["body"], body) and noisy["body"].data_ptr() != body.data_ptr()
+    assert torch.equal(noisy["head"], alone["head"]) and not torch.equal(noisy["head"], head)
+
+
 def test_noise_leaves_inputs_alone_and_returns_new_tensors():
     params = {"w": with_std((20, 20), 1.0)}
     before = params["w"].clone()

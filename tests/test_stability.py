@@ -3,6 +3,7 @@ votes with every member's own weights, and the costs count what the strategy add
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -12,6 +13,7 @@ from conftest import run_cli
 from peftbench.config import MitigationConfig, validate_config
 from peftbench.deni.members import member_weights, training_cost
 from peftbench.deni.schedule import Schedule, step_equivalents
+from peftbench.errors import PeftbenchError
 from peftbench.plan import plan_runs
 from peftbench.store import Store
 
@@ -155,14 +157,17 @@ def test_swa_and_ema_average_the_iterates_by_hand():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("strategy", "model_steps", "votes"), [
-    ("ensemble", 3 * 12, 3), ("swa", 12, 1), ("weight_noise", 12, 1), ("de", 12 + 2 * 1, 3)])
-def test_every_strategy_runs_end_to_end_with_its_counted_cost(strategy, model_steps, votes, tmp_path):
-    """12 steps: DE's copies train from round(0.9 × 12) = 11 to the end (one step each)."""
+@pytest.mark.parametrize(("strategy", "method", "model_steps", "votes"), [
+    ("ensemble", "lora", 3 * 12, 3), ("swa", "lora", 12, 1), ("weight_noise", "lora", 12, 1),
+    ("de", "lora", 12 + 2 * 1, 3), ("de", "peft:LORA", 12 + 2 * 1, 3), ("ni", "full", 12 + 2 * 3, 1)])
+def test_every_strategy_runs_end_to_end_with_its_counted_cost(strategy, method, model_steps, votes, tmp_path):
+    """12 steps: DE's copies train from round(0.9 × 12) = 11 to the end (one step each); NI's one cycle
+    starts at round(0.3 × 12) = 4: 2 single steps, then 2 copies train 3 steps. A `peft:` tuner and full
+    fine-tuning (noise on the LM head) run under a strategy like the registered methods."""
     config = tmp_path / "c.yaml"
     config.write_text(CONFIG.replace('"deni"', f'"{strategy}"').replace("max_steps: 30", "max_steps: 12")
                       .replace("eval_steps: 30", "eval_steps: 12"))
-    run_cli("run", str(config), "--out", str(tmp_path / "out"), "--set", "methods=[{name: lora}]")
+    run_cli("run", str(config), "--out", str(tmp_path / "out"), "--set", f"methods=[{{name: '{method}'}}]")
     (record,) = Store.open(tmp_path / "out").records()
     assert record.status == "done" and record.training["strategy"] == strategy
     assert record.training["model_steps"] == model_steps and record.training["members"] == votes
@@ -196,13 +201,99 @@ def test_a_method_can_carry_its_own_mitigation():
     assert plain.run_id == plan_runs(validate_config({"methods": ["lora"], "tasks": ["qs_sentiment"]}))[0].run_id
 
 
+def test_the_identity_holds_only_the_keys_a_strategy_uses():
+    def run_id(**mitigation):
+        return plan_runs(validate_config({"methods": ["lora"], "tasks": ["qs_sentiment"],
+                                          "training": {"mitigation": mitigation}}))[0].run_id
+
+    assert run_id(strategy="ensemble") == run_id(strategy="ensemble", ni_single_steps=10, sigma2=0.5)
+    assert run_id(strategy="ensemble") != run_id(strategy="ensemble", members=5)
+    assert run_id(strategy="swa") == run_id(strategy="swa", ema_decay=0.9) != run_id(strategy="swa", swa_start=0.5)
+    assert run_id(strategy="de") == run_id(strategy="de", ni_multi_steps=7) != run_id(strategy="de", sigma2=0.5)
+    assert run_id(strategy="deni") != run_id(strategy="deni", ni_multi_steps=7)
+    assert run_id(strategy="deni") != run_id(strategy="deni", noise_on="lora_A")
+    assert run_id(strategy="ensemble") == run_id(strategy="ensemble", noise_on="lora_A")
+
+
+HAND_WRITTEN = {
+    "methods": [{"name": "lora", "learning_rate": 0.01},
+                {"name": "lora", "label": "lora-deni", "learning_rate": 0.01,
+                 "mitigation": {"strategy": "deni", "ni_single_steps": 10}},
+                {"name": "lora", "label": "lora-ensemble", "learning_rate": 0.01,
+                 "mitigation": {"strategy": "ensemble", "ni_single_steps": 10}},
+                {"name": "prompt_tuning", "label": "pt", "args": {"num_virtual_tokens": 4}},
+                {"name": "prompt_tuning", "label": "pt-deni", "args": {"num_virtual_tokens": 4},
+                 "mitigation": {"strategy": "deni", "ni_single_steps": 10}},
+                {"name": "prompt_tuning", "label": "pt-ensemble", "args": {"num_virtual_tokens": 4},
+                 "mitigation": {"strategy": "ensemble", "ni_single_steps": 10}}],
+    "tasks": ["qs_sentiment"], "seeds": [3, 4],
+    "training": {"max_steps": 20, "fixed_seeds": {"init": 3, "model": 3}},
+}
+STUDY = {
+    "methods": ["lora", {"name": "prompt_tuning", "label": "pt", "args": {"num_virtual_tokens": 4}}],
+    "stability": {"strategies": ["default", "deni", "ensemble"], "vary": "data_order"},
+    "tasks": ["qs_sentiment"], "seeds": [3, 4],
+    "training": {"max_steps": 20, "mitigation": {"ni_single_steps": 10}},
+}
+
+
+def test_a_stability_section_is_the_hand_written_grid():
+    """methods × strategies as labels, the shared parameters from training.mitigation, the seeds varying
+    only the data order (the rest pinned to the first seed): the same runs, ids and all."""
+    study = copy.deepcopy(STUDY)
+    study["methods"][0] = {"name": "lora", "learning_rate": 0.01}
+    cfg = validate_config(study)
+    plan, hand = plan_runs(cfg), plan_runs(validate_config(HAND_WRITTEN))
+    assert [(r.method_id, r.seed, r.run_id) for r in plan] == [(r.method_id, r.seed, r.run_id) for r in hand]
+    assert len(plan) == 12 and cfg.stability is None  # written out once: a dumped config validates unchanged
+    assert [r.run_id for r in plan_runs(validate_config(cfg.model_dump(mode="json")))] == [r.run_id for r in plan]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"methods": [{"name": "lora", "mitigation": {"strategy": "de"}}]}, r"'methods\[0\]\.mitigation'"),
+    ({"training": {"mitigation": {"strategy": "deni"}}}, "'training.mitigation.strategy'"),
+    ({"training": {"fixed_seeds": {"init": 1}}}, "'stability.vary'"),
+    ({"stability": {"strategies": ["deni", "deni"]}}, "'stability.strategies': strategies must be unique"),
+    ({"stability": {"strategies": ["dnei"]}}, r"'stability.strategies\[0\]'"),
+])
+def test_a_stability_section_rejects_what_it_cannot_write_out(change, message):
+    with pytest.raises(PeftbenchError, match=message):
+        validate_config({**STUDY, **change})
+
+
+def test_noise_lands_on_the_trainable_tensors_or_on_the_head_under_full_fine_tuning():
+    from transformers import AutoModelForCausalLM
+
+    from peftbench.deni.members import MemberTraining, noise_targets
+    from peftbench.deni.schedule import SPAWN_DE
+    from peftbench.methods import resolve_method
+    from peftbench.tiny import tiny_model_dir
+
+    lora = resolve_method("lora").apply(AutoModelForCausalLM.from_pretrained(tiny_model_dir()))
+    trainable = {n for n, p in lora.named_parameters() if p.requires_grad}
+    assert noise_targets(lora, None) == trainable and len(trainable) > 2
+    assert noise_targets(lora, r"lora_A") == {n for n in trainable if "lora_A" in n}
+    with pytest.raises(PeftbenchError, match="training.mitigation.noise_on: 'nothing' matches no trainable"):
+        noise_targets(lora, "nothing")
+    full = AutoModelForCausalLM.from_pretrained(tiny_model_dir())
+    head = next(n for n, p in full.named_parameters() if p is full.get_output_embeddings().weight)
+    assert noise_targets(full, None) == {head}
+    members = MemberTraining(full, MitigationConfig(strategy="de", members=3), seed=0, weight_decay=0.0,
+                             max_grad_norm=1.0, autocast=None)
+    members._apply(SPAWN_DE, 5)
+    params = dict(full.named_parameters())
+    for member in members.members:  # every tensor copied, only the head noised
+        changed = {n for n, t in member.params.items() if not torch.equal(t, params[n].detach())}
+        assert changed == {head} and set(member.params) == set(params)
+
+
 def strategy_store(path):
     """Three labels of one method (plain, DENI, ensemble), three seeds each, with hand-picked scores."""
     store = Store.create(path)
-    runs = {("lora", "default"): ([10.0, 20.0, 30.0], 1.0), ("lora-deni", "deni"): ([18.0, 20.0, 22.0], 3.25),
-            ("lora-ensemble", "ensemble"): ([19.0, 20.0, 21.0], 10.0)}
+    runs = {("lora", "default"): ([10.0, 20.0, 30.0], 1.0, 1.0), ("lora-deni", "deni"): ([18.0, 20.0, 22.0], 3.25, 1.5),
+            ("lora-ensemble", "ensemble"): ([19.0, 20.0, 21.0], 10.0, 1.0)}
     ids = []
-    for (label, strategy), (scores, cost) in runs.items():
+    for (label, strategy), (scores, cost, memory) in runs.items():
         training = {} if strategy == "default" else {"mitigation": {"strategy": strategy}}
         for seed, score in enumerate(scores):
             run_id = f"{label}-{seed}"
@@ -212,7 +303,8 @@ def strategy_store(path):
                 "training": training})])
             store.claim(run_id)
             store.finish(run_id, "done", metrics={"score": score, "invalid_rate": 0.0, "n_eval": 10},
-                         costs={"trainable_params": 100, "extra_tflops": 0.0, "peak_train_mem_gb": 1.0},
+                         costs={"trainable_params": 100, "extra_tflops": 0.0, "peak_train_mem_gb": memory,
+                                "train_run_peak_mem_gb": memory + seed},
                          training={"step_equivalents": cost})
     store.set_plan(ids)
     return store
@@ -229,8 +321,10 @@ def test_strategy_rows_compare_spread_and_cost_by_hand(tmp_path):
     assert rows["ensemble"].sd_vs_default == pytest.approx(0.1)
     assert rows["deni"].cost_vs_ensemble == pytest.approx(0.325) and rows["ensemble"].cost_vs_ensemble == 1.0
     assert (rows["deni"].spread.minimum, rows["deni"].spread.maximum) == (18.0, 22.0)
+    assert rows["deni"].peak_train_mem_gb == 1.5 and rows["deni"].run_peak_mem_gb == 2.5  # 1.5 + mean(0, 1, 2)
     md = report_markdown(build_report(tmp_path))
     assert "## Stability by strategy" in md and "| qs_sentiment | lora-deni | deni | 3 | 20.0 | 2.00 |" in md
+    assert "| 3.25 | 0.33 | 1.5 | 2.5 |" in md
     # the per-method section: sd 10, t-based 95 % CI 4.303 × 10 / √3 = 24.84, min, max, IQR 25 − 15
     assert "| lora | qs_sentiment | 3 | 20.0 | 10.00 | ± 24.84 | 10.0 | 30.0 | 10.00 |" in md
 

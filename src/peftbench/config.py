@@ -69,13 +69,38 @@ class MitigationConfig(StrictModel):
     swa_start: Annotated[float, Field(ge=0, lt=1)] = Field(default=0.25, description="SWA averages the iterates "
                                                            "from this share of the steps on")
     ema_decay: Annotated[float, Field(gt=0, lt=1)] = 0.999
+    noise_on: str | None = Field(
+        default=None, description="regular expression (re.search) over trainable parameter names: the tensors "
+        "that get noise; default: every trainable tensor, or only the LM head (output embedding) when every "
+        "parameter trains (full fine-tuning; the paper noises the classifier head only)")
 
     @model_validator(mode="after")
     def _ordered(self) -> MitigationConfig:
         if not self.ni_start <= self.ni_end <= self.de_start:
             raise ValueError(f"expected ni_start ≤ ni_end ≤ de_start (got {self.ni_start}, {self.ni_end}, "
                              f"{self.de_start})")
+        if self.noise_on is not None:
+            try:
+                re.compile(self.noise_on)
+            except re.error as exc:
+                raise ValueError(f"noise_on: {self.noise_on!r} is not a regular expression ({exc})") from None
         return self
+
+    def identity(self) -> dict[str, Any]:
+        """The keys that change this strategy's results (an ensemble does not depend on the NI schedule),
+        so that a strategy's runs keep their ids whatever the unused keys say."""
+        keys = _STRATEGY_KEYS[self.strategy]
+        if self.noise_on is not None and self.strategy in _NOISY:
+            keys += ("noise_on",)
+        return {"strategy": self.strategy, **{k: getattr(self, k) for k in keys}}
+
+_NI_KEYS = ("sigma2", "ni_start", "ni_end", "ni_single_steps", "ni_multi_steps")
+_NOISY = frozenset({"de", "ni", "deni", "weight_noise"})
+_STRATEGY_KEYS: dict[str, tuple[str, ...]] = {
+    "default": (), "ensemble": ("members",), "swa": ("swa_start",), "ema": ("ema_decay",),
+    "weight_noise": _NI_KEYS, "ni": ("members", *_NI_KEYS), "de": ("members", "sigma2", "de_start"),
+    "deni": ("members", *_NI_KEYS, "de_start"),
+}
 
 
 class MethodConfig(StrictModel):
@@ -310,6 +335,61 @@ class TPVConfig(StrictModel):
         return self
 
 
+STRATEGIES = get_args(MitigationConfig.model_fields["strategy"].annotation)
+VARIED = ("all", "init", "data_order", "model")
+
+
+class StabilityConfig(StrictModel):
+    """A stability study in two keys (docs/stability.md): every method of the grid once per strategy
+    (labels `<method>-<strategy>`, the plain one keeps its label; the strategies' parameters come from
+    `training.mitigation`), and which source of randomness the seeds vary (the others pinned to the
+    first seed, as `training.fixed_seeds`)."""
+
+    strategies: list[Literal[STRATEGIES]] = Field(min_length=1)  # type: ignore[valid-type]
+    vary: Literal[VARIED] = Field(default="all", description="all: each seed changes initialisation, "  # type: ignore[valid-type]
+                                  "data order and model randomness together; else only the named one")
+
+    @field_validator("strategies")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("strategies must be unique")
+        return value
+
+
+def expand_stability(data: dict[str, Any], study: StabilityConfig) -> dict[str, Any]:
+    """The config with its `stability:` section written out as method labels and fixed seeds — the
+    same runs (and run ids) as the hand-written grid. Raw data in, raw data out (the section emptied),
+    so that a dumped config validates again unchanged."""
+    raw = data.get("methods") or []
+    if not isinstance(raw, list) or not all(isinstance(m, (str, dict)) for m in raw):
+        return data  # the methods' own validation reports what is wrong with them
+    methods = [{"name": m} if isinstance(m, str) else m for m in raw]
+    own = [i for i, m in enumerate(methods) if m.get("mitigation") is not None]
+    if own:
+        raise ValueError(f"key 'methods[{own[0]}].mitigation': the stability section gives every method its "
+                         "strategies; remove one of the two")
+    training = dict(data.get("training") or {})
+    shared = dict(training.get("mitigation") or {})
+    if shared.pop("strategy", "default") != "default":
+        raise ValueError("key 'training.mitigation.strategy': the stability section sets the strategies; keep only "
+                         "their shared parameters under training.mitigation")
+    expanded = []
+    for m in methods:
+        base = m.get("label") or m.get("name")
+        for strategy in study.strategies:
+            if strategy == "default":
+                expanded.append(m)
+            else:
+                expanded.append({**m, "label": f"{base}-{strategy}", "mitigation": {**shared, "strategy": strategy}})
+    if study.vary != "all":
+        if training.get("fixed_seeds"):
+            raise ValueError("key 'stability.vary': training.fixed_seeds is set too; use one of the two")
+        first = (data.get("seeds") or [0])[0]
+        training["fixed_seeds"] = {k: first for k in ("init", "data_order", "model") if k != study.vary}
+    return {**data, "stability": None, "methods": expanded, **({"training": training} if training else {})}
+
+
 class BenchConfig(StrictModel):
     name: str = "peftbench"
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -328,6 +408,19 @@ class BenchConfig(StrictModel):
     output_dir: Path = Path("runs/peftbench")
     save_adapters: bool = True
     tpv: TPVConfig | None = None
+    stability: StabilityConfig | None = Field(default=None, description="every method once per mitigation "
+                                              "strategy (docs/stability.md); written out into methods")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stability_section(cls, value: Any) -> Any:
+        if not isinstance(value, dict) or value.get("stability") is None:
+            return value
+        try:
+            study = StabilityConfig.model_validate(value["stability"])
+        except ValidationError:
+            return value  # the field's own validation reports it, under its key
+        return expand_stability(value, study)
 
     @model_validator(mode="after")
     def _something_to_run(self) -> BenchConfig:

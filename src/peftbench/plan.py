@@ -142,6 +142,8 @@ def training_identity(training: TrainingConfig) -> dict[str, Any]:
     dumped = training.model_dump(mode="json", exclude=NOT_IDENTITY["training"])
     if training.mitigation.strategy == "default":
         dumped.pop("mitigation")
+    else:
+        dumped["mitigation"] = training.mitigation.identity()
     if not training.fixed_seeds.pinned():
         dumped.pop("fixed_seeds")
     return dumped

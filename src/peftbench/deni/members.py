@@ -15,6 +15,7 @@ main model at the same points, without copies.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from transformers import TrainerCallback
 from peftbench.config import MitigationConfig
 from peftbench.deni.noise import average, noise_generator, noisy_copy
 from peftbench.deni.schedule import AVERAGE, SPAWN_DE, SPAWN_NI, Schedule, events, step_equivalents
+from peftbench.errors import PeftbenchError
 
 NI_STRATEGIES = frozenset({"ni", "deni", "weight_noise"})
 DE_STRATEGIES = frozenset({"de", "deni"})
@@ -48,6 +50,28 @@ def training_cost(cfg: MitigationConfig, total_steps: int) -> float:
                             de=cfg.strategy in DE_STRATEGIES)
 
 
+def noise_targets(model: nn.Module, pattern: str | None) -> frozenset[str]:
+    """The trainable tensors that get noise: those whose name matches `pattern` (re.search); by default
+    every trainable tensor, or — when every parameter trains (full fine-tuning) — the LM head alone,
+    the decoder's counterpart of the classifier head the paper noises (found by identity, so a head
+    tied to the input embeddings is found under the embeddings' name)."""
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    if pattern is not None:
+        found = frozenset(n for n in trainable if re.search(pattern, n))
+        if not found:
+            raise PeftbenchError(f"training.mitigation.noise_on: {pattern!r} matches no trainable parameter "
+                                 f"(they are named like {', '.join(trainable[:3])})")
+        return found
+    if len(trainable) < sum(1 for _ in model.parameters()):
+        return frozenset(trainable)
+    head = model.get_output_embeddings()
+    name = next((n for n, p in model.named_parameters() if head is not None and p is head.weight), None)
+    if name is None:
+        raise PeftbenchError("training.mitigation.noise_on: this model has no output embedding to noise by "
+                             "default under full fine-tuning; name the tensors with a regular expression")
+    return frozenset({name})
+
+
 @dataclass
 class _Member:
     params: dict[str, torch.Tensor]
@@ -62,6 +86,7 @@ class MemberTraining(TrainerCallback):
         self.model = model
         self.cfg = cfg
         self.trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.noised = noise_targets(model, cfg.noise_on)
         self.weight_decay, self.max_grad_norm, self.autocast = weight_decay, max_grad_norm, autocast
         self.generators = [noise_generator(seed, k) for k in range(1, cfg.members)]
         self.members: list[_Member] = []
@@ -111,7 +136,7 @@ class MemberTraining(TrainerCallback):
                 self.members = []
             elif event == SPAWN_NI and self.cfg.strategy == "weight_noise":  # NI's schedule, noise on the one model
                 noisy = noisy_copy(self._main(), sigma2=self.cfg.sigma2, generator=self.generators[0],
-                                   step=max(step, 1))
+                                   step=max(step, 1), targets=self.noised)
                 with torch.no_grad():
                     for name, param in self.trainable.items():
                         param.copy_(noisy[name])
@@ -122,7 +147,8 @@ class MemberTraining(TrainerCallback):
                 raise ValueError(f"unknown schedule event {event!r}")
 
     def _spawn(self, generator: torch.Generator, step: int | None) -> _Member:
-        noisy = noisy_copy(self._main(), sigma2=self.cfg.sigma2, generator=generator, step=step)
+        noisy = noisy_copy(self._main(), sigma2=self.cfg.sigma2, generator=generator, step=step,
+                           targets=self.noised)
         params = {n: t.detach().clone().requires_grad_(True) for n, t in noisy.items()}
         # a fresh optimiser per copy (the main model keeps its own and its schedule), as the paper
         optimizer = torch.optim.AdamW(params.values(), lr=0.0, weight_decay=self.weight_decay)

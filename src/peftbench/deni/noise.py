@@ -9,7 +9,7 @@ fits embeddings, LoRA factors and norms alike.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 
 import torch
 
@@ -33,9 +33,13 @@ def noise_generator(seed: int, member: int) -> torch.Generator:
 
 
 def noisy_copy(
-    params: Mapping[str, torch.Tensor], *, sigma2: float, generator: torch.Generator, step: int | None
+    params: Mapping[str, torch.Tensor], *, sigma2: float, generator: torch.Generator, step: int | None,
+    targets: Container[str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """New tensors with the noise added (the inputs are left as they were), in `params`' order.
+
+    `targets` names the tensors that get noise (None: all); the others are copied unchanged and draw
+    nothing from the generator.
 
     `step` is the global step t >= 1 for NI's decaying noise sqrt(σ²/t), or None for DE's sqrt(σ²).
     std(p) is over all of p's elements, unbiased (torch's default). A tensor with one element, or with
@@ -55,6 +59,9 @@ def noisy_copy(
         if not p.is_floating_point():
             raise ValueError(f"{name}: noise needs a floating-point tensor, got {p.dtype}")
         p = p.detach()
+        if targets is not None and name not in targets:
+            out[name] = p.clone()
+            continue
         std = p.float().std().item() if p.numel() > 1 else 0.0
         if not math.isfinite(std):
             raise ValueError(f"{name}: its std is {std}; the tensor holds non-finite values")

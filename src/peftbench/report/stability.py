@@ -31,6 +31,18 @@ class StrategyRow:
     step_equivalents: float | None  # mean training cost in single trainings
     sd_vs_default: float | None  # sd / the plain method's sd on the task (< 1: steadier)
     cost_vs_ensemble: float | None  # step-equivalents / the ensemble's, when the grid has one
+    peak_train_mem_gb: float | None  # mean PSCP memory M (one model's AdamW measurement + what the strategy holds)
+    run_peak_mem_gb: float | None  # mean measured peak of the runs' own training (RSS on CPU, CUDA peak on a GPU)
+
+
+def _gb(value: float | None) -> str:
+    """Three significant digits: a tiny model's megabytes and an 8B model's tens of GB both readable."""
+    return "—" if value is None else f"{value:.3g}"
+
+
+def _mean_cost(runs: Sequence[RunRecord], key: str) -> float | None:
+    values = [r.costs[key] for r in runs if r.costs and r.costs.get(key) is not None]
+    return statistics.fmean(values) if values else None
 
 
 def strategy_of(record: RunRecord) -> str:
@@ -52,37 +64,45 @@ def strategy_rows(records: Sequence[RunRecord]) -> list[StrategyRow]:
         costs = [r.training["step_equivalents"] for r in runs if r.training and "step_equivalents" in r.training]
         cost = statistics.fmean(costs) if costs else (1.0 if strategy == "default" else None)
         spread = Spread.of(scores)
-        rows.append((name, label, strategy, task, spread, scores, cost))
+        memory = (_mean_cost(runs, "peak_train_mem_gb"), _mean_cost(runs, "train_run_peak_mem_gb"))
+        rows.append((name, label, strategy, task, spread, scores, cost, memory))
         base.setdefault((name, strategy, task), (spread, cost))
     out = []
-    for name, label, strategy, task, spread, scores, cost in rows:
+    for name, label, strategy, task, spread, scores, cost, memory in rows:
         default = base.get((name, "default", task))
         ensemble = base.get((name, "ensemble", task))
         sd_ratio = (spread.sd / default[0].sd) if default and spread.sd is not None and default[0].sd else None
         cost_ratio = (cost / ensemble[1]) if ensemble and cost is not None and ensemble[1] else None
-        out.append(StrategyRow(name, label, strategy, task, spread, scores, cost, sd_ratio, cost_ratio))
+        out.append(StrategyRow(name, label, strategy, task, spread, scores, cost, sd_ratio, cost_ratio, *memory))
     return sorted(out, key=lambda r: (r.task, r.method, r.strategy != "default", r.label))
 
 
 def markdown(rows: Sequence[StrategyRow]) -> str:
     lines = ["", "## Stability by strategy (score over seeds)", "",
              "| task | method | strategy | n | mean | sd | min | max | IQR | sd / default | training cost | "
-             "cost / ensemble |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "cost / ensemble | memory M (GB) | run peak (GB) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         s = r.spread
         lines.append(f"| {r.task} | {r.label} | {r.strategy} | {s.n} | {fmt(s.mean)} | {fmt(s.sd, 2)} | "
                      f"{fmt(s.minimum)} | {fmt(s.maximum)} | {fmt(s.iqr, 2)} | {fmt(r.sd_vs_default, 2)} | "
-                     f"{fmt(r.step_equivalents, 2)} | {fmt(r.cost_vs_ensemble, 2)} |")
+                     f"{fmt(r.step_equivalents, 2)} | {fmt(r.cost_vs_ensemble, 2)} | {_gb(r.peak_train_mem_gb)} | "
+                     f"{_gb(r.run_peak_mem_gb)} |")
+    lines += ["", "Training cost: optimiser steps of all models / the steps of one training. Memory M: PSCP's "
+              "training memory (one model's fixed AdamW measurement plus the copies or running average the "
+              "strategy holds at once); run peak: the runs' own measured peak while training (CUDA peak on a GPU; on "
+              "CPU the growth of the process's resident-set high-water mark plus the weights, a lower bound since "
+              "freed memory is reused)."]
     return "\n".join(lines) + "\n"
 
 
 def latex(rows: Sequence[StrategyRow]) -> str:
     out = ["", "% stability by strategy", "\\begin{table}[t]", "\\centering", "\\small",
-           "\\begin{tabular}{lllrrrrr}", "\\toprule",
-           "Task & Method & Strategy & Mean & SD & IQR & SD/default & Cost/ensemble \\\\", "\\midrule"]
+           "\\begin{tabular}{lllrrrrrr}", "\\toprule",
+           "Task & Method & Strategy & Mean & SD & IQR & SD/default & Cost/ensemble & Memory (GB) \\\\", "\\midrule"]
     out += [f"{latex_escape(r.task)} & {latex_escape(r.label)} & {latex_escape(r.strategy)} & {fmt(r.spread.mean)} & "
             f"{fmt(r.spread.sd, 2)} & {fmt(r.spread.iqr, 2)} & {fmt(r.sd_vs_default, 2)} & "
-            f"{fmt(r.cost_vs_ensemble, 2)} \\\\" for r in rows]
+            f"{fmt(r.cost_vs_ensemble, 2)} & {_gb(r.peak_train_mem_gb)} \\\\" for r in rows]
     out += ["\\bottomrule", "\\end{tabular}", "\\caption{Score over seeds per mitigation strategy.}", "\\end{table}"]
     return "\n".join(out) + "\n"
 
@@ -123,11 +143,11 @@ def html(rows: Sequence[StrategyRow], plot: Path | None) -> str:
     from html import escape
 
     headers = ["task", "method", "strategy", "n", "mean", "sd", "min", "max", "IQR", "sd / default",
-               "training cost", "cost / ensemble"]
+               "training cost", "cost / ensemble", "memory M (GB)", "run peak (GB)"]
     body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in (
         r.task, r.label, r.strategy, r.spread.n, fmt(r.spread.mean), fmt(r.spread.sd, 2), fmt(r.spread.minimum),
         fmt(r.spread.maximum), fmt(r.spread.iqr, 2), fmt(r.sd_vs_default, 2), fmt(r.step_equivalents, 2),
-        fmt(r.cost_vs_ensemble, 2))) + "</tr>" for r in rows)
+        fmt(r.cost_vs_ensemble, 2), _gb(r.peak_train_mem_gb), _gb(r.run_peak_mem_gb))) + "</tr>" for r in rows)
     table = ('<table class="stability"><thead><tr>' + "".join(f"<th>{escape(h)}</th>" for h in headers)
              + f"</tr></thead><tbody>{body}</tbody></table>")
     image = ""

@@ -125,7 +125,7 @@ def split_rows(rule: str, train: list[Row], eval_rows: list[Row], *, val_fractio
         if max_train and max_train < len(kept):
             random.Random(seed).shuffle(kept)
         return _capped(kept, max_train), held[:half], _capped(held[half:], max_eval)
-    raise PeftbenchError(f"unknown split rule {rule!r} (expected: fraction, tpv)")
+    raise PeftbenchError(f"unknown split rule {rule!r} (expected: fraction, tpv, deni)")
 
 
 DENI_TRAIN = 1_000
