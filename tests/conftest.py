@@ -214,6 +214,14 @@ def tpv_study(tmp_path_factory) -> tuple[Path, Path]:
     return config, root / "reference"
 
 
+def interruptible() -> None:
+    """`preexec_fn` of a child the test will Ctrl-C: SIGINT back to its default, since a shell
+    starts background jobs (`pytest &`, CI runners) with SIGINT ignored and children inherit that."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_traced(config: Path, out: Path, trace: Path, *extra: str):
     """`peftbench run CONFIG --out OUT` in the background, writing its phase markers to `trace`."""
     import subprocess

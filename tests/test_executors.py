@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import interruptible, start_traced, wait_for_mark
 from conftest import run_cli as cli
-from conftest import start_traced, wait_for_mark
 from conftest import stored_results as results
 
 from peftbench.store import Store
@@ -85,7 +85,7 @@ def test_a_grid_started_on_ray_finishes_locally(small_grid, tmp_path):
     config, expected = small_grid
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "peftbench.cli", "run", str(config), "--out", str(out), *RAY],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     deadline = time.monotonic() + 300
     while not out.joinpath("peftbench.db").is_file() or len(Store.open(out).records("done")) < 2:
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""

@@ -36,13 +36,38 @@ app = typer.Typer(
 out_console = Console()
 err_console = Console(stderr=True)
 
+
+def _show_version(value: bool) -> None:
+    if value:
+        from peftbench import __version__
+
+        print(f"peftbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _app(version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                               help="Print the version and exit.")] = False) -> None:
+    """Benchmark parameter-efficient fine-tuning methods: quality, cost and PSCP, end to end."""
+
 OutOption = Annotated[Path | None, typer.Option("--out", help="Output directory (default: the config's output_dir).")]
 WorkersOption = Annotated[
     int | None, typer.Option("--workers", min=1, help="Worker processes running runs in parallel (runtime.workers).")
 ]
 SetOption = Annotated[
-    list[str] | None, typer.Option("--set", help="Override a config key, e.g. --set training.max_steps=50.")
+    list[str] | None, typer.Option("--set", metavar="KEY=VALUE",
+                                   help="Override a config key, e.g. --set training.max_steps=50 (repeatable).")
 ]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress: only errors and the final report.")]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Off a terminal, a line for every phase and "
+                                             "each tenth of training (with its loss), not only runs starting and "
+                                             "finishing.")]
+
+
+def _verbosity(quiet: bool, verbose: bool) -> int:
+    if quiet and verbose:
+        raise PeftbenchError("--quiet and --verbose: choose one")
+    return 0 if quiet else 2 if verbose else 1
 
 
 class ReportFormat(str, Enum):
@@ -83,14 +108,16 @@ DryRunOption = Annotated[
 
 
 @app.command()
-def quickstart(out: OutOption = None, workers: WorkersOption = None, executor: ExecutorOption = None,
-               dry_run: DryRunOption = False) -> None:
+def quickstart(out: OutOption = None, set_: SetOption = None, workers: WorkersOption = None,
+               executor: ExecutorOption = None, dry_run: DryRunOption = False, quiet: QuietOption = False,
+               verbose: VerboseOption = False) -> None:
     """Run the embedded offline grid (tiny built-in model, generated tasks, every method × 2 seeds), then report."""
     from peftbench.runner.grid import run_grid
 
-    cfg = _grid_config(quickstart_config_path(), [], workers, executor, out, dry_run)
+    verbosity = _verbosity(quiet, verbose)
+    cfg = _grid_config(quickstart_config_path(), set_ or [], workers, executor, out, dry_run)
     with _resumable():
-        result = run_grid(cfg, out, err_console)
+        result = run_grid(cfg, out, err_console, verbosity=verbosity)
     _print_finished(result)
 
 
@@ -102,13 +129,16 @@ def run(
     workers: WorkersOption = None,
     executor: ExecutorOption = None,
     dry_run: DryRunOption = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Train, evaluate and cost every run of CONFIG that is not done yet (re-running resumes)."""
     from peftbench.runner.grid import run_grid
 
+    verbosity = _verbosity(quiet, verbose)
     cfg = _grid_config(config, set_ or [], workers, executor, out, dry_run)
     with _resumable():
-        result = run_grid(cfg, out, err_console)
+        result = run_grid(cfg, out, err_console, verbosity=verbosity)
     _print_finished(result)
 
 
@@ -154,11 +184,21 @@ def _print_finished(result: GridResult) -> None:
         raise typer.Exit(1)
 
 
+def _print_data_notes(cfg: BenchConfig) -> None:
+    """Check every task's data before anything runs (one error listing every missing split) and show
+    how splits that had to be carved are made."""
+    from peftbench.plan import check_data
+
+    for note in check_data(cfg):
+        err_console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+
+
 def _print_plan(cfg: BenchConfig, out: Path) -> None:
     from rich.table import Table
 
     from peftbench.runner.grid import executor_line, plan_summary
 
+    _print_data_notes(cfg)
     rows = plan_summary(cfg, out)
     table = Table(title=f"{cfg.name}: plan for {out}")
     for column in ("method", "runs", "done", "failed", "pending", "mean run time", "peak train memory"):
@@ -297,18 +337,19 @@ def validate(
 ) -> None:
     """Check a config without running it; print the number of runs it defines."""
     from peftbench.config import load_config
-    from peftbench.plan import plan_runs
+    from peftbench.plan import grid_size, plan_runs
     from peftbench.runner.grid import executor_line
 
     cfg = load_config(config, set_ or [])
     runs = plan_runs(cfg)
+    _print_data_notes(cfg)
     study = ""
     if cfg.tpv is not None:
         from peftbench.tpv.study import plan_first_stage, second_stage_size
 
         later = sum(second_stage_size(cfg.tpv, len(cfg.tpv.seeds or cfg.seeds)).values())
         study = f", plus a TPV study of {len(plan_first_stage(cfg))} runs and then {later} more"
-    print(f"{config}: valid — {len(cfg.methods)} methods × {len(cfg.tasks)} tasks × {len(cfg.seeds)} seeds "
+    print(f"{config}: valid — {grid_size(cfg)} "
           f"= {len(runs)} runs{study}, model {cfg.model.name}, on {executor_line(cfg)}")
 
 

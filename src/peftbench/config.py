@@ -120,17 +120,28 @@ class MethodConfig(StrictModel):
         return self.label or self.name
 
 
+AUTO_SPLIT = "auto"
+
+
 class TaskConfig(StrictModel):
     """One task of the grid: a task name (the package's, or one in `tasks_dir`) with optional data
     overrides (local files may name their splits differently; a hub revision can be pinned per task).
     Names are looked up once, by the plan (`plan.resolve`)."""
 
     name: str
-    train_split: str | None = None
-    eval_split: str | None = None
+    train_split: str | None = Field(default=None, description="the split to train on instead of the task's own; "
+                                    "auto: the task's own, or carved from the eval split where it is missing")
+    eval_split: str | None = Field(default=None, description="the split to test on instead of the task's own; "
+                                   "auto: the task's own, or carved from the train split where it is missing")
     revision: str | None = Field(default=None, description="hub revision (commit) instead of the task's own")
     split_rule: Literal["fraction", "tpv", "deni"] | None = Field(
         default=None, description="how train/validation/test are cut instead of the task's own (docs/tasks.md)")
+
+    @model_validator(mode="after")
+    def _one_auto(self) -> TaskConfig:
+        if self.train_split == AUTO_SPLIT and self.eval_split == AUTO_SPLIT:
+            raise ValueError("train_split and eval_split cannot both be auto (one split must exist to carve from)")
+        return self
 
 
 class FixedSeeds(StrictModel):

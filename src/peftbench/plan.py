@@ -23,18 +23,18 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from peftbench.config import TINY_MODEL, BenchConfig, TaskConfig, TrainingConfig
+from peftbench.config import AUTO_SPLIT, TINY_MODEL, BenchConfig, TaskConfig, TrainingConfig
 from peftbench.decoding import DECODER
 from peftbench.errors import PeftbenchError
 from peftbench.methods import Method, resolve_method
 from peftbench.registry import Registry
 from peftbench.store import IDENTITY_VERSION
 from peftbench.tasks import GeneratedSource, HubSource, LocalSource, TaskSpec, catalog
-from peftbench.tasks.data import local_data_fingerprint
+from peftbench.tasks.data import check_splits, local_data_fingerprint
 
 # Task fields added after run-id version 3: left out of a task's fingerprint while they hold their
 # default, so the runs of tasks that do not use them keep their ids.
-LATER_FIELDS = frozenset({"keep", "split_rule"})
+LATER_FIELDS = frozenset({"keep", "split_rule", "carve"})
 # Settings that change how a run executes or is checked, never its result.
 NOT_IDENTITY = {"training": {"checkpoint_steps"}, "evaluation": {"decode_check", "decode_check_tolerance"}}
 
@@ -96,15 +96,36 @@ def resolve(cfg: BenchConfig) -> Resolved:
     return Resolved(methods, tasks, training)
 
 
+def grid_size(cfg: BenchConfig) -> str:
+    """"2 methods × 1 task × 5 seeds", in words that agree with their numbers."""
+    parts = ((len(cfg.methods), "method"), (len(cfg.tasks), "task"), (len(cfg.seeds), "seed"))
+    return " × ".join(f"{n} {word}{'' if n == 1 else 's'}" for n, word in parts)
+
+
+def check_data(cfg: BenchConfig, tasks: dict[str, TaskSpec] | None = None) -> list[str]:
+    """Every task's splits, looked up where its runs will read them, before anything runs: one error
+    listing every missing split with the config key that fixes it, or the notes to show (splits
+    carved under `auto`, hub datasets that cannot be checked offline)."""
+    tasks = tasks or resolve(cfg).tasks
+    problems, notes = check_splits([(f"tasks[{i}]", tasks[t.name]) for i, t in enumerate(cfg.tasks)], cfg.data_dir)
+    if problems:
+        raise PeftbenchError(f"data: {len(problems)} missing split(s): {'; '.join(problems)}")
+    return notes
+
+
 def resolve_task(entry: TaskConfig, known: Registry[TaskSpec]) -> TaskSpec:
     """The named task with the config entry's overrides (splits, hub revision) applied."""
     task = known.get(entry.name)
     if entry.revision and not isinstance(task.source, HubSource):
         raise PeftbenchError(f"task {entry.name!r} is not a hub dataset: it has no hub revision")
     changes: dict[str, Any] = {}
-    if entry.train_split:
+    carve = tuple(role for role, split in (("train", entry.train_split), ("eval", entry.eval_split))
+                  if split == AUTO_SPLIT)
+    if carve:
+        changes["carve"] = carve
+    if entry.train_split and entry.train_split != AUTO_SPLIT:
         changes["train_split"] = entry.train_split
-    if entry.eval_split:
+    if entry.eval_split and entry.eval_split != AUTO_SPLIT:
         changes["eval_split"] = entry.eval_split
     if entry.split_rule:
         changes["split_rule"] = entry.split_rule

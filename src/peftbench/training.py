@@ -27,7 +27,7 @@ from peftbench.deni.members import COPY_STRATEGIES, MemberTraining
 from peftbench.tasks.prompts import IGNORE_INDEX
 from peftbench.utils import atomic_torch_save
 
-ProgressFn = Callable[[int, int], None]
+ProgressFn = Callable[[int, int, float | None], None]  # (step, total steps, the last logged loss)
 MAX_HISTORY = 200
 WATCH_STATE = "peftbench_watch.pt"
 
@@ -73,7 +73,7 @@ class _Watch(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         self.result.steps = state.global_step
         if self.progress:
-            self.progress(state.global_step, state.max_steps)
+            self.progress(state.global_step, state.max_steps, self.result.last_finite_loss)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}

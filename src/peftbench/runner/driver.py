@@ -14,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import shutil
 import sqlite3
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from rich.console import Console
+from rich.markup import escape
 
 from peftbench.config import ExecutorConfig
 from peftbench.errors import PeftbenchError
@@ -50,15 +52,17 @@ class Backend(Protocol):
 
 
 def drive(pending: list[RunSpec], store: Store, console: Console, executor: ExecutorConfig,
-          make_backend: Callable[[GridProgress], Backend]) -> dict[str, int]:
-    """Run every pending run through the backend `make_backend` builds for the progress display;
-    returns counts by final status."""
+          make_backend: Callable[[GridProgress], Backend], verbosity: int = 1) -> dict[str, int]:
+    """Run every pending run through the backend `make_backend` builds for the progress display
+    (live on a terminal, plain lines on stdout anywhere else); returns counts by final status."""
     owner = owner_id()
     lease = float(executor.claim_timeout_s)
     todo = deque(pending)
     retried: dict[str, int] = {}
     in_flight: dict[Any, list[RunSpec]] = {}
-    with GridProgress(console, len(pending)) as progress, _Heartbeat(store, owner, lease / 4):
+    live = console.is_terminal and sys.stdout.isatty()
+    with GridProgress(console, len(pending), live=live, verbosity=verbosity, log_dir=store.out_dir / "logs") \
+            as progress, _Heartbeat(store, owner, lease / 4):
         backend = make_backend(progress)
         try:
             while todo or in_flight:
@@ -79,8 +83,9 @@ def drive(pending: list[RunSpec], store: Store, console: Console, executor: Exec
                             outcome, provenance = results[spec.run_id]
                         elif retried.get(spec.run_id, 0) < executor.max_retries:
                             retried[spec.run_id] = retried.get(spec.run_id, 0) + 1
-                            console.print(f"[yellow]{run_label(spec)}: worker died ({died}); retrying "
-                                          f"({retried[spec.run_id]}/{executor.max_retries})[/yellow]", highlight=False)
+                            console.print(f"[yellow]{escape(run_label(spec))}: worker died ({escape(str(died))}); "
+                                          f"retrying ({retried[spec.run_id]}/{executor.max_retries})[/yellow]",
+                                          highlight=False)
                             todo.appendleft(spec)
                             continue
                         else:
@@ -120,6 +125,7 @@ def _claim_batch(todo: deque[RunSpec], size: int, store: Store, owner: str, leas
         spec = todo.popleft()
         if store.claim(spec.run_id, owner, lease):
             batch.append(spec)
+            progress.expect(spec)
         else:  # finished or held by another live peftbench process
             progress.finished(spec, None)
     return batch

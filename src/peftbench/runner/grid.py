@@ -22,7 +22,7 @@ from rich.markup import escape
 from peftbench.config import BenchConfig
 from peftbench.errors import PeftbenchError
 from peftbench.modeling import ModelSource, resolve_model
-from peftbench.plan import RunSpec, plan_runs
+from peftbench.plan import RunSpec, check_data, grid_size, plan_runs
 from peftbench.report import CONFIG_FILE
 from peftbench.runner.backends.local import InlineBackend, PoolBackend
 from peftbench.runner.backends.ray import RayBackend
@@ -74,9 +74,11 @@ def check_executor(cfg: BenchConfig) -> None:
                              f"(pip install 'peftbench[{needs[1]}]')")
 
 
-def run_grid(cfg: BenchConfig, out_dir: Path | None = None, console: Console | None = None) -> GridResult:
+def run_grid(cfg: BenchConfig, out_dir: Path | None = None, console: Console | None = None,
+             verbosity: int = 1) -> GridResult:
     """Run every run of the grid that is not done yet into `out_dir` (default: the config's output_dir),
-    then the second stage of a TPV study (runs defined by what the first stage stored)."""
+    then the second stage of a TPV study (runs defined by what the first stage stored). `verbosity`:
+    0 no progress, 1 runs starting and finishing, 2 every phase (`GridProgress`)."""
     console = console or Console(stderr=True)
     quiet_libraries()
     out_dir = Path(out_dir or cfg.output_dir)
@@ -85,6 +87,8 @@ def run_grid(cfg: BenchConfig, out_dir: Path | None = None, console: Console | N
     study = plan_first_stage(cfg) if cfg.tpv else []
     source = resolve_model(cfg.model)
     check_methods(cfg, source, plan + study)
+    for note in check_data(cfg):
+        console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     ctx = RunContext(cfg, source, out_dir)
     for task in {r.task: r.task_spec for r in plan + study}.values():
         ctx.task_data(task)
@@ -98,7 +102,7 @@ def run_grid(cfg: BenchConfig, out_dir: Path | None = None, console: Console | N
     except (OSError, sqlite3.Error) as exc:
         raise PeftbenchError(f"output_dir: cannot write to {out_dir}: {getattr(exc, 'strerror', None) or exc}") \
             from None
-    what = (f"{len(plan)} runs ({len(cfg.methods)} methods × {len(cfg.tasks)} tasks × {len(cfg.seeds)} seeds)"
+    what = (f"{len(plan)} runs ({grid_size(cfg)})"
             if plan else "")
     if study:
         what += f"{' + ' if what else ''}{len(study)} TPV study runs (stage 1 of 2)"
@@ -113,7 +117,7 @@ def run_grid(cfg: BenchConfig, out_dir: Path | None = None, console: Console | N
         console.print(f"[bold]{escape(cfg.name)}[/bold]: {what}, {len(stage) - len(pending)} already finished, "
                       f"{len(pending)} to run on {executor_line(cfg)} → {escape(str(out_dir))}")
         counts = drive(pending, store, console, cfg.executor,
-                       partial(_backend, ctx, n_runs=len(pending), console=console)) if pending else {}
+                       partial(_backend, ctx, n_runs=len(pending), console=console), verbosity) if pending else {}
         for key, value in counts.items():
             result.counts[key] = result.counts.get(key, 0) + value
         stage = None

@@ -3,13 +3,18 @@ PEFTBENCH_TRACE the phase markers of every run in a file (workers write them too
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
+import sys
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from peftbench.plan import RunSpec
@@ -37,27 +42,46 @@ def traced(spec: RunSpec, phase: PhaseFn | None) -> PhaseFn | None:
     if not os.environ.get("PEFTBENCH_TRACE"):
         return phase
 
-    def tracing(name: str, done: int, total: int) -> None:
+    def tracing(name: str, done: int, total: int, loss: float | None = None) -> None:
         trace(spec, name, done, total)
         if phase is not None:
-            phase(name, done, total)
+            phase(name, done, total, loss)
 
     return tracing
 
 
-class GridProgress:
-    """A rich progress display: the grid (with ETA) and one line per run in flight."""
+LONG_RUN_LINE_S = 60.0
+"""Without a live display, a run that has shown nothing for this long shows where it is."""
 
-    def __init__(self, console: Console, total: int) -> None:
+
+class GridProgress:
+    """What a grid shows while it runs, and a log per run.
+
+    On a terminal (`live`): a rich display, the grid with its ETA and one line per run in flight.
+    Anywhere else — a pipe, nohup, Slurm, CI — plain lines on stdout, flushed at once: a run's
+    start and finish (label, score, elapsed, the grid's ETA) and, with `verbosity` 2, every phase
+    and each tenth of training with its loss (by default only when a run has shown nothing for a
+    minute). `verbosity` 0 shows neither. Every run's phases,
+    losses and outcome also go to `<log_dir>/<run_id>.log`, whatever the display.
+    """
+
+    def __init__(self, console: Console, total: int, *, live: bool, verbosity: int = 1,
+                 log_dir: Path | None = None) -> None:
         self.console = console
+        self.total, self.live, self.verbosity, self.log_dir = total, live and verbosity > 0, verbosity, log_dir
         self.counts: dict[str, int] = {}
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("eta"), TimeRemainingColumn(), console=console,
+            TextColumn("eta"), TimeRemainingColumn(), console=console, disable=not self.live,
         )
         self.grid = self.progress.add_task("grid", total=total)
         self.lines: dict[str, Any] = {}
         self.ended: set[str] = set()  # late messages from a worker must not revive a finished line
+        self.started: dict[str, float] = {}  # label → when its first message came
+        self.shown: dict[str, tuple[str, int]] = {}  # label → (phase, tenth of it) last logged
+        self.ids: dict[str, str] = {}  # label → run id, for its log file
+        self.printed: dict[str, float] = {}  # label → when a line of it last went to stdout
+        self.began = time.monotonic()
         self._lock = threading.Lock()
 
     def __enter__(self) -> GridProgress:
@@ -69,16 +93,34 @@ class GridProgress:
 
     def phase_fn(self, spec: RunSpec) -> PhaseFn:
         label = run_label(spec)
-        return lambda name, done, total: self.update(label, name, done, total)
+        self.ids[label] = spec.run_id
 
-    def update(self, label: str, name: str, done: int, total: int) -> None:
+        def phase(name: str, done: int, total: int, loss: float | None = None) -> None:
+            self.update(label, name, done, total, loss)
+
+        return phase
+
+    def expect(self, spec: RunSpec) -> None:
+        """A run handed to a worker: its messages will come under its label."""
+        self.ids[run_label(spec)] = spec.run_id
+
+    def update(self, label: str, name: str, done: int, total: int, loss: float | None = None) -> None:
         with self._lock:
             if label in self.ended:
                 return
-            if label not in self.lines:
-                self.lines[label] = self.progress.add_task(label, total=max(total, 1))
-            self.progress.update(self.lines[label], description=f"  {label} [{name}]", completed=done,
-                                 total=max(total, 1))
+            if label not in self.started:
+                self.started[label] = time.monotonic()
+                self._line(label, f"start {label}", always=True)
+            tenth = done * 10 // max(total, 1)
+            if self.shown.get(label) != (name, tenth):
+                self.shown[label] = (name, tenth)
+                loss_text = f", loss {loss:.4f}" if loss is not None else ""
+                self._line(label, f"  {label}: {name} {done}/{total}{loss_text}, {self._since(label)}", always=False)
+            if self.live:
+                if label not in self.lines:
+                    self.lines[label] = self.progress.add_task(label, total=max(total, 1))
+                self.progress.update(self.lines[label], description=f"  {escape(label)} {escape(f'[{name}]')}",
+                                     completed=done, total=max(total, 1))
 
     def pump(self, messages: Any, stop: threading.Event) -> None:
         """Show phase messages that worker processes put on a queue, until `stop` is set."""
@@ -93,6 +135,7 @@ class GridProgress:
     def finished(self, spec: RunSpec, outcome: RunOutcome | None) -> None:
         status = outcome.status if outcome else "skipped"
         label = run_label(spec)
+        self.ids.setdefault(label, spec.run_id)
         with self._lock:
             self.counts[status] = self.counts.get(status, 0) + 1
             self.ended.add(label)
@@ -100,5 +143,46 @@ class GridProgress:
             if task is not None:
                 self.progress.remove_task(task)
             self.progress.advance(self.grid)
+            if outcome is not None:
+                score = (outcome.metrics or {}).get("score")
+                what = f"score {score:.1f}" if isinstance(score, (int, float)) and status == "done" else status
+                finished = sum(self.counts.values())
+                elapsed = time.monotonic() - self.began
+                eta = elapsed / finished * (self.total - finished) if finished else 0.0
+                self._line(label, f"{status} {label}: {what}, {self._since(label)} — grid {finished}/{self.total}, "
+                                  f"{_clock(elapsed)} elapsed, eta {_clock(eta)}", always=True)
         if outcome and outcome.status != "done":
-            self.console.print(f"[yellow]{label}: {outcome.status}: {outcome.error}[/yellow]", highlight=False)
+            message = f"{label}: {outcome.status}: {outcome.error}"
+            if self.live:
+                self.console.print(f"[yellow]{escape(message)}[/yellow]", highlight=False)
+            else:
+                print(message, file=sys.stdout, flush=True)
+            self._log(label, message)
+
+    def _since(self, label: str) -> str:
+        return _clock(time.monotonic() - self.started.get(label, time.monotonic()))
+
+    def _line(self, label: str, text: str, *, always: bool) -> None:
+        """To the run's log file, and to stdout when there is no live display (phases: verbose only)."""
+        self._log(label, text.strip())
+        if self.live or self.verbosity == 0:
+            return
+        now = time.monotonic()
+        quiet_for = now - self.printed.get(label, self.started.get(label, now))
+        if always or self.verbosity >= 2 or quiet_for >= LONG_RUN_LINE_S:
+            self.printed[label] = now
+            print(text, file=sys.stdout, flush=True)
+
+    def _log(self, label: str, text: str) -> None:
+        run_id = self.ids.get(label)
+        if self.log_dir is None or run_id is None:
+            return
+        with contextlib.suppress(OSError):  # a log is a convenience: never the reason a grid stops
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            with (self.log_dir / f"{run_id}.log").open("a", encoding="utf-8") as fh:
+                fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"

@@ -16,12 +16,11 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -35,14 +34,18 @@ from peftbench.evaluation import check_label_logprobs, generate, label_logprobs,
 from peftbench.modeling import ModelSource, load_model, load_tokenizer, model_revision, pick_device
 from peftbench.plan import RunSpec, task_fingerprint
 from peftbench.scoring import Scores, pass_at_ks, score
-from peftbench.tasks import Row, TaskSpec, load_rows
-from peftbench.tasks.data import split_rows
+from peftbench.tasks import Row, TaskSpec
+from peftbench.tasks.data import load_splits, split_rows
 from peftbench.tasks.prompts import encode_example, encode_prompt, render_prompt
 from peftbench.tpv.runs import keep_task_vector
 from peftbench.training import train
 from peftbench.utils import atomic_torch_save, cache_root, dir_size_bytes, pinned_threads, seed_everything
 
-PhaseFn = Callable[[str, int, int], None]
+
+class PhaseFn(Protocol):
+    """Where a run is: phase name, units done of total, and (training) the last logged loss."""
+
+    def __call__(self, name: str, done: int, total: int, loss: float | None = None) -> None: ...
 PACKAGES = ("peftbench", "torch", "transformers", "peft", "datasets", "accelerate", "tokenizers")
 DATA_SPLIT_SEED = 0
 
@@ -52,6 +55,7 @@ class TaskData:
     train: list[Row]
     val: list[Row]
     eval: list[Row]
+    policy: str | None = None  # how the splits were made when the task's own were missing (`load_splits`)
 
 
 @dataclass
@@ -93,14 +97,14 @@ class RunContext:
     def task_data(self, task: TaskSpec) -> TaskData:
         """Train/validation/eval rows under the task's split rule (`split_rows`), the same for every seed."""
         if task.name not in self._tasks:
-            rows = load_rows(task, task.train_split, self.cfg.data_dir)
+            rows, eval_rows, policy = load_splits(task, self.cfg.data_dir, DATA_SPLIT_SEED)
             rows = [r for r in rows if task.usable(task.prepared(r))] if task.usable else list(rows)
             train, val, test = split_rows(
-                task.split_rule, rows, load_rows(task, task.eval_split, self.cfg.data_dir),
+                task.split_rule, rows, eval_rows,
                 val_fraction=self.cfg.training.val_fraction, seed=DATA_SPLIT_SEED,
                 max_train=self.cfg.training.max_train_samples, max_eval=self.cfg.evaluation.max_samples,
                 label_of=task.gold_of if task.kind == "classification" else None)
-            self._tasks[task.name] = TaskData(train=train, val=val, eval=test)
+            self._tasks[task.name] = TaskData(train=train, val=val, eval=test, policy=policy)
         return self._tasks[task.name]
 
     def encoded(self, task: TaskSpec, rows: list[Row]) -> list[dict[str, list[int]]]:
@@ -164,9 +168,13 @@ class RunContext:
         }
 
 
+def _no_phase(name: str, done: int, total: int, loss: float | None = None) -> None:
+    """Where nobody follows a run's phases."""
+
+
 def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) -> RunOutcome:
     """Train and evaluate one run. Exceptions propagate: the worker turns them into a failed outcome."""
-    phase = phase or (lambda name, done, total: None)
+    phase = phase or _no_phase
     if spec.study is not None:
         return spec.study.execute(spec, ctx, phase)
     t_start = time.perf_counter()
@@ -196,7 +204,7 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
                     seed=spec.seed if fixed.model is None else fixed.model, device=ctx.device,
                     data_seed=spec.seed if fixed.data_order is None else fixed.data_order,
                     workdir=checkpoints or Path(workdir),
-                    progress=lambda done, total_: phase("train", done, total_), voters=voters,
+                    progress=lambda done, total_, loss: phase("train", done, total_, loss), voters=voters,
                 )
                 if training.mitigation.strategy == "ensemble":
                     voters += train_ensemble(spec, ctx, training, train_ex, val_ex, Path(workdir), result)
@@ -224,6 +232,8 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
             evaluate(model, task, data.eval, ctx, phase)
         outcome.timings["eval_s"] = time.perf_counter() - t0
         outcome.provenance["decoding"] = decoding
+        if data.policy:
+            outcome.provenance["data_policy"] = data.policy
 
         if spec.measure_costs:
             phase("costs", 0, 1)

@@ -49,6 +49,90 @@ def local_data_fingerprint(task: TaskSpec, data_dir: Path | None) -> dict[str, s
     return digests
 
 
+def split_names(task: TaskSpec, data_dir: Path | None) -> list[str] | None:
+    """The splits a task's data has where a run will read it, or None where that cannot be known
+    without downloading (a hub dataset that is neither mirrored in `data_dir` nor cached offline)."""
+    source = task.source
+    if isinstance(source, GeneratedSource):
+        return list(source.sizes)
+    if isinstance(source, LocalSource):
+        return [split for split, path in source.files.items() if Path(path).is_file()]
+    if data_dir is not None:
+        return sorted(p.stem for p in (Path(data_dir) / task.name).glob("*.jsonl"))
+    import datasets
+
+    try:
+        with contextlib.nullcontext() if hub_reachable() else cache_only():
+            return list(datasets.get_dataset_split_names(source.path, source.name, revision=source.revision))
+    except Exception:  # not cached offline, or the hub refused: loading says which, with the fix
+        return None
+
+
+def _where(task: TaskSpec, data_dir: Path | None) -> str:
+    if isinstance(task.source, HubSource) and data_dir is not None:
+        return str(Path(data_dir) / task.name)
+    return {GeneratedSource: "its generator", LocalSource: "its files"}.get(type(task.source), "the hub dataset")
+
+
+def check_splits(tasks: list[tuple[str, TaskSpec]], data_dir: Path | None) -> tuple[list[str], list[str]]:
+    """(problems, notes) for the splits of every (config key, task): a missing split is a problem
+    naming the key that fixes it and the splits that exist; a split carved by `auto` and a dataset
+    that cannot be checked offline are notes. All at once, before any run starts."""
+    problems: list[str] = []
+    notes: list[str] = []
+    for key, task in tasks:
+        names = split_names(task, data_dir)
+        if names is None:
+            notes.append(f"{task.name}: splits not checked (the hub dataset is not cached and the hub is unreachable)")
+            continue
+        roles = {"train": task.train_split, "eval": task.eval_split}
+        has = ", ".join(names) or "none"
+        where = _where(task, data_dir)
+        missing = [role for role, split in roles.items() if split not in names]
+        if task.train_split == task.eval_split:
+            problems.append(f"{task.name} trains and tests on the same split {task.train_split!r} — set "
+                            f"{key}.train_split: auto to carve train rows from it")
+        elif len(missing) == 2:
+            problems.append(f"{task.name} has neither {task.train_split!r} nor {task.eval_split!r} in {where} (has: "
+                            f"{has}) — set {key}.eval_split: one of {has} and {key}.train_split: auto to carve "
+                            f"train rows from it, or name two different splits")
+        for role in missing if len(missing) == 1 else []:
+            other = roles["eval" if role == "train" else "train"]
+            if role in task.carve:
+                notes.append(f"{task.name}: no {roles[role]!r} split in {where}; {role} rows carved from {other!r} "
+                             f"(half each, shuffled with the data seed)")
+                continue
+            others = [n for n in names if n != other]
+            fix = f"{key}.{role}_split: auto to carve {role} rows from {other!r}"
+            fix += f", or one of {', '.join(others)}" if others else ""
+            problems.append(f"{task.name} has no {roles[role]!r} split in {where} (has: {has}) — set {fix}")
+    return problems, notes
+
+
+def carve(rows: list[Row], seed: int) -> tuple[list[Row], list[Row]]:
+    """One labelled split cut in two disjoint halves, shuffled with `seed`: (the larger half, the
+    other). Used where a task's train or eval split is missing and the config allows it (`auto`)."""
+    shuffled = list(rows)
+    random.Random(seed).shuffle(shuffled)
+    half = len(shuffled) // 2
+    return shuffled[half:], shuffled[:half]
+
+
+def load_splits(task: TaskSpec, data_dir: Path | None, seed: int) -> tuple[list[Row], list[Row], str | None]:
+    """(train rows, eval rows, the policy that made them): the task's two splits, or — where one is
+    missing and `task.carve` allows it — both halves of the one that exists (`carve`), never
+    sharing a row; the policy is stated in every run's provenance."""
+    names = split_names(task, data_dir) if task.carve else None
+    for role, missing, other in (("train", task.train_split, task.eval_split),
+                                 ("eval", task.eval_split, task.train_split)):
+        if names is not None and role in task.carve and missing not in names and other in names:
+            train, test = carve(load_rows(task, other, data_dir), seed)
+            policy = (f"no {missing!r} split: {other!r} ({len(train) + len(test)} rows) carved into {len(train)} "
+                      f"train and {len(test)} test rows, shuffled with seed {seed}")
+            return train, test, policy
+    return load_rows(task, task.train_split, data_dir), load_rows(task, task.eval_split, data_dir), None
+
+
 def load_rows(task: TaskSpec, split: str, data_dir: Path | None = None) -> list[Row]:
     """The rows of one split, each checked to render (prompt, target, gold) before anything trains."""
     source = task.source

@@ -95,6 +95,9 @@ class TaskSpec:
     split_rule: Literal["fraction", "tpv", "deni"] = "fraction"
     """How train/validation/test are cut (`data.split_rows`): `fraction` holds out a share of the
     train rows and tests on eval_split; `tpv` is the Task Prompt Vectors paper's rule."""
+    carve: tuple[str, ...] = ()
+    """Roles ("train", "eval") that may be carved from the other split when their own split is
+    missing (`train_split: auto` in a config; `data.load_splits`)."""
 
     def __post_init__(self) -> None:
         """A task that cannot be scored fails when it is defined, not after its runs trained."""

@@ -65,11 +65,11 @@ def _pool_job(cfg: BenchConfig, source: ModelSource, out_dir: Any, spec: RunSpec
     label = run_label(spec)
     last = [0.0]
 
-    def phase(name: str, done: int, total: int) -> None:
+    def phase(name: str, done: int, total: int, loss: float | None = None) -> None:
         now = time.monotonic()
-        if now - last[0] > 0.25 or done >= total:
+        if now - last[0] > 0.25 or done >= total or done == 0:
             last[0] = now
-            messages.put((label, name, done, total))
+            messages.put((label, name, done, total, loss))
 
     return run_batch(worker_context(cfg, source, out_dir), [spec], "local", lambda _: phase)
 

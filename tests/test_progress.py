@@ -1,0 +1,60 @@
+"""Progress a user can follow anywhere: lines on stdout when it is not a terminal (nohup, Slurm, CI,
+a pipe), a log file per run beside the store, and phase names that survive rich's markup."""
+
+from __future__ import annotations
+
+import io
+import re
+
+from conftest import run_cli
+from rich.console import Console
+
+from peftbench.runner.progress import GridProgress
+from peftbench.store import Store
+
+CONFIG = """
+model: {name: builtin:tiny-llama}
+methods: [{name: lora, learning_rate: 5.0e-3}]
+tasks: [qs_sentiment]
+seeds: [0, 1]
+training: {max_steps: 6, batch_size: 4, cutoff_len: 128, max_train_samples: 40, eval_steps: 6}
+evaluation: {batch_size: 32, max_samples: 8}
+costs: {latency: false, memory_steps: 1}
+runtime: {threads: 1, workers: 1}
+"""
+
+
+def test_a_redirected_grid_prints_a_line_per_run_and_logs_every_run(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG)
+    result = run_cli("run", str(config), "--out", str(tmp_path / "out"))  # stdout is a pipe here
+    for seed in (0, 1):
+        label = f"lora · qs_sentiment · seed {seed}"
+        assert f"start {label}" in result.stdout
+        assert re.search(rf"done {label}: score \d+\.\d, \d+:\d\d — grid [12]/2, \d+:\d\d elapsed, eta", result.stdout)
+    assert "grid 2/2" in result.stdout and " train " not in result.stdout  # phases only with --verbose
+    records = Store.open(tmp_path / "out").records()
+    for r in records:
+        log = (tmp_path / "out" / "logs" / f"{r.run_id}.log").read_text()
+        assert "start lora" in log and re.search(r"train 6/6, loss \d+\.\d{4}", log) and "done lora" in log
+        assert f"score {r.metrics['score']:.1f}" in log
+
+
+def test_verbose_shows_every_tenth_of_training_with_its_loss_and_quiet_shows_none(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG.replace("seeds: [0, 1]", "seeds: [0]"))
+    verbose = run_cli("run", str(config), "--out", str(tmp_path / "v"), "--verbose").stdout
+    steps = re.findall(r"lora · qs_sentiment · seed 0: train (\d)/6", verbose)
+    assert steps == [str(s) for s in range(1, 7)]  # 6 steps: each crosses a tenth of training
+    assert re.search(r"train 6/6, loss \d+\.\d{4}", verbose) and "eval " in verbose
+    quiet = run_cli("run", str(config), "--out", str(tmp_path / "q"), "--quiet").stdout
+    assert "start lora" not in quiet and "done lora" not in quiet
+    assert run_cli("run", str(config), "--quiet", "--verbose", check=False).returncode == 2
+
+
+def test_phase_names_in_brackets_are_shown_not_read_as_markup():
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=120)
+    with GridProgress(console, 1, live=True) as progress:
+        progress.update("lora[r=8] · t · seed 0", "train", 1, 2)
+    assert "lora[r=8] · t · seed 0 [train]" in out.getvalue()
