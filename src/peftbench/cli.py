@@ -23,6 +23,7 @@ from peftbench.jsonsafe import dumps_json
 
 if TYPE_CHECKING:
     from peftbench.config import BenchConfig
+    from peftbench.plan import RunSpec
     from peftbench.runner.grid import GridResult
     from peftbench.tasks import TaskSpec
 
@@ -184,6 +185,21 @@ def _print_finished(result: GridResult) -> None:
         raise typer.Exit(1)
 
 
+def _check_against_model(cfg: BenchConfig, runs: list[RunSpec]) -> None:
+    """The methods' target modules resolved on the model, as `run` does first, where the model is
+    available (the built-in one, a local directory, the cache or the hub); otherwise a note."""
+    from peftbench.modeling import ModelUnavailable, resolve_model
+    from peftbench.runner.grid import check_methods
+
+    try:
+        source = resolve_model(cfg.model)
+    except ModelUnavailable:
+        err_console.print(f"note: methods not checked against {cfg.model.name} (its weights are not available "
+                          f"here; `run` checks them first)", highlight=False, markup=False, soft_wrap=True)
+        return
+    check_methods(cfg, source, runs)
+
+
 def _print_data_notes(cfg: BenchConfig) -> None:
     """Check every task's data before anything runs (one error listing every missing split) and show
     how splits that had to be carved are made."""
@@ -342,6 +358,7 @@ def validate(
 
     cfg = load_config(config, set_ or [])
     runs = plan_runs(cfg)
+    _check_against_model(cfg, runs)
     _print_data_notes(cfg)
     study = ""
     if cfg.tpv is not None:

@@ -32,6 +32,10 @@ class ModelSource:
     is_local: bool
 
 
+class ModelUnavailable(PeftbenchError):
+    """A hub model that is neither cached nor downloadable now: `validate` can still check the rest."""
+
+
 def resolve_model(cfg: ModelConfig) -> ModelSource:
     if cfg.name == TINY_MODEL:
         from peftbench.tiny import tiny_model_dir
@@ -48,7 +52,7 @@ def resolve_model(cfg: ModelConfig) -> ModelSource:
         return ModelSource(cfg.name, str(cached), cfg.revision, True)
     if not hub_reachable():
         rev = f" --revision {cfg.revision}" if cfg.revision else ""
-        raise PeftbenchError(
+        raise ModelUnavailable(
             f"model.name: the weights of {cfg.name!r} are not available: not in the local Hugging Face cache and "
             f"the hub is unreachable (download them with `hf download {cfg.name}{rev}`, or set model.name "
             f"to a local directory)"

@@ -80,10 +80,11 @@ def check_splits(tasks: list[tuple[str, TaskSpec]], data_dir: Path | None) -> tu
     that cannot be checked offline are notes. All at once, before any run starts."""
     problems: list[str] = []
     notes: list[str] = []
+    unchecked: list[str] = []
     for key, task in tasks:
         names = split_names(task, data_dir)
         if names is None:
-            notes.append(f"{task.name}: splits not checked (the hub dataset is not cached and the hub is unreachable)")
+            unchecked.append(task.name)
             continue
         roles = {"train": task.train_split, "eval": task.eval_split}
         has = ", ".join(names) or "none"
@@ -106,6 +107,9 @@ def check_splits(tasks: list[tuple[str, TaskSpec]], data_dir: Path | None) -> tu
             fix = f"{key}.{role}_split: auto to carve {role} rows from {other!r}"
             fix += f", or one of {', '.join(others)}" if others else ""
             problems.append(f"{task.name} has no {roles[role]!r} split in {where} (has: {has}) — set {fix}")
+    if unchecked:
+        notes.append(f"splits not checked for {len(unchecked)} hub dataset(s) that are not cached while the hub is "
+                     f"unreachable ({', '.join(unchecked)}); set data_dir to local copies to check them")
     return problems, notes
 
 
