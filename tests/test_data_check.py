@@ -83,3 +83,14 @@ def test_same_split_for_train_and_eval_is_a_problem_and_both_auto_is_refused():
     with pytest.raises(PeftbenchError, match="cannot both be auto"):
         validate_config({"methods": ["lora"], "tasks": [{"name": "sst2", "train_split": "auto",
                                                          "eval_split": "auto"}]})
+
+
+def test_validate_resolves_target_modules_on_the_model_as_run_does():
+    from peftbench.cli import quickstart_config_path
+
+    result = run_cli("validate", str(quickstart_config_path()), "--set",
+                     "methods=[{name: lora, args: {target_modules: [nope]}}]", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: methods[0] (lora): method 'lora': target_modules 'nope' matches no module "
+                                     "of this llama (its linear modules: down_proj, gate_proj, k_proj, lm_head, o_proj, "
+                                     "q_proj, up_proj, v_proj)")

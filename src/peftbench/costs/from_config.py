@@ -94,7 +94,10 @@ def _cost_one(name: str, args: dict[str, Any], config: Any, tflops, base: float)
     model = method.apply(skeleton(config))
     trainable, total = count_parameters(model)
     adapted = tflops(model)
-    with method.merged(model):
-        merged = tflops(model)
+    if method.mergeable:
+        with method.merged(model):
+            merged = tflops(model)
+    else:  # deployed as trained: a second count of the same graph would only repeat the first
+        merged = adapted
     return {"method": name, "trainable_params": trainable, "total_params": total, "base_tflops": base,
             "extra_tflops": merged - base, "extra_tflops_unmerged": adapted - base}
