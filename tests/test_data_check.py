@@ -91,6 +91,6 @@ def test_validate_resolves_target_modules_on_the_model_as_run_does():
     result = run_cli("validate", str(quickstart_config_path()), "--set",
                      "methods=[{name: lora, args: {target_modules: [nope]}}]", check=False)
     assert result.returncode == 2
-    assert result.stderr.strip() == ("error: methods[0] (lora): method 'lora': target_modules 'nope' matches no module "
-                                     "of this llama (its linear modules: down_proj, gate_proj, k_proj, lm_head, o_proj, "
-                                     "q_proj, up_proj, v_proj)")
+    assert result.stderr.strip() == (
+        "error: methods[0] (lora): method 'lora': target_modules 'nope' matches no module of this llama (its linear "
+        "modules: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj)")

@@ -106,6 +106,10 @@ ExecutorOption = Annotated[
 DryRunOption = Annotated[
     bool, typer.Option("--dry-run", help="Print the plan (runs done and pending, resources, estimate); start nothing.")
 ]
+TflopsOption = Annotated[
+    float | None, typer.Option("--tflops", min=0.001, help="Sustained TFLOP/s per run for the --dry-run estimate "
+                               "(default: 400 on a GPU, this machine's measured rate on CPU).")
+]
 
 
 @app.command()
@@ -130,6 +134,7 @@ def run(
     workers: WorkersOption = None,
     executor: ExecutorOption = None,
     dry_run: DryRunOption = False,
+    tflops: TflopsOption = None,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
 ) -> None:
@@ -137,14 +142,14 @@ def run(
     from peftbench.runner.grid import run_grid
 
     verbosity = _verbosity(quiet, verbose)
-    cfg = _grid_config(config, set_ or [], workers, executor, out, dry_run)
+    cfg = _grid_config(config, set_ or [], workers, executor, out, dry_run, tflops)
     with _resumable():
         result = run_grid(cfg, out, err_console, verbosity=verbosity)
     _print_finished(result)
 
 
 def _grid_config(config: Path, overrides: list[str], workers: int | None, executor: ExecutorKind | None,
-                 out: Path | None, dry_run: bool) -> BenchConfig:
+                 out: Path | None, dry_run: bool, tflops: float | None = None) -> BenchConfig:
     """The config with the command's overrides (--workers and --executor are overrides too); with
     --dry-run, print its plan and end the command here: nothing is started."""
     from peftbench.config import load_config
@@ -153,7 +158,7 @@ def _grid_config(config: Path, overrides: list[str], workers: int | None, execut
                  *([f"executor.kind={executor.value}"] if executor else [])]
     cfg = load_config(config, overrides)
     if dry_run:
-        _print_plan(cfg, Path(out or cfg.output_dir))
+        _print_plan(cfg, Path(out or cfg.output_dir), tflops)
         raise typer.Exit()
     return cfg
 
@@ -209,7 +214,27 @@ def _print_data_notes(cfg: BenchConfig) -> None:
         err_console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
 
 
-def _print_plan(cfg: BenchConfig, out: Path) -> None:
+def _flops_estimate(cfg: BenchConfig, out: Path, methods: set[str], tflops: float | None) -> str:
+    """The pending runs of methods without a finished run, from counted training FLOPs (`estimate.py`)."""
+    from peftbench.runner.estimate import estimate_training
+    from peftbench.runner.grid import pending_runs
+
+    runs = [r for r in pending_runs(cfg, out) if r.method_id in methods]
+    found = estimate_training(cfg, runs, tflops)
+    if found is None:
+        return (f"no time estimate for the {len(runs)} runs of methods without finished runs: the configuration of "
+                f"{cfg.model.name} is not available here")
+    span = f"{found.hours:.2f} run-hours" if found.hours >= 1 else f"{found.hours * 60:.1f} run-minutes"
+    text = (f"≈ {span} of training for the {found.runs} pending runs without finished runs, from counted training "
+            f"FLOPs at {found.tflops:.3g} TFLOP/s ({found.throughput}; tokens per example: "
+            f"{'; '.join(found.lengths.values())}; evaluation, cost measurement and the overheads that dominate "
+            f"a small model's runs not included)")
+    if found.unknown:
+        text += f", not counting {', '.join(found.unknown)} (training rows not available here)"
+    return text
+
+
+def _print_plan(cfg: BenchConfig, out: Path, tflops: float | None = None) -> None:
     from rich.table import Table
 
     from peftbench.runner.grid import executor_line, plan_summary
@@ -228,7 +253,10 @@ def _print_plan(cfg: BenchConfig, out: Path) -> None:
     known = [r for r in rows if r.pending and r.mean_run_s]
     seconds = sum(r.pending * r.mean_run_s for r in known)
     estimate = (f"≈ {seconds / 3600:.2f} run-hours for the {sum(r.pending for r in known)} pending runs of methods "
-                f"with finished runs" if known else "no finished runs to estimate time from (docs/cluster.md)")
+                f"with finished runs (their measured times)" if known else "")
+    unmeasured = {r.method for r in rows if r.pending and not r.mean_run_s}
+    if unmeasured:
+        estimate += ("; " if estimate else "") + _flops_estimate(cfg, out, unmeasured, tflops)
     out_console.print(f"{pending} of {sum(r.runs for r in rows)} runs pending, to run on {executor_line(cfg)}; "
                       f"{estimate}. Dry run: nothing was started or written.", highlight=False)
     if cfg.tpv is not None:

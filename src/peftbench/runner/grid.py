@@ -30,7 +30,7 @@ from peftbench.runner.backends.slurm import SlurmBackend
 from peftbench.runner.driver import Backend, drive
 from peftbench.runner.progress import GridProgress
 from peftbench.runner.run import RunContext
-from peftbench.store import FINAL, TPV_PLAN, Store
+from peftbench.store import FINAL, TPV_PLAN, RunRecord, Store
 from peftbench.tpv.study import plan_first_stage, plan_second_stage
 from peftbench.utils import atomic_write_text, quiet_libraries
 
@@ -175,12 +175,22 @@ class PlanRow:
     peak_train_mem_gb: float | None
 
 
-def plan_summary(cfg: BenchConfig, out_dir: Path) -> list[PlanRow]:
-    """The grid's state without starting anything: nothing is loaded, created or written."""
+def _planned(cfg: BenchConfig, out_dir: Path) -> tuple[list[RunSpec], dict[str, RunRecord]]:
+    """The grid's first-stage runs and the records the output directory already holds (none created)."""
     plan = plan_runs(cfg) if cfg.methods else []
     plan += plan_first_stage(cfg) if cfg.tpv else []
     store = Store(out_dir)
-    records = {r.run_id: r for r in store.records()} if store.path.is_file() else {}
+    return plan, ({r.run_id: r for r in store.records()} if store.path.is_file() else {})
+
+
+def pending_runs(cfg: BenchConfig, out_dir: Path) -> list[RunSpec]:
+    plan, records = _planned(cfg, out_dir)
+    return [r for r in plan if r.run_id not in records or records[r.run_id].status not in FINAL]
+
+
+def plan_summary(cfg: BenchConfig, out_dir: Path) -> list[PlanRow]:
+    """The grid's state without starting anything: nothing is loaded, created or written."""
+    plan, records = _planned(cfg, out_dir)
     rows = []
     for method in dict.fromkeys(r.method_id for r in plan):
         mine = [records.get(r.run_id) for r in plan if r.method_id == method]

@@ -70,6 +70,18 @@ class RunOutcome:
     provenance: dict[str, Any] = field(default_factory=dict)  # the run's own (decoding); the worker adds the process's
 
 
+def cut_task_data(task: TaskSpec, cfg: BenchConfig) -> TaskData:
+    """A task's rows loaded (a missing split carved where the config allows it) and cut into train,
+    validation and eval under its split rule, with the fixed data seed."""
+    rows, eval_rows, policy = load_splits(task, cfg.data_dir, DATA_SPLIT_SEED)
+    rows = [r for r in rows if task.usable(task.prepared(r))] if task.usable else list(rows)
+    train, val, test = split_rows(
+        task.split_rule, rows, eval_rows, val_fraction=cfg.training.val_fraction, seed=DATA_SPLIT_SEED,
+        max_train=cfg.training.max_train_samples, max_eval=cfg.evaluation.max_samples,
+        label_of=task.gold_of if task.kind == "classification" else None)
+    return TaskData(train=train, val=val, eval=test, policy=policy)
+
+
 class RunContext:
     """Per-process state shared by the runs of one grid."""
 
@@ -97,14 +109,7 @@ class RunContext:
     def task_data(self, task: TaskSpec) -> TaskData:
         """Train/validation/eval rows under the task's split rule (`split_rows`), the same for every seed."""
         if task.name not in self._tasks:
-            rows, eval_rows, policy = load_splits(task, self.cfg.data_dir, DATA_SPLIT_SEED)
-            rows = [r for r in rows if task.usable(task.prepared(r))] if task.usable else list(rows)
-            train, val, test = split_rows(
-                task.split_rule, rows, eval_rows,
-                val_fraction=self.cfg.training.val_fraction, seed=DATA_SPLIT_SEED,
-                max_train=self.cfg.training.max_train_samples, max_eval=self.cfg.evaluation.max_samples,
-                label_of=task.gold_of if task.kind == "classification" else None)
-            self._tasks[task.name] = TaskData(train=train, val=val, eval=test, policy=policy)
+            self._tasks[task.name] = cut_task_data(task, self.cfg)
         return self._tasks[task.name]
 
     def encoded(self, task: TaskSpec, rows: list[Row]) -> list[dict[str, list[int]]]:

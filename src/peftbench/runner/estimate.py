@@ -1,0 +1,134 @@
+"""How long a grid will train before any of its runs has finished: counted FLOPs over a throughput.
+
+Per method, the FLOPs of one training step (forward and backward of batch × tokens per example)
+are counted with `FlopCounterMode` on the model built from its configuration on the meta device (no
+weights); per task, the steps follow from its training rows, epochs and batch (or `max_steps`), and a
+mitigation strategy multiplies them by the models it trains. Time is that count over a throughput
+that is stated, not guessed: `--tflops`, or on CPU this machine's measured matmul rate. Evaluation and
+cost measurement are not included; once runs finish, `--dry-run` estimates from their measured times.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from peftbench.config import BenchConfig, TrainingConfig
+from peftbench.deni.members import training_cost
+from peftbench.errors import PeftbenchError
+from peftbench.plan import RunSpec
+from peftbench.runner.run import cut_task_data
+from peftbench.tasks.data import split_names
+from peftbench.tasks.prompts import encode_example
+from peftbench.tasks.spec import TaskSpec
+
+GPU_TFLOPS = 400.0
+"""Assumed sustained bf16 throughput of one GPU (about 40 % of an H100's dense peak), as docs/cluster.md."""
+SAMPLE_ROWS = 200
+"""Training rows tokenised per task to measure the mean tokens per example."""
+
+
+@dataclass
+class Estimate:
+    hours: float = 0.0
+    runs: int = 0  # pending runs the estimate covers
+    tflops: float = 0.0  # the throughput it divides by
+    throughput: str = ""  # where that throughput comes from
+    unknown: list[str] = field(default_factory=list)  # tasks whose steps could not be known here
+    lengths: dict[str, str] = field(default_factory=dict)  # task → tokens per example and where from
+
+
+def cpu_tflops(threads: int, size: int = 768, repeats: int = 6) -> float:
+    """This machine's float32 matmul rate with the runs' thread count (the best of a few tries)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        best = math.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+        return 2 * size**3 / best / 1e12
+    finally:
+        torch.set_num_threads(previous)
+
+
+def estimate_training(cfg: BenchConfig, pending: list[RunSpec], tflops: float | None = None) -> Estimate | None:
+    """Training hours of `pending` runs, or None where the model's configuration is not available here."""
+    from peftbench.costs.flops import train_step_flops
+    from peftbench.costs.from_config import skeleton
+    from peftbench.modeling import ModelUnavailable, load_tokenizer, resolve_model
+
+    try:
+        source = resolve_model(cfg.model)
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(source.location, revision=source.revision,
+                                            trust_remote_code=cfg.model.trust_remote_code)
+    except (ModelUnavailable, OSError, ValueError):
+        return None
+    gpu = cfg.runtime.device == "cuda" or (cfg.runtime.device == "auto" and torch.cuda.is_available())
+    rate = tflops or (GPU_TFLOPS if gpu else cpu_tflops(cfg.runtime.threads))
+    how = ("--tflops" if tflops else f"assumed for one GPU ({GPU_TFLOPS:g} TFLOP/s ≈ 40 % of an H100's bf16 peak)"
+           if gpu else f"measured float32 matmul rate of this machine with {cfg.runtime.threads} thread(s)")
+    result = Estimate(tflops=rate, throughput=how)
+    tokenizer = load_tokenizer(source, cfg.model) if source.is_local else None
+    data: dict[str, tuple[int | None, int]] = {}
+    step_flops: dict[tuple[str, int], float] = {}
+    for spec in pending:
+        training = spec.training or cfg.training
+        task = spec.task_spec
+        if task.name not in data:
+            rows, length, result.lengths[task.name] = _rows_and_length(cfg, task, tokenizer)
+            data[task.name] = (rows, length)
+        rows, length = data[task.name]
+        n_steps = training_steps(training, rows)
+        if n_steps is None:
+            if task.name not in result.unknown:
+                result.unknown.append(task.name)
+            continue
+        key = (spec.method_id, length)
+        if key not in step_flops:
+            model = spec.method.apply(skeleton(config))
+            batch = training.batch_size * training.gradient_accumulation_steps
+            trains = any(p.requires_grad for p in model.parameters())  # the zero-shot `base` trains nothing
+            step_flops[key] = train_step_flops(model, batch_size=batch, seq_len=length,
+                                               vocab_size=config.vocab_size) if trains else 0.0
+        models = training_cost(training.mitigation, n_steps)
+        result.hours += n_steps * models * step_flops[key] / (rate * 1e12) / 3600
+        result.runs += 1
+    return result
+
+
+def training_steps(training: TrainingConfig, rows: int | None) -> int | None:
+    """Optimiser steps of one run on `rows` training rows (None: not known here), as the Trainer counts
+    them: `max_steps`, or epochs × the batches of an epoch per accumulated step."""
+    if training.max_steps:
+        return training.max_steps
+    if rows is None:
+        return None
+    per_epoch = max(math.ceil(math.ceil(rows / training.batch_size) / training.gradient_accumulation_steps), 1)
+    return math.ceil(per_epoch * training.epochs)
+
+
+def _rows_and_length(cfg: BenchConfig, task: TaskSpec, tokenizer: Any) -> tuple[int | None, int, str]:
+    """(training rows where the data is here — after the task's split rule, as a run cuts them —, tokens
+    per example, where that length comes from)."""
+    length, where = cfg.training.cutoff_len, f"{cfg.training.cutoff_len} ({task.name}: cutoff_len, an upper bound)"
+    if split_names(task, cfg.data_dir) is None:
+        return None, length, where
+    try:
+        rows = cut_task_data(task, cfg).train
+    except PeftbenchError:
+        return None, length, where
+    if tokenizer is not None and rows:
+        sample = rows[:SAMPLE_ROWS]
+        tokens = sum(len(encode_example(task, r, tokenizer, cfg.training.cutoff_len)["input_ids"]) for r in sample)
+        length = max(1, round(tokens / len(sample)))
+        where = f"{length} ({task.name}, mean of {len(sample)} training rows)"
+    return len(rows), length, where

@@ -1,0 +1,73 @@
+"""The --dry-run estimate before any run has finished: steps as the Trainer counts them, FLOPs as a
+real model counts them, and time as FLOPs over the stated throughput."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import run_cli
+
+from peftbench.config import validate_config
+from peftbench.plan import plan_runs
+from peftbench.runner.estimate import _rows_and_length, estimate_training, training_steps
+from peftbench.store import Store
+
+GRID = {"model": {"name": "builtin:tiny-llama"}, "methods": [{"name": "lora", "learning_rate": 5e-3}],
+        "tasks": ["qs_sentiment"], "seeds": [0],
+        "training": {"epochs": 1.5, "batch_size": 3, "gradient_accumulation_steps": 2, "max_train_samples": 41,
+                     "cutoff_len": 128, "select_best": False},
+        "evaluation": {"batch_size": 32, "max_samples": 8}, "costs": {"latency": False, "memory_steps": 1},
+        "runtime": {"threads": 1, "workers": 1}}
+
+
+@pytest.mark.slow
+def test_the_estimated_steps_are_the_steps_a_run_takes(tmp_path):
+    import yaml
+
+    cfg = validate_config(GRID)
+    rows, _, _ = _rows_and_length(cfg, plan_runs(cfg)[0].task_spec, None)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(GRID))
+    run_cli("run", str(config), "--out", str(tmp_path / "out"))
+    (record,) = Store.open(tmp_path / "out").records()
+    assert record.training["steps"] == training_steps(cfg.training, rows)  # 41 rows − 4 held out: 37 → 13 batches
+    assert rows == 37 and training_steps(cfg.training, rows) == math.ceil(1.5 * 7)  # a last half step counts
+
+
+def test_hours_are_counted_flops_over_the_stated_throughput_by_hand():
+    from transformers import AutoModelForCausalLM
+
+    from peftbench.costs.flops import train_step_flops
+    from peftbench.deni.members import training_cost
+    from peftbench.modeling import load_tokenizer, resolve_model
+    from peftbench.tasks.prompts import encode_example
+    from peftbench.tiny import tiny_model_dir
+
+    grid = {**GRID, "methods": [{"name": "lora"}, {"name": "lora", "label": "lora-deni",
+                                                  "mitigation": {"strategy": "deni", "ni_single_steps": 2,
+                                                                 "ni_multi_steps": 2}}],
+            "training": {**GRID["training"], "max_steps": 20}}
+    cfg = validate_config(grid)
+    plan = plan_runs(cfg)
+    found = estimate_training(cfg, plan, tflops=2.0)
+    task = plan[0].task_spec
+    tokenizer = load_tokenizer(resolve_model(cfg.model), cfg.model)
+    from peftbench.runner.run import cut_task_data
+
+    sample = cut_task_data(task, cfg).train[:200]
+    length = round(sum(len(encode_example(task, r, tokenizer, 128)["input_ids"]) for r in sample) / len(sample))
+    model = plan[0].method.apply(  # real weights, not meta; eager attention, as every FLOP count of ours
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir(), attn_implementation="eager"))
+    flops = train_step_flops(model, batch_size=6, seq_len=length, vocab_size=model.config.vocab_size)
+    deni = training_cost(plan[1].training.mitigation, 20)
+    assert deni > 1
+    assert found.hours == pytest.approx(20 * flops * (1 + deni) / 2e12 / 3600, rel=1e-12)
+    assert found.runs == 2 and found.unknown == [] and f"{length} (qs_sentiment" in found.lengths["qs_sentiment"]
+
+
+def test_dry_run_estimates_before_any_run_and_writes_nothing(tmp_path):
+    result = run_cli("quickstart", "--dry-run", "--out", str(tmp_path / "q"))
+    assert "run-minutes of training for the 54 pending runs without finished runs, from counted training FLOPs" \
+        in " ".join(result.stdout.split())
+    assert not (tmp_path / "q").exists()
