@@ -58,3 +58,23 @@ def test_phase_names_in_brackets_are_shown_not_read_as_markup():
     with GridProgress(console, 1, live=True) as progress:
         progress.update("lora[r=8] · t · seed 0", "train", 1, 2)
     assert "lora[r=8] · t · seed 0 [train]" in out.getvalue()
+
+
+def test_report_to_is_checked_before_anything_runs_and_is_not_part_of_a_run_id(tmp_path):
+    import importlib.util
+
+    from peftbench.config import validate_config
+    from peftbench.plan import plan_runs
+
+    base = {"methods": ["lora"], "tasks": ["qs_sentiment"]}
+    plain = plan_runs(validate_config(base))[0].run_id
+    logged = plan_runs(validate_config({**base, "training": {"report_to": ["tensorboard", "wandb"]}}))[0].run_id
+    assert plain == logged
+    if importlib.util.find_spec("tensorboard") is not None:
+        return
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG.replace("eval_steps: 6}", "eval_steps: 6, report_to: [tensorboard]}"))
+    result = run_cli("run", str(config), "--out", str(tmp_path / "out"), check=False)
+    assert result.returncode == 2 and not (tmp_path / "out").exists()
+    assert result.stderr.strip() == ("error: training.report_to: 'tensorboard' needs the tensorboard package, which is "
+                                     "not installed (pip install tensorboard)")

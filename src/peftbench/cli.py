@@ -182,7 +182,8 @@ def _print_finished(result: GridResult) -> None:
     failed = result.counts.get("failed", 0)
     ran = ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items())) or "nothing left to run"
     err_console.print(
-        f"finished: {result.total} runs, {result.already_done} already done before; this time: {ran}. "
+        f"finished: {result.total} run{'' if result.total == 1 else 's'}, {result.already_done} already done before; "
+        f"this time: {ran}. "
         f"Report files are in {result.out_dir}.",
         highlight=False,
     )

@@ -180,6 +180,10 @@ class TrainingConfig(StrictModel):
                                     "across the grid's seeds (docs/stability.md)")
     mitigation: MitigationConfig = Field(default_factory=MitigationConfig, description="instability mitigation "
                                          "(DENI and its ablations); a run with one keeps its final weights")
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list, description="the Trainer's loggers, off by default: tensorboard writes under "
+        "<output>/logs/tensorboard/<run>; wandb runs offline unless WANDB_MODE says otherwise. Not part of a "
+        "run's identity")
 
 
 class EvaluationConfig(StrictModel):

@@ -36,7 +36,7 @@ from peftbench.tasks.data import check_splits, local_data_fingerprint
 # default, so the runs of tasks that do not use them keep their ids.
 LATER_FIELDS = frozenset({"keep", "split_rule", "carve"})
 # Settings that change how a run executes or is checked, never its result.
-NOT_IDENTITY = {"training": {"checkpoint_steps"}, "evaluation": {"decode_check", "decode_check_tolerance"}}
+NOT_IDENTITY = {"training": {"checkpoint_steps", "report_to"}, "evaluation": {"decode_check", "decode_check_tolerance"}}
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,10 @@ actually change are exact and cheap for PEFT methods.
 from __future__ import annotations
 
 import math
+import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,25 @@ class TrainResult:
     """model_steps / steps: what training cost in single trainings (DENI ≈ 3.3, an ensemble of K: K)."""
     members: int = 1
     """Models whose predictions are voted (the DE copies and the main model), 1 without a vote."""
+
+
+@contextmanager
+def _logger_dirs(report_to: list[str], log_dir: Path | None) -> Iterator[None]:
+    """TensorBoard's directory (transformers 5 reads it from the environment, else the Trainer's
+    temporary output dir, which a run deletes) and W&B offline unless the user chose a mode."""
+    saved = {k: os.environ.get(k) for k in ("TENSORBOARD_LOGGING_DIR", "WANDB_MODE")}
+    if "tensorboard" in report_to and log_dir is not None:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(log_dir)
+    if "wandb" in report_to:
+        os.environ.setdefault("WANDB_MODE", "offline")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 class _Watch(TrainerCallback):
@@ -164,6 +185,7 @@ def train(
     progress: ProgressFn | None = None,
     voters: list[dict[str, torch.Tensor]] | None = None,
     data_seed: int | None = None,
+    log_dir: Path | None = None,
 ) -> TrainResult:
     """Train `model` in place. With `cfg.checkpoint_steps`, `workdir` receives a resumable checkpoint
     (weights, optimiser, scheduler, RNG and data position, best snapshot) every that many steps, and a
@@ -173,7 +195,8 @@ def train(
     delayed ensemble's copies are appended to `voters` (their trainable tensors) for the vote. Such a
     run writes no checkpoints: the copies' tensors and optimisers are not saved, so a killed run
     restarts from step 0 (the store re-runs it). `seed` drives dropout and the copies' noise,
-    `data_seed` (default: `seed`) the order of the batches."""
+    `data_seed` (default: `seed`) the order of the batches. `log_dir`: where the loggers of
+    `cfg.report_to` write (TensorBoard)."""
     result = TrainResult(train_tokens=sum(len(e["input_ids"]) for e in train_examples),
                          strategy=cfg.mitigation.strategy)
     mitigated = cfg.mitigation.strategy != "default"
@@ -201,7 +224,7 @@ def train(
         logging_strategy="steps",
         logging_steps=1,
         logging_nan_inf_filter=False,
-        report_to="none",
+        report_to=list(cfg.report_to) or "none",
         disable_tqdm=True,
         seed=seed,
         data_seed=seed if data_seed is None else data_seed,
@@ -220,20 +243,21 @@ def train(
                              max_grad_norm=cfg.max_grad_norm, autocast=torch.bfloat16 if use_bf16 else None) \
         if strategy in COPY_STRATEGIES else None
     averaging = WeightAveraging(model, cfg.mitigation) if strategy in ("swa", "ema") else None
-    trainer = _Trainer(
-        model=model,
-        args=args,
-        train_dataset=train_examples,
-        eval_dataset=val_examples,
-        data_collator=collator,
-        callbacks=[watch, *(c for c in (members, averaging) if c is not None)],
-        members=members,
-    )
-    trainer.remove_callback(PrinterCallback)  # progress is ours; Trainer would print every log line
-    checkpoint = last_complete_checkpoint(workdir) if cfg.checkpoint_steps and not mitigated else None
-    if checkpoint:
-        watch.resume(checkpoint)
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with _logger_dirs(cfg.report_to, log_dir):  # the loggers read these while the Trainer builds and trains
+        trainer = _Trainer(
+            model=model,
+            args=args,
+            train_dataset=train_examples,
+            eval_dataset=val_examples,
+            data_collator=collator,
+            callbacks=[watch, *(c for c in (members, averaging) if c is not None)],
+            members=members,
+        )
+        trainer.remove_callback(PrinterCallback)  # progress is ours; Trainer would print every log line
+        checkpoint = last_complete_checkpoint(workdir) if cfg.checkpoint_steps and not mitigated else None
+        if checkpoint:
+            watch.resume(checkpoint)
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     result.train_loss = float(output.training_loss) if math.isfinite(output.training_loss) else None
     if members is not None:
         result.model_steps = members.model_steps

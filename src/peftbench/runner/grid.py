@@ -67,11 +67,15 @@ def check_methods(cfg: BenchConfig, source: ModelSource, plan: list[RunSpec]) ->
 
 
 def check_executor(cfg: BenchConfig) -> None:
-    """The optional engine of the configured executor is installed."""
+    """The optional engine of the configured executor, and the loggers the training reports to, are installed."""
     needs = {"ray": ("ray", "ray"), "slurm": ("submitit", "slurm")}.get(cfg.executor.kind)
     if needs and importlib.util.find_spec(needs[0]) is None:
         raise PeftbenchError(f"executor.kind: {cfg.executor.kind!r} needs {needs[0]}, which is not installed "
                              f"(pip install 'peftbench[{needs[1]}]')")
+    for logger in cfg.training.report_to:
+        if importlib.util.find_spec(logger) is None:
+            raise PeftbenchError(f"training.report_to: {logger!r} needs the {logger} package, which is not installed "
+                                 f"(pip install {logger})")
 
 
 def run_grid(cfg: BenchConfig, out_dir: Path | None = None, console: Console | None = None,

@@ -210,6 +210,7 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
                     data_seed=spec.seed if fixed.data_order is None else fixed.data_order,
                     workdir=checkpoints or Path(workdir),
                     progress=lambda done, total_, loss: phase("train", done, total_, loss), voters=voters,
+                    log_dir=ctx.out_dir / "logs" / "tensorboard" / spec.run_id,
                 )
                 if training.mitigation.strategy == "ensemble":
                     voters += train_ensemble(spec, ctx, training, train_ex, val_ex, Path(workdir), result)
