@@ -58,6 +58,17 @@ def column(driver, table_id: str, header: str) -> list[str]:
     return [r.find_elements("css selector", "td")[index].get_attribute("data-sort") for r in rows if r.is_displayed()]
 
 
+def headers(driver, table_id: str) -> list[str]:
+    return [th.text for th in driver.find_elements("css selector", f"#{table_id} thead th")]
+
+
+def texts(driver, table_id: str, header: str) -> list[str]:
+    """A column's visible text, top to bottom."""
+    index = headers(driver, table_id).index(header)
+    return [r.find_elements("css selector", "td")[index].text
+            for r in driver.find_elements("css selector", f"#{table_id} tbody tr") if r.is_displayed()]
+
+
 def test_quickstart_leaderboard_in_a_browser(browser, quickstart_dir, tmp_path):
     from PIL import Image
 
@@ -69,6 +80,16 @@ def test_quickstart_leaderboard_in_a_browser(browser, quickstart_dir, tmp_path):
     assert all(img.get_property("naturalWidth") > 100 for img in browser.find_elements("css selector", "figure img"))
     shot = Image.open(io.BytesIO(browser.get_screenshot_as_png())).convert("RGB")
     assert len(set(shot.resize((200, 150)).getdata())) > 20, "the screenshot looks blank"
+    # one category (quickstart): no P column repeating P_avg; invalid outputs in %, base's all invalid
+    assert headers(browser, "leaderboard") == ["rank", "method", "P_avg", "invalid %", "mean rank",
+                                               "trainable params", "extra FLOPs", "peak mem GB", "PSCP"]
+    invalid = dict(zip(texts(browser, "leaderboard", "method"), texts(browser, "leaderboard", "invalid %"),
+                       strict=True))
+    assert invalid["base"] == "100.0" and all(0 <= float(v) <= 100 for v in invalid.values())
+    assert dict(zip(texts(browser, "scores", "task"), texts(browser, "scores", "metric"), strict=True)) == {
+        "qs_sentiment": "f1", "qs_topic": "macro_f1", "qs_arith": "numeric_accuracy"}
+    assert "higher is better" in browser.find_element("id", "pscp-formula").text
+    assert not [th.text for th in browser.find_elements("css selector", "th") if "CI" in th.text]  # 2 seeds
 
 
 @pytest.fixture
@@ -113,6 +134,25 @@ def test_sorting_filtering_and_hostile_labels(browser, hostile_report):
     assert [r.find_element("css selector", "td").text for r in visible] == ["copa"]
     Select(browser.find_element("id", "category-filter")).select_by_value("all")
     assert all(r.is_displayed() for r in rows)
+
+
+def test_the_page_explains_its_numbers(browser, hostile_report):
+    """The formula with its constants and P's rule, a P per category (there are three), invalid
+    outputs in %, each task's metric, tasks in category order."""
+    assert open_page(browser, hostile_report) == []
+    formula = browser.find_element("id", "pscp-formula").text
+    assert "PSCP = P · (1 + M_p/C_p)^−β_p · (1 + M_f/C_f)^−β_f · (1 + M_m/C_m)^−β_m — higher is better." in formula
+    assert "C_p = 500,000,000 trainable parameters, C_f = 10 extra TFLOPs, C_m = 94 GB, β = 2." in formula
+    assert "each task's score floored at 0" in formula
+    assert headers(browser, "leaderboard") == ["rank", "method", "P_avg", "P glue", "P superglue", "P other",
+                                               "invalid %", "mean rank", "trainable params", "extra FLOPs",
+                                               "peak mem GB", "PSCP"]
+    p = dict(zip(texts(browser, "leaderboard", "method"), texts(browser, "leaderboard", "P superglue"), strict=True))
+    assert p["lora"] == "76.0"  # copa: seeds 75 and 77
+    assert texts(browser, "leaderboard", "invalid %") == ["0.0"] * 3
+    assert texts(browser, "scores", "task") == ["sst2", "copa", "mmlu"]  # GLUE, SuperGLUE, other
+    assert texts(browser, "scores", "metric") == ["f1"] * 3
+    assert texts(browser, "leaderboard", "extra FLOPs") == ["0"] * 3
 
 
 @pytest.mark.slow

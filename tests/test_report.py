@@ -21,7 +21,7 @@ COSTS = {"lora": (1000, 0.0, 2.0), "bitfit": (100, 0.0, 1.0)}
 ROWS = [("lora", "a", 0, "done", 80.0), ("lora", "a", 1, "done", 90.0), ("lora", "a", 2, "done", 70.0),
         ("lora", "b", 0, "done", 50.0), ("lora", "b", 1, "done", 60.0),
         ("bitfit", "a", 0, "done", 95.0), ("bitfit", "a", 1, "done", 85.0), ("bitfit", "b", 0, "failed", None)]
-T_975 = {1: 12.706204736, 2: 4.302652730}  # Student t quantiles, df 1 and 2
+T_975 = {2: 4.302652730}  # Student t quantile, df 2
 
 
 @pytest.fixture
@@ -35,7 +35,9 @@ def test_cells_and_method_summaries(store):
     assert (a.score_mean, a.score_sd, a.n_seeds) == (80.0, pytest.approx(10.0), 3)
     assert a.ci95 == pytest.approx(T_975[2] * 10.0 / math.sqrt(3))
     assert b.score_sd == pytest.approx(statistics.stdev([50.0, 60.0]))
-    assert b.ci95 == pytest.approx(T_975[1] * statistics.stdev([50.0, 60.0]) / math.sqrt(2))
+    assert b.ci95 is None and b.ci_range() is None  # 2 seeds: t = 12.7 would give ± 64, no CI at all
+    # 80 ± 24.84 reaches past 100: clipped there, and marked
+    assert a.ci_range() == (pytest.approx(80 - T_975[2] * 10 / math.sqrt(3)), 100.0, True)
     failed = summary.cell("bitfit", "b")
     assert failed.score_mean is None and failed.n_not_done == 1
     by = {s.method: s for s in summary.summaries}

@@ -96,7 +96,8 @@ def build_report(out_dir: Path, *, reference: str | None = None) -> Report:
     records, other = current_records([r for r in everything if r.run_id not in study_ids], store.plan())
     metric = cfg.tpv.metric if cfg is not None and cfg.tpv is not None else "accuracy"
     study = tpv_summary([r for r in everything if r.run_id in study_ids], store.out_dir, metric) if study_ids else None
-    summary = aggregate(records, cfg.pscp if cfg else PSCPConfig(), task_categories(records))
+    summary = aggregate(records, cfg.pscp if cfg else PSCPConfig(), task_categories(records),
+                        [t.name for t in cfg.tasks] if cfg else ())
     if reference:
         summary = with_reference(summary, reference)
     return Report(store, records, other, summary, title=f"peftbench — {cfg.name if cfg else store.out_dir.name}",

@@ -2,7 +2,9 @@
 
 A cell averages the seeds whose runs are done; failed or missing seeds are counted, never hidden.
 A method's P_avg exists only when it has a done cell for every task of the grid: averaging over
-the tasks that happened to finish would rank an incomplete method on an easier task set.
+the tasks that happened to finish would rank an incomplete method on an easier task set. P_avg is
+PSCP's P (`peftbench.pscp.p_score`): each task's score floored at 0 before averaging, so a broken
+task (a negative correlation) cannot cancel another; the score table shows the metrics as measured.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from scipy import stats
 
 from peftbench.config import PSCPConfig
-from peftbench.pscp import pscp
+from peftbench.pscp import SCALE, p_score, pscp
 from peftbench.store import RunRecord
 
 BETA_GRID: tuple[tuple[float, float, float], ...] = (
@@ -35,6 +37,10 @@ PAPER_REFERENCE: dict[str, tuple[float, int, float, float]] = {
     "p_tuning": (51.7, 53_130_752, 1.68, 34.53),
 }
 REFERENCES = {"peftbench-paper": PAPER_REFERENCE}
+REFERENCE_MODELS = {"peftbench-paper": "Llama-3-8B-Instruct"}  # the model each reference's figures were measured on
+PAPER_CATEGORIES = ("glue", "superglue", "other", "math", "code")  # the paper's table order
+MIN_CI_SEEDS = 3
+"""Fewer seeds give no 95 % CI: with 2 the t quantile is 12.7, and the interval says nothing."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,16 @@ class Cell:
     scores: tuple[float, ...] = ()
     metrics: dict[str, float] = field(default_factory=dict)
     """Mean over the done seeds of every metric the runs reported (the primary one included)."""
+
+    def ci_range(self) -> tuple[float, float, bool] | None:
+        """The 95 % CI of the mean clipped to the score scale, and whether it had to be: 0–100, or
+        −100–100 for a cell with a negative score (only correlations go below 0). A t interval over
+        few seeds easily reaches past the scale, where no score can lie."""
+        if self.ci95 is None or self.score_mean is None:
+            return None
+        bottom = -SCALE[1] if min(self.scores) < 0 else SCALE[0]
+        low, high = self.score_mean - self.ci95, self.score_mean + self.ci95
+        return max(low, bottom), min(high, SCALE[1]), low < bottom or high > SCALE[1]
 
 
 @dataclass(frozen=True)
@@ -77,6 +93,10 @@ class Summary:
     cells: list[Cell]
     summaries: list[MethodSummary]
     constants: PSCPConfig = field(default_factory=PSCPConfig)
+    primary_metrics: dict[str, str | None] = field(default_factory=dict)
+    """Each task's primary metric, as its done runs recorded it (None when none is done)."""
+    reference: str | None = None
+    """The published reference whose rows were added (`with_reference`)."""
 
     def cell(self, method: str, task: str) -> Cell:
         return next(c for c in self.cells if c.method == method and c.task == task)
@@ -85,7 +105,9 @@ class Summary:
         return {
             "tasks": self.tasks,
             "categories": self.categories,
+            "primary_metrics": self.primary_metrics,
             "pscp_constants": self.constants.model_dump(),
+            "reference": self.reference,
             "cells": [{**asdict(c), "scores": list(c.scores)} for c in self.cells],
             "methods": [asdict(s) for s in self.summaries],
             "pscp_sensitivity": [asdict(r) for r in pscp_sensitivity(self)],
@@ -101,8 +123,9 @@ def mean_sd(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 
 def ci95(values: Sequence[float]) -> float | None:
-    """Half-width of the 95 % confidence interval of the mean (Student t over seeds)."""
-    if len(values) < 2:
+    """Half-width of the 95 % confidence interval of the mean (Student t over seeds); None with
+    fewer than `MIN_CI_SEEDS` values."""
+    if len(values) < MIN_CI_SEEDS:
         return None
     return float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
 
@@ -125,13 +148,37 @@ def metric_means(done: Sequence[RunRecord]) -> dict[str, float]:
     return {name: statistics.fmean(v) for name, v in values.items()}
 
 
+def task_order(tasks: Sequence[str], categories: Mapping[str, str], listed: Sequence[str] = ()) -> list[str]:
+    """Tasks grouped by category — the paper's categories first, in its table's order (GLUE,
+    SuperGLUE, other, math, code), then any other in order of first appearance — and within a
+    category in the order the config lists them (`listed`; the shipped configs follow the paper),
+    then by name.
+
+    Why: records come sorted by name, which scatters a category's tasks across a table; grouped,
+    a reader compares like with like, and the per-category P columns follow the same order.
+    """
+    position = {t: i for i, t in enumerate(listed)}
+    within = sorted(tasks, key=lambda t: (position.get(t, len(position)), t))
+    order = list(dict.fromkeys([*PAPER_CATEGORIES, *(categories[t] for t in within)]))
+    return sorted(within, key=lambda t: order.index(categories[t]))
+
+
+def primary_metric(done: Sequence[RunRecord]) -> str | None:
+    """The primary metric's name the runs recorded (each run stores it beside its score)."""
+    return next((r.metrics["primary_metric"] for r in done if r.metrics.get("primary_metric")), None)
+
+
 def aggregate(
-    records: Sequence[RunRecord], constants: PSCPConfig | None = None, categories: Mapping[str, str] | None = None
+    records: Sequence[RunRecord], constants: PSCPConfig | None = None, categories: Mapping[str, str] | None = None,
+    listed: Sequence[str] = (),
 ) -> Summary:
+    """Cells, method summaries and ranks; tasks in `task_order` (`listed`: the config's task order)."""
     constants = constants or PSCPConfig()
     methods = list(dict.fromkeys(r.method for r in records))
-    tasks = list(dict.fromkeys(r.task for r in records))
-    category = {t: (categories or {}).get(t, "other") for t in tasks}
+    seen = {t: (categories or {}).get(t, "other") for t in dict.fromkeys(r.task for r in records)}
+    tasks = task_order(list(seen), seen, listed)
+    category = {t: seen[t] for t in tasks}
+    metric_names: dict[str, str | None] = {}
     cells = []
     for method in methods:
         for task in tasks:
@@ -140,6 +187,7 @@ def aggregate(
             scores = tuple(float(r.metrics["score"]) for r in done)
             mean, sd = mean_sd(scores)
             invalid = _mean([r.metrics["invalid_rate"] for r in done])
+            metric_names[task] = metric_names.get(task) or primary_metric(done)
             cells.append(Cell(method, task, category[task], len(done), len(runs) - len(done), mean, sd,
                               ci95(scores), invalid, scores, metric_means(done)))
     ranks = mean_ranks(cells, tasks, methods)
@@ -151,24 +199,27 @@ def aggregate(
         by_category = {}
         for cat in dict.fromkeys(category.values()):
             in_cat = [c for c in mine if c.category == cat]
-            by_category[cat] = (statistics.fmean(c.score_mean for c in in_cat)
+            by_category[cat] = (p_score(c.score_mean for c in in_cat)
                                 if all(c.score_mean is not None for c in in_cat) else None)
         costs = [r.costs for r in records if r.method == method and r.status == "done" and r.costs]
         params = _mean([c["trainable_params"] for c in costs])
         tflops = _mean([max(c["extra_tflops"], 0.0) for c in costs])
         mem = _mean([c["peak_train_mem_gb"] for c in costs])
-        p_avg = statistics.fmean(c.score_mean for c in done) if complete else None
+        p_avg = p_score(c.score_mean for c in done) if complete else None
         value = pscp(p_avg, params, tflops, mem, constants) if p_avg is not None and costs else None
         invalid = _mean([c.invalid_rate for c in done if c.invalid_rate is not None])
         summaries.append(MethodSummary(method, len(done), p_avg, by_category, ranks.get(method), invalid, params,
                                        tflops, mem, value, None))
-    return Summary(tasks, category, methods, cells, _ranked(summaries), constants)
+    return Summary(tasks, category, methods, cells, _ranked(summaries), constants, metric_names)
 
 
 def _ranked(summaries: list[MethodSummary]) -> list[MethodSummary]:
-    """Rank by PSCP (1 = best); methods without PSCP come last, unranked."""
+    """Rank by PSCP (1 = best; the same PSCP shares a rank: 1, 1, 3); methods without PSCP come
+    last, unranked."""
     ordered = sorted((s for s in summaries if s.pscp is not None and not s.reference), key=lambda s: -s.pscp)
-    ranks = {s.method: i + 1 for i, s in enumerate(ordered)}
+    ranks: dict[str, int] = {}
+    for i, s in enumerate(ordered):
+        ranks[s.method] = ranks[ordered[i - 1].method] if i and s.pscp == ordered[i - 1].pscp else i + 1
     out = [replace(s, rank=ranks.get(s.method) if not s.reference else None) for s in summaries]
     return sorted(out, key=lambda s: (s.reference, s.rank is None, s.rank or 0, s.method))
 
@@ -195,7 +246,7 @@ def with_reference(summary: Summary, name: str) -> Summary:
                       None, reference=True)
         for method, (p, mp, mf, mm) in REFERENCES[name].items()
     ]
-    return replace(summary, summaries=_ranked([*summary.summaries, *rows]))
+    return replace(summary, summaries=_ranked([*summary.summaries, *rows]), reference=name)
 
 
 @dataclass(frozen=True)

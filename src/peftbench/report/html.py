@@ -16,7 +16,14 @@ from typing import Any
 
 from peftbench.jsonsafe import dumps_json
 from peftbench.report.aggregate import Summary, fmt, pscp_sensitivity
-from peftbench.report.tables import cell_text, params_text, percent, sensitivity_headers
+from peftbench.report.tables import (
+    cell_text,
+    explanation,
+    flops_text,
+    params_text,
+    percent,
+    sensitivity_headers,
+)
 from peftbench.store import RunRecord
 
 PREDICTION_SAMPLE = 5
@@ -65,16 +72,18 @@ def _table(table_id: str, headers: Sequence[str], rows: Sequence[str]) -> str:
 
 
 def _leaderboard(summary: Summary) -> str:
+    """The ranked table; a P column per category only when there are several (one would repeat P_avg)."""
     categories = list(dict.fromkeys(summary.categories.values()))
+    categories = categories if len(categories) > 1 else []
     headers = ["rank", "method", "P_avg", *(f"P {c}" for c in categories), "invalid %", "mean rank",
-               "trainable params", "extra TFLOPs", "peak mem GB", "PSCP"]
+               "trainable params", "extra FLOPs", "peak mem GB", "PSCP"]
     rows = []
     for s in summary.summaries:
         cells = [_td(str(s.rank or "—"), s.rank), _td(s.method, label=True), _td(fmt(s.p_avg), s.p_avg),
                  *(_td(fmt(s.p_by_category.get(c)), s.p_by_category.get(c)) for c in categories),
                  _td(fmt(percent(s.invalid_rate)), percent(s.invalid_rate)), _td(fmt(s.mean_rank, 2), s.mean_rank),
                  _td(params_text(s.trainable_params), s.trainable_params),
-                 _td(fmt(s.extra_tflops, 6), s.extra_tflops), _td(fmt(s.peak_mem_gb, 3), s.peak_mem_gb),
+                 _td(flops_text(s.extra_tflops), s.extra_tflops), _td(fmt(s.peak_mem_gb, 3), s.peak_mem_gb),
                  _td(fmt(s.pscp, 2), s.pscp)]
         cls = ' class="reference"' if s.reference else ""
         rows.append(f"<tr{cls}>{''.join(cells)}</tr>")
@@ -84,10 +93,11 @@ def _leaderboard(summary: Summary) -> str:
 def _scores(summary: Summary) -> str:
     rows = []
     for task in summary.tasks:
-        cells = [_td(task, label=True), _td(summary.categories[task], label=True)]
+        cells = [_td(task, label=True), _td(summary.categories[task], label=True),
+                 _td(summary.primary_metrics.get(task) or "—", label=True)]
         cells += [_td(cell_text(c), c.score_mean) for c in (summary.cell(m, task) for m in summary.methods)]
         rows.append(f'<tr data-category="{escape(summary.categories[task])}">{"".join(cells)}</tr>')
-    return _table("scores", ["task", "category", *summary.methods], rows)
+    return _table("scores", ["task", "category", "metric", *summary.methods], rows)
 
 
 def _sensitivity(summary: Summary) -> str:
@@ -101,17 +111,17 @@ def _runs(records: Sequence[RunRecord], predictions: dict[str, list[dict[str, An
     rows, details = [], []
     for r in records:
         score = (r.metrics or {}).get("score")
-        invalid = (r.metrics or {}).get("invalid_rate")
+        invalid = percent((r.metrics or {}).get("invalid_rate"))
         link = f'<td class="label" data-sort=""><a href="#run-{escape(r.run_id)}">{escape(r.run_id)}</a></td>'
         rows.append(f"<tr>{link}{_td(r.method, label=True)}{_td(r.task, label=True)}{_td(str(r.seed), r.seed)}"
-                    f"{_td(r.status, label=True)}{_td(fmt(score), score)}{_td(fmt(invalid, 3), invalid)}</tr>")
+                    f"{_td(r.status, label=True)}{_td(fmt(score), score)}{_td(fmt(invalid), invalid)}</tr>")
         parts = {"config": r.config, "metrics": r.metrics, "costs": r.costs, "timings": r.timings,
                  "error": r.error, f"first {PREDICTION_SAMPLE} predictions": predictions.get(r.run_id, [])}
         body = "".join(f"<h4>{escape(k)}</h4><pre>{escape(dumps_json(v, indent=1, ensure_ascii=False))}</pre>"
                        for k, v in parts.items())
         details.append(f'<details id="run-{escape(r.run_id)}"><summary>{escape(r.method)} · {escape(r.task)} · '
                        f"seed {r.seed} · {escape(r.status)}</summary>{body}</details>")
-    table = _table("runs", ["run", "method", "task", "seed", "status", "score", "invalid rate"], rows)
+    table = _table("runs", ["run", "method", "task", "seed", "status", "score", "invalid %"], rows)
     return table + "".join(details)
 
 
@@ -126,16 +136,17 @@ def render_html(summary: Summary, records: Sequence[RunRecord], plots: dict[str,
     """The leaderboard page; `extra` is a further section's HTML (a TPV study), placed before the runs."""
     options = "".join(f'<option value="{escape(c)}">{escape(c)}</option>'
                       for c in dict.fromkeys(summary.categories.values()))
-    k = summary.constants
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sections = [
         f"<h1>{escape(title)}</h1>",
         f'<p class="muted">{len(records)} runs · {len(summary.methods)} methods · {len(summary.tasks)} tasks · '
-        f"PSCP with C_p={k.c_p:g}, C_f={k.c_f:g}, C_m={k.c_m:g}, β=({k.beta_p:g}, {k.beta_f:g}, {k.beta_m:g}) · "
         f"generated {stamp} · click a column header to sort</p>",
         *(f'<p class="note"><strong>Note:</strong> {escape(n)}</p>' for n in notes),
         "<h2>Leaderboard</h2>", _leaderboard(summary),
-        '<h2>Scores</h2><label>category <select id="category-filter"><option value="all">all</option>'
+        '<div id="pscp-formula">' + "".join(f"<p>{escape(line)}</p>" for line in explanation(summary)) + "</div>",
+        "<h2>Scores</h2><p class='muted'>mean ± sd over seeds of each task's primary metric, 0–100 "
+        "(correlations −100–100)</p>"
+        '<label>category <select id="category-filter"><option value="all">all</option>'
         f"{options}</select></label>", _scores(summary),
         "<h2>PSCP sensitivity</h2><p class='muted'>* = the ranking of methods changes</p>", _sensitivity(summary),
         "<h2>Plots</h2>", *(_image(paths[0], name) for name, paths in plots.items()),

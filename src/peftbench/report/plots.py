@@ -1,8 +1,16 @@
 """Report figures, each written as PNG and SVG: quality vs costs with Pareto fronts, a task × method
-heatmap, per-task seed spread and cost bars. Labels are drawn literally (no math-text parsing)."""
+heatmap, per-task seed spread and cost bars. Labels are drawn literally (no math-text parsing).
+
+Methods are told apart by colour and marker with one legend per figure rather than text beside each
+point, which overlaps as soon as two methods cost about the same. A published reference
+(`--reference`) was measured on another model, whose costs would squash ours into a corner: its
+rows get a figure of their own, labelled with that model. Seed spread is drawn only when some
+cell has two seeds or more: one point per method says nothing about spread.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -10,12 +18,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-from peftbench.report.aggregate import MethodSummary, Summary, stability  # noqa: E402
+from peftbench.report.aggregate import REFERENCE_MODELS, MethodSummary, Summary, stability  # noqa: E402
 
 COSTS = (("trainable_params", "trainable parameters (M_p)", True), ("extra_tflops", "extra TFLOPs (M_f)", False),
          ("peak_mem_gb", "peak training memory, GB (M_m)", False))
+MARKERS = "osD^vP*Xph<>"
+PLACEHOLDERS = ("quality_vs_costs", "heatmap", "cost_bars")  # written, saying so, even when no run is stored
 
 
 def pareto_front(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
@@ -29,14 +41,22 @@ def pareto_front(points: list[tuple[float, float, str]]) -> list[tuple[float, fl
 
 
 def write_plots(summary: Summary, out_dir: Path) -> dict[str, list[Path]]:
+    """Every figure that has something to show; a figure that has not (one seed, no reference) is
+    not written, and an earlier report's file of that name is removed so that it cannot pass for
+    this one's."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    figures = {"quality_vs_costs": _quality_vs_costs, "heatmap": _heatmap, "seed_spread": _seed_spread,
-               "cost_bars": _cost_bars}
+    figures: dict[str, Callable[[Summary], Figure | None]] = {
+        "quality_vs_costs": _quality_vs_costs, "heatmap": _heatmap, "seed_spread": _seed_spread,
+        "cost_bars": _cost_bars, "reference_quality_vs_costs": _reference}
     written = {}
     with plt.rc_context({"text.parse_math": False, "svg.hashsalt": "peftbench", "font.size": 9}):
         for name, draw in figures.items():
-            fig = draw(summary) if summary.cells else _empty()
             paths = [out_dir / f"{name}.png", out_dir / f"{name}.svg"]
+            fig = draw(summary) if summary.cells else (_empty() if name in PLACEHOLDERS else None)
+            if fig is None:
+                for path in paths:
+                    path.unlink(missing_ok=True)
+                continue
             fig.savefig(paths[0], dpi=110, bbox_inches="tight")
             fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
             plt.close(fig)
@@ -44,40 +64,68 @@ def write_plots(summary: Summary, out_dir: Path) -> dict[str, list[Path]]:
     return written
 
 
-def _empty():
+def _empty() -> Figure:
     fig, ax = plt.subplots(figsize=(4, 1.5))
     ax.text(0.5, 0.5, "no runs of the current config", ha="center", va="center")
     ax.axis("off")
     return fig
 
 
-def _scored(summary: Summary) -> list[MethodSummary]:
-    return [s for s in summary.summaries if s.p_avg is not None and s.pscp is not None]
+def _scored(summary: Summary, reference: bool = False) -> list[MethodSummary]:
+    """Methods with P_avg and PSCP: this grid's, or (`reference`) the published reference's."""
+    return [s for s in summary.summaries if s.p_avg is not None and s.pscp is not None and s.reference == reference]
 
 
-def _quality_vs_costs(summary: Summary):
-    rows = _scored(summary)
+def _styles(names: Sequence[str]) -> dict[str, tuple[tuple[float, ...], str]]:
+    """A (colour, marker) per method, the same in every panel of a figure."""
+    colours = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    return {n: (colours(i % colours.N), MARKERS[i % len(MARKERS)]) for i, n in enumerate(names)}
+
+
+def _quality_vs_costs(summary: Summary) -> Figure:
+    return _quality_figure(_scored(summary), "Quality vs cost; the Pareto front (no method both cheaper and "
+                                             "better) is joined in red, its methods ringed")
+
+
+def _reference(summary: Summary) -> Figure | None:
+    rows = _scored(summary, reference=True)
+    if not rows:
+        return None
+    model = REFERENCE_MODELS.get(summary.reference or "", "another model")
+    return _quality_figure(rows, f"Published reference {summary.reference} ({model}): another model's costs, "
+                                 "so on axes of their own, not beside this grid's")
+
+
+def _quality_figure(rows: list[MethodSummary], title: str) -> Figure:
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
+    styles = _styles([s.method for s in rows])
     for ax, (key, label, log) in zip(axes, COSTS, strict=False):
         points = [(getattr(s, key), s.p_avg, s.method) for s in rows]
-        _scatter_with_front(ax, points, label, "P_avg", log)
+        _scatter_with_front(ax, points, styles, label, "P_avg", log)
     # PSCP is a benefit, not a cost: the front is computed on −PSCP and drawn on PSCP.
-    _scatter_with_front(axes[3], [(-s.pscp, s.p_avg, s.method) for s in rows], "PSCP", "P_avg", False,
+    _scatter_with_front(axes[3], [(-s.pscp, s.p_avg, s.method) for s in rows], styles, "PSCP", "P_avg", False,
                         negate_x=True)
-    fig.suptitle("Quality vs cost; the Pareto front (no method both cheaper and better) is highlighted")
+    if rows:
+        handles = [Line2D([], [], linestyle="", marker=marker, color=colour, label=name)
+                   for name, (colour, marker) in styles.items()]
+        fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout()
     return fig
 
 
-def _scatter_with_front(ax, points, xlabel, ylabel, log, negate_x=False) -> None:
+def _scatter_with_front(ax, points: list[tuple[float, float, str]], styles: dict[str, tuple[tuple[float, ...], str]],
+                        xlabel: str, ylabel: str, log: bool, negate_x: bool = False) -> None:
     if not points:
         ax.text(0.5, 0.5, "no complete method", ha="center", transform=ax.transAxes)
         return
     front = {name for _, _, name in pareto_front(points)}
     sign = -1 if negate_x else 1
     for cost, quality, name in points:
+        colour, marker = styles[name]
         on = name in front
-        ax.scatter(sign * cost, quality, s=40 if on else 20, color="tab:red" if on else "tab:gray", zorder=3)
-        ax.annotate(name, (sign * cost, quality), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.scatter(sign * cost, quality, s=60 if on else 30, color=colour, marker=marker, zorder=3,
+                   edgecolors="tab:red" if on else "none", linewidths=1.5 if on else 0)
     line = sorted(pareto_front(points))
     ax.plot([sign * c for c, _, _ in line], [q for _, q, _ in line], color="tab:red", lw=1, zorder=2)
     if log:
@@ -93,7 +141,7 @@ def _power_of_ten(value: float, _position: int) -> str:
     return "0" if value == 0 else f"1e{round(np.log10(abs(value)))}"
 
 
-def _heatmap(summary: Summary):
+def _heatmap(summary: Summary) -> Figure:
     data = np.array([[np.nan if (c := summary.cell(m, t)).score_mean is None else c.score_mean
                       for t in summary.tasks] for m in summary.methods], dtype=float)
     fig, ax = plt.subplots(figsize=(max(4, 0.55 * len(summary.tasks) + 2), max(2.5, 0.4 * len(summary.methods) + 1)))
@@ -110,8 +158,10 @@ def _heatmap(summary: Summary):
     return fig
 
 
-def _seed_spread(summary: Summary):
-    cells = stability(summary)
+def _seed_spread(summary: Summary) -> Figure | None:
+    cells = [c for c in stability(summary) if len(c.scores) >= 2]
+    if not cells:
+        return None
     tasks = list(dict.fromkeys(c.task for c in cells))
     cols = min(4, max(1, len(tasks)))
     rows = -(-len(tasks) // cols)
@@ -131,12 +181,13 @@ def _seed_spread(summary: Summary):
     return fig
 
 
-def _cost_bars(summary: Summary):
-    rows = [s for s in summary.summaries if s.trainable_params is not None]
+def _cost_bars(summary: Summary) -> Figure:
+    """This grid's costs (a reference's, of another model, are in its own figure)."""
+    rows = [s for s in summary.summaries if s.trainable_params is not None and not s.reference]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     for ax, (key, label, log) in zip(axes, COSTS, strict=True):
         values = [getattr(s, key) or 0 for s in rows]
-        ax.bar(range(len(rows)), values, color=["tab:gray" if s.reference else "tab:blue" for s in rows])
+        ax.bar(range(len(rows)), values, color="tab:blue")
         ax.set_xticks(range(len(rows)), [s.method for s in rows], rotation=60, ha="right", fontsize=7)
         if log and any(v > 0 for v in values):
             ax.set_yscale("symlog", linthresh=1)
