@@ -60,6 +60,8 @@ SetOption = Annotated[
                                    help="Override a config key, e.g. --set training.max_steps=50 (repeatable).")
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress: only errors and the final report.")]
+NoReportOption = Annotated[bool, typer.Option("--no-report", help="Skip the report at the end (config: "
+                                             "report: false); `peftbench report` writes it later.")]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Off a terminal, a line for every phase and "
                                              "each tenth of training (with its loss), not only runs starting and "
                                              "finishing.")]
@@ -115,7 +117,7 @@ TflopsOption = Annotated[
 @app.command()
 def quickstart(out: OutOption = None, set_: SetOption = None, workers: WorkersOption = None,
                executor: ExecutorOption = None, dry_run: DryRunOption = False, quiet: QuietOption = False,
-               verbose: VerboseOption = False) -> None:
+               verbose: VerboseOption = False, no_report: NoReportOption = False) -> None:
     """Run the embedded offline grid (tiny built-in model, generated tasks, every method × 2 seeds), then report."""
     from peftbench.runner.grid import run_grid
 
@@ -123,7 +125,7 @@ def quickstart(out: OutOption = None, set_: SetOption = None, workers: WorkersOp
     cfg = _grid_config(quickstart_config_path(), set_ or [], workers, executor, out, dry_run)
     with _resumable():
         result = run_grid(cfg, out, err_console, verbosity=verbosity)
-    _print_finished(result)
+    _print_finished(result, cfg.report and not no_report)
 
 
 @app.command()
@@ -137,6 +139,7 @@ def run(
     tflops: TflopsOption = None,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
+    no_report: NoReportOption = False,
 ) -> None:
     """Train, evaluate and cost every run of CONFIG that is not done yet (re-running resumes)."""
     from peftbench.runner.grid import run_grid
@@ -145,7 +148,7 @@ def run(
     cfg = _grid_config(config, set_ or [], workers, executor, out, dry_run, tflops)
     with _resumable():
         result = run_grid(cfg, out, err_console, verbosity=verbosity)
-    _print_finished(result)
+    _print_finished(result, cfg.report and not no_report)
 
 
 def _grid_config(config: Path, overrides: list[str], workers: int | None, executor: ExecutorKind | None,
@@ -176,9 +179,12 @@ def _resumable() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def _print_finished(result: GridResult) -> None:
-    """The report, what this invocation ran, and exit code 1 if any run failed."""
-    _print_report(result.out_dir, ReportFormat.table)
+def _print_finished(result: GridResult, report: bool) -> None:
+    """The report (its files rewritten only when this invocation stored results, or are missing),
+    what this invocation ran, and exit code 1 if any run failed."""
+    if report:
+        stale = bool(result.counts) or not (result.out_dir / "leaderboard.html").is_file()
+        _print_report(result.out_dir, ReportFormat.table, write=stale)
     failed = result.counts.get("failed", 0)
     ran = ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items())) or "nothing left to run"
     err_console.print(
@@ -279,7 +285,7 @@ def report(
     _print_report(out, format, reference)
 
 
-def _print_report(out: Path, format: ReportFormat, reference: str | None = None) -> None:
+def _print_report(out: Path, format: ReportFormat, reference: str | None = None, write: bool = True) -> None:
     from peftbench.report import (
         REFERENCES,
         build_report,
@@ -294,7 +300,8 @@ def _print_report(out: Path, format: ReportFormat, reference: str | None = None)
     if reference is not None and reference not in REFERENCES:
         raise PeftbenchError(f"--reference {reference!r}: known references are {', '.join(REFERENCES)}")
     result = build_report(out, reference=reference)
-    write_artifacts(result)
+    if write:
+        write_artifacts(result)
     if result.other_runs:
         err_console.print(f"note: {result.other_runs} run(s) in {out} belong to an earlier config and are not shown",
                           highlight=False)

@@ -422,6 +422,7 @@ class BenchConfig(StrictModel):
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     output_dir: Path = Path("runs/peftbench")
     save_adapters: bool = True
+    report: bool = Field(default=True, description="write the report files when a grid has run (`--no-report`)")
     tpv: TPVConfig | None = None
     stability: StabilityConfig | None = Field(default=None, description="every method once per mitigation "
                                               "strategy (docs/stability.md); written out into methods")

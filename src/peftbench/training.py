@@ -9,6 +9,7 @@ actually change are exact and cheap for PEFT methods.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import shutil
@@ -55,6 +56,19 @@ class TrainResult:
     """model_steps / steps: what training cost in single trainings (DENI ≈ 3.3, an ensemble of K: K)."""
     members: int = 1
     """Models whose predictions are voted (the DE copies and the main model), 1 without a vote."""
+
+
+@contextmanager
+def _frozen_heap() -> Iterator[None]:
+    """The process's long-lived objects (model, task data, tokenizer) out of the collector's sight while
+    a run trains: accelerate's `free_memory` runs a full `gc.collect()` at the start of every training
+    loop, which on a worker's heap costs more than a tiny model's whole training. They are handed back
+    afterwards, so whatever became garbage is still collected."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 @contextmanager
@@ -257,7 +271,8 @@ def train(
         checkpoint = last_complete_checkpoint(workdir) if cfg.checkpoint_steps and not mitigated else None
         if checkpoint:
             watch.resume(checkpoint)
-        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        with _frozen_heap():
+            output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     result.train_loss = float(output.training_loss) if math.isfinite(output.training_loss) else None
     if members is not None:
         result.model_steps = members.model_steps

@@ -1,6 +1,7 @@
 """What a method costs: parameters, FLOPs, training memory, latency. See docs/costs.md for the protocol.
 
-`measure_run_costs` is the one entry a run uses; `cost_from_config` costs methods on a model built
+`measure_method_costs` measures what a method costs on a model (once per grid: the runner caches it)
+and `run_costs` adds what belongs to one run; `cost_from_config` costs methods on a model built
 from its configuration alone (no weights); the modules hold one measure each.
 """
 

@@ -41,7 +41,17 @@ def _latency(model: nn.Module, cfg: CostsConfig, vocab_size: int) -> dict[str, f
                            repeats=cfg.latency_repeats, vocab_size=vocab_size)
 
 
-def measure_run_costs(
+def run_costs(method_costs: dict[str, Any], *, adapter_bytes: int, train_peak: MemoryPeak | None,
+              energy: EnergyMeter | None) -> dict[str, Any]:
+    """One run's costs: its method's (`measure_method_costs`, the same for every task and seed) and
+    what only this run has — its saved adapter, its own training peak and energy."""
+    return {**method_costs, "adapter_bytes": adapter_bytes,
+            "train_run_peak_mem_gb": train_peak.peak_bytes / GB if train_peak else None,
+            "train_run_peak_mem_source": train_peak.source if train_peak else None,
+            "energy_j": energy.joules if energy else None}
+
+
+def measure_method_costs(
     model: nn.Module,
     method: Any,
     *,
@@ -49,12 +59,10 @@ def measure_run_costs(
     cfg: CostsConfig,
     memory_batch_size: int,
     device: torch.device,
-    adapter_bytes: int,
-    train_peak: MemoryPeak | None,
-    energy: EnergyMeter | None,
 ) -> dict[str, Any]:
-    """Every measure of docs/costs.md for a trained (or zero-shot) model. Run after evaluation:
-    the memory measurement takes optimiser steps on the trainable tensors."""
+    """The measures of docs/costs.md that depend on the method, the model and the protocol only — not
+    on the task, the seed or the trained values — for a trained (or zero-shot) model. Run after
+    evaluation: the memory measurement takes optimiser steps on the trainable tensors."""
     vocab = model.get_input_embeddings().num_embeddings
     trainable, total = count_parameters(model)
     b = base()
@@ -66,7 +74,6 @@ def measure_run_costs(
     costs: dict[str, Any] = {
         "trainable_params": trainable,
         "total_params": total,
-        "adapter_bytes": adapter_bytes,
         "base_flops": b.flops,
         "adapted_flops": adapted,
         "merged_flops": merged,
@@ -79,9 +86,6 @@ def measure_run_costs(
         "base_flops_per_token": b.flops_per_token,
         "train_step_flops": train_step_flops(model, batch_size=memory_batch_size, seq_len=cfg.memory_seq_len,
                                              vocab_size=vocab) if trainable else 0,
-        "train_run_peak_mem_gb": train_peak.peak_bytes / GB if train_peak else None,
-        "train_run_peak_mem_source": train_peak.source if train_peak else None,
-        "energy_j": energy.joules if energy else None,
     }
     if cfg.latency:
         latency = _latency(model, cfg, vocab)

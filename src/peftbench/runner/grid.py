@@ -144,8 +144,9 @@ def _backend(ctx: RunContext, progress: GridProgress, n_runs: int, console: Cons
         return RayBackend(ctx, progress, cfg.executor.ray, n_runs)
     if cfg.executor.kind == "slurm":
         return SlurmBackend(ctx, progress, cfg.executor.slurm, n_runs, console)
-    if cfg.runtime.workers > 1:
-        return PoolBackend(ctx, progress, cfg.runtime.workers)
+    workers = min(cfg.runtime.workers, n_runs)  # a worker process costs its start-up: none idle
+    if workers > 1:
+        return PoolBackend(ctx, progress, workers)
     return InlineBackend(ctx, progress)
 
 

@@ -7,6 +7,7 @@ all runs of one process: the model source, tokenizer, task data, base-model FLOP
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -28,7 +29,7 @@ from peftbench.config import BenchConfig
 from peftbench.costs import peak_memory
 from peftbench.costs.energy import EnergyMeter
 from peftbench.costs.flops import GB
-from peftbench.costs.run import BaseFigures, measure_base, measure_run_costs
+from peftbench.costs.run import BaseFigures, measure_base, measure_method_costs, run_costs
 from peftbench.decoding import Sampling, check_decoding, decoder_name, default_tolerance
 from peftbench.evaluation import check_label_logprobs, generate, label_logprobs, stop_tokens
 from peftbench.modeling import ModelSource, load_model, load_tokenizer, model_revision, pick_device
@@ -39,7 +40,14 @@ from peftbench.tasks.data import load_splits, split_rows
 from peftbench.tasks.prompts import encode_example, encode_prompt, render_prompt
 from peftbench.tpv.runs import keep_task_vector
 from peftbench.training import train
-from peftbench.utils import atomic_torch_save, cache_root, dir_size_bytes, pinned_threads, seed_everything
+from peftbench.utils import (
+    atomic_torch_save,
+    atomic_write_text,
+    cache_root,
+    dir_size_bytes,
+    pinned_threads,
+    seed_everything,
+)
 
 
 class PhaseFn(Protocol):
@@ -93,6 +101,7 @@ class RunContext:
         self._tasks: dict[str, TaskData] = {}
         self._encoded: dict[str, list[dict[str, list[int]]]] = {}
         self._base: BaseFigures | None = None
+        self._method_costs: dict[str, dict[str, Any]] = {}
         self._pristine: torch.nn.Module | None = None
 
     @cached_property
@@ -143,6 +152,27 @@ class RunContext:
             train += self.encoded(task, rows)
             val += self.encoded(task, data.val)
         return train, val
+
+    def method_costs(self, spec: RunSpec, model: torch.nn.Module, memory_batch_size: int) -> dict[str, Any]:
+        """What the run's method costs on this model under the cost protocol, measured once per grid:
+        kept in memory and in `<output>/costs/<key>.json` (a cache keyed by everything the measures
+        depend on — the model, the method and its arguments, the protocol, the device and threads —
+        so a resumed grid or another worker reuses it; the store itself stays the driver's)."""
+        what = {"model": spec.identity["model"], "method": {k: v for k, v in spec.identity["method"].items()
+                                                            if k in ("name", "args")},
+                "costs": spec.identity["costs"], "memory_batch_size": memory_batch_size,
+                "device": str(self.device), "threads": self.cfg.runtime.threads}
+        key = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        path = self.out_dir / "costs" / f"{key}.json"
+        if key not in self._method_costs and path.is_file():
+            with contextlib.suppress(OSError, ValueError):
+                self._method_costs[key] = json.loads(path.read_text())["costs"]
+        if key not in self._method_costs:
+            costs = measure_method_costs(model, spec.method, base=self.base_figures, cfg=self.cfg.costs,
+                                         memory_batch_size=memory_batch_size, device=self.device)
+            atomic_write_text(path, json.dumps({"what": what, "costs": costs}, default=str))
+            self._method_costs[key] = costs
+        return dict(self._method_costs[key])
 
     def base_figures(self) -> BaseFigures:
         """FLOPs, FLOPs per token and latency of a fresh base model, measured once per process."""
@@ -244,11 +274,8 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
         if spec.measure_costs:
             phase("costs", 0, 1)
             t0 = time.perf_counter()
-            outcome.costs = measure_run_costs(
-                model, method, base=ctx.base_figures, cfg=cfg.costs,
-                memory_batch_size=cfg.costs.memory_batch_size or training.batch_size, device=ctx.device,
-                adapter_bytes=adapter_bytes, train_peak=peak, energy=energy,
-            )
+            outcome.costs = run_costs(ctx.method_costs(spec, model, cfg.costs.memory_batch_size or training.batch_size),
+                                      adapter_bytes=adapter_bytes, train_peak=peak, energy=energy)
             outcome.costs["model_revision"] = model_revision(model) or ctx.source.revision
             if training.mitigation.strategy != "default":
                 outcome.costs.update(mitigation_costs(outcome.costs, training.mitigation, votes=1 + len(voters)))

@@ -1,0 +1,76 @@
+"""What a method costs is measured once per grid: every run of a method carries the same costs, the
+cache says what they were measured on, and they equal a fresh measurement on a fresh model."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import run_cli
+
+from peftbench.store import Store
+
+CONFIG = """
+model: {name: builtin:tiny-llama}
+methods: [{name: lora, learning_rate: 5.0e-3}, {name: prompt_tuning, args: {num_virtual_tokens: 4}}]
+tasks: [qs_sentiment, qs_topic]
+seeds: [0, 1]
+training: {max_steps: 4, batch_size: 4, cutoff_len: 128, max_train_samples: 24}
+evaluation: {batch_size: 32, max_samples: 8}
+costs: {latency: false, memory_steps: 1}
+runtime: {threads: 1, workers: 1}
+"""
+PER_RUN = {"adapter_bytes", "train_run_peak_mem_gb", "train_run_peak_mem_source", "energy_j", "model_revision"}
+DETERMINISTIC = ("trainable_params", "total_params", "base_flops", "adapted_flops", "merged_flops", "flops_per_token",
+                 "train_step_flops", "est_train_mem_gb")
+
+
+def test_a_methods_costs_are_measured_once_and_equal_a_fresh_measurement(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from peftbench.config import load_config
+    from peftbench.costs.run import measure_base, measure_method_costs
+    from peftbench.methods import resolve_method
+    from peftbench.tiny import tiny_model_dir
+
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG)
+    out = tmp_path / "out"
+    run_cli("run", str(config), "--out", str(out))
+    records = Store.open(out).records()
+    assert len(records) == 8 and {r.status for r in records} == {"done"}
+    cached = sorted(json.loads(p.read_text())["what"]["method"]["name"] for p in (out / "costs").glob("*.json"))
+    assert cached == ["lora", "prompt_tuning"]
+    cfg = load_config(config)
+    for name, args in (("lora", {}), ("prompt_tuning", {"num_virtual_tokens": 4})):
+        mine = [r for r in records if r.method == name]
+        shared = [{k: v for k, v in r.costs.items() if k not in PER_RUN} for r in mine]
+        assert all(c == shared[0] for c in shared)  # every task and seed: the one measurement
+        fresh_model = resolve_method(name, args).apply(AutoModelForCausalLM.from_pretrained(tiny_model_dir()))
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir())
+        figures = measure_base(base, cfg.costs, base.get_input_embeddings().num_embeddings)
+        fresh = measure_method_costs(fresh_model, resolve_method(name, args), base=lambda f=figures: f, cfg=cfg.costs,
+                                     memory_batch_size=4, device=base.device)
+        assert {k: shared[0][k] for k in DETERMINISTIC} == {k: fresh[k] for k in DETERMINISTIC}
+        assert all(r.costs["adapter_bytes"] > 0 for r in mine)  # per run: its own saved adapter
+
+
+def test_no_report_writes_none_a_finished_grid_keeps_its_files_and_one_run_starts_no_worker_pool(tmp_path):
+    from peftbench.config import validate_config
+    from peftbench.modeling import resolve_model
+    from peftbench.runner.backends.local import InlineBackend
+    from peftbench.runner.grid import _backend
+    from peftbench.runner.run import RunContext
+
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG.replace("tasks: [qs_sentiment, qs_topic]", "tasks: [qs_sentiment]")
+                      .replace("seeds: [0, 1]", "seeds: [0]").replace("workers: 1", "workers: 2"))
+    out = tmp_path / "out"
+    run_cli("run", str(config), "--out", str(out), "--no-report")
+    assert not (out / "leaderboard.html").exists() and len(Store.open(out).records("done")) == 2
+    run_cli("run", str(config), "--out", str(out))  # nothing left to run, no report yet: written
+    written = (out / "leaderboard.html").stat().st_mtime_ns
+    run_cli("run", str(config), "--out", str(out))  # nothing ran: the files stand as they are
+    assert (out / "leaderboard.html").stat().st_mtime_ns == written
+    cfg = validate_config({"methods": ["lora"], "tasks": ["qs_sentiment"], "runtime": {"workers": 2}})
+    ctx = RunContext(cfg, resolve_model(cfg.model), tmp_path)
+    assert isinstance(_backend(ctx, None, n_runs=1, console=None), InlineBackend)
