@@ -82,3 +82,22 @@ def test_best_checkpoint_is_restored():
         watch.on_evaluate(None, State, None, metrics={"eval_loss": val_loss})
     watch.restore_best()
     assert torch.all(model.weight == 20) and watch.result.best_step == 20 and watch.result.best_val_loss == 0.5
+
+
+def test_our_collation_is_what_datacollatorforseq2seq_gives(tokenizer):
+    from transformers import DataCollatorForSeq2Seq
+
+    from peftbench.tasks import TASKS
+    from peftbench.tasks.prompts import IGNORE_INDEX, encode_example
+    from peftbench.training import collate
+
+    task = TASKS.get("qs_sentiment")
+    rows = task.source.generate("train", 7, 0)
+    features = [encode_example(task, r, tokenizer, 256) for r in rows]
+    assert len({len(f["input_ids"]) for f in features}) > 1  # rows of different lengths: padding happens
+    tokenizer.padding_side = "right"
+    reference = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)(features)
+    ours = collate(features, pad_id=tokenizer.pad_token_id)
+    assert set(ours) == set(reference)
+    for key in ours:
+        assert torch.equal(ours[key], reference[key]) and ours[key].dtype == reference[key].dtype, key

@@ -16,12 +16,13 @@ import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from peftbench.config import TrainingConfig
@@ -56,6 +57,20 @@ class TrainResult:
     """model_steps / steps: what training cost in single trainings (DENI ≈ 3.3, an ensemble of K: K)."""
     members: int = 1
     """Models whose predictions are voted (the DE copies and the main model), 1 without a vote."""
+
+
+def collate(features: list[dict[str, list[int]]], *, pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded tensors of encoded examples: ids with the pad token, attention 0 and labels
+    IGNORE_INDEX on the padding. What `DataCollatorForSeq2Seq` gives for these features (a test
+    compares them), without its per-batch round trip through the tokenizer."""
+    width = max(len(f["input_ids"]) for f in features)
+    out = {"input_ids": [], "attention_mask": [], "labels": []}
+    for f in features:
+        gap = width - len(f["input_ids"])
+        out["input_ids"].append(f["input_ids"] + [pad_id] * gap)
+        out["attention_mask"].append(f["attention_mask"] + [0] * gap)
+        out["labels"].append(f["labels"] + [IGNORE_INDEX] * gap)
+    return {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
 
 
 @contextmanager
@@ -249,8 +264,7 @@ def train(
         remove_unused_columns=False,
         label_names=["labels"],
     )
-    tokenizer.padding_side = "right"
-    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
+    collator = partial(collate, pad_id=tokenizer.pad_token_id)
     watch = _Watch(model, result, cfg.select_best and not mitigated, progress)
     strategy = cfg.mitigation.strategy
     members = MemberTraining(model, cfg.mitigation, seed=seed, weight_decay=cfg.weight_decay,
@@ -283,8 +297,11 @@ def train(
     else:
         result.model_steps = result.steps
     if not result.diverged:
-        final = trainer.evaluate()  # the last interval may end between scheduled evaluations
-        result.final_val_loss = float(final["eval_loss"])
+        last = next((h for h in reversed(result.history) if "val_loss" in h), None)
+        if last is not None and last["step"] == result.steps and not mitigated:
+            result.final_val_loss = last["val_loss"]  # evaluated at the last step, on these very weights
+        else:  # the last interval ended between scheduled evaluations, or a strategy changed the weights
+            result.final_val_loss = float(trainer.evaluate()["eval_loss"])
         watch.restore_best()
     model.eval()
     return result
