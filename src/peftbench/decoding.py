@@ -99,6 +99,67 @@ def decode(
     feed = _feed(model)
     if feed is None:
         return Decoded([_reference_one(model, p, max_new_tokens, eos, sampling) for p in prompts])
+    state = _prefill(model, feed, prompts, pad_id)
+    logits, device, batch = state.logits[:, -1], state.mask.device, len(prompts)
+    stop = torch.tensor(sorted(eos), dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    chosen: list[torch.Tensor] = []
+    kept: list[torch.Tensor] = []
+    for i in range(max_new_tokens):
+        logprobs = torch.log_softmax(logits, dim=-1)
+        if keep_logprobs:
+            kept.append(logprobs.cpu())
+        token = _sample(logprobs, sampling) if sampling else logprobs.argmax(-1)
+        token = torch.where(done, torch.full_like(token, pad_id), token)
+        chosen.append(token)
+        done |= torch.isin(token, stop)
+        if bool(done.all()) or i == max_new_tokens - 1:
+            break
+        logits = state.extend(token.unsqueeze(1), state.mask.new_ones((batch, 1)))[:, -1]
+    table = torch.stack(chosen, dim=1).tolist() if chosen else [[] for _ in prompts]
+    tokens = [_until_stop(row, eos) for row in table]
+    logprobs_rows = [torch.stack(kept, dim=1)[r, : len(tokens[r])] for r in range(batch)] if keep_logprobs else None
+    return Decoded(tokens, logprobs_rows)
+
+
+@dataclass
+class _State:
+    """A batch after its prompts went through the model: the cache, the attention mask over every
+    position so far (prefix, virtual tokens, left padding, prompt, what was fed since), the next
+    positions, and the last forward's logits."""
+
+    feed: _Feed
+    cache: Any
+    mask: torch.Tensor
+    positions: torch.Tensor
+    logits: torch.Tensor  # [batch, fed tokens (1 after the prefill), vocab], float32
+    cache_arg: str
+
+    def forward(self, inputs: dict[str, Any], keep: int | None) -> torch.Tensor:
+        prefix_mask = self.mask.new_ones((self.mask.shape[0], self.feed.prefix_len))
+        extra = {"logits_to_keep": keep} if keep is not None and _accepts(self.feed.call, "logits_to_keep") else {}
+        out = self.feed.call(**inputs, attention_mask=torch.cat([prefix_mask, self.mask], dim=1),
+                             position_ids=self.positions, use_cache=True, **{self.cache_arg: self.cache}, **extra)
+        self.cache = out.get("cache") if out.get("cache") is not None else out.get("past_key_values")
+        self.logits = out.logits.float()
+        return self.logits
+
+    def extend(self, tokens: torch.Tensor, mask: torch.Tensor, keep: int | None = 1) -> torch.Tensor:
+        """Feed `tokens` [batch, n] after what is cached (`mask` 0 for padding after a row's end)."""
+        self.mask = torch.cat([self.mask, mask], dim=1)
+        self.positions = self.positions[:, -1:] + 1 + torch.arange(tokens.shape[1], device=tokens.device)
+        return self.forward({"input_ids": tokens}, keep)
+
+    def repeat(self, times: int) -> None:
+        """Every row `times` times in a row (row r becomes rows r·times … r·times + times − 1)."""
+        self.cache.batch_repeat_interleave(times)
+        self.mask = self.mask.repeat_interleave(times, dim=0)
+        self.positions = self.positions.repeat_interleave(times, dim=0)
+        self.logits = self.logits.repeat_interleave(times, dim=0)
+
+
+def _prefill(model: nn.Module, feed: _Feed, prompts: list[list[int]], pad_id: int) -> _State:
+    """The prompts, left-padded, through the model in one forward (the layouts of the module docstring)."""
     device = next(model.parameters()).device
     batch = len(prompts)
     width = max(len(p) for p in prompts)
@@ -117,38 +178,43 @@ def decode(
         mask[torch.arange(n_virtual + width, device=device).unsqueeze(0) >= pads] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0) + feed.prefix_len
     cache = feed.prefix(batch) if feed.prefix is not None else None
-    prefix_mask = mask.new_ones((batch, feed.prefix_len))
-    extra = {"logits_to_keep": 1} if _accepts(feed.call, "logits_to_keep") else {}
     cache_arg = "cache" if _accepts(feed.call, "cache") else "past_key_values"  # renamed in transformers 5.2x
+    state = _State(feed, cache, mask, positions, torch.empty(0), cache_arg)
+    state.forward(inputs, keep=1)
+    return state
 
-    def step(inputs: dict[str, Any], cache: Any) -> tuple[torch.Tensor, Any]:
-        out = feed.call(**inputs, attention_mask=torch.cat([prefix_mask, mask], dim=1), position_ids=positions,
-                        use_cache=True, **{cache_arg: cache}, **extra)
-        cache = out.get("cache") if out.get("cache") is not None else out.get("past_key_values")
-        return out.logits[:, -1].float(), cache
 
-    logits, cache = step(inputs, cache)
-    stop = torch.tensor(sorted(eos), dtype=torch.long, device=device)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    chosen: list[torch.Tensor] = []
-    kept: list[torch.Tensor] = []
-    for i in range(max_new_tokens):
-        logprobs = torch.log_softmax(logits, dim=-1)
-        if keep_logprobs:
-            kept.append(logprobs.cpu())
-        token = _sample(logprobs, sampling) if sampling else logprobs.argmax(-1)
-        token = torch.where(done, torch.full_like(token, pad_id), token)
-        chosen.append(token)
-        done |= torch.isin(token, stop)
-        if bool(done.all()) or i == max_new_tokens - 1:
-            break
-        mask = torch.cat([mask, mask.new_ones((batch, 1))], dim=1)
-        positions = positions[:, -1:] + 1
-        logits, cache = step({"input_ids": token.unsqueeze(1)}, cache)
-    table = torch.stack(chosen, dim=1).tolist() if chosen else [[] for _ in prompts]
-    tokens = [_until_stop(row, eos) for row in table]
-    logprobs_rows = [torch.stack(kept, dim=1)[r, : len(tokens[r])] for r in range(batch)] if keep_logprobs else None
-    return Decoded(tokens, logprobs_rows)
+@torch.no_grad()
+def continuation_logprobs(model: nn.Module, prompts: list[list[int]], continuations: list[list[int]], *,
+                          pad_id: int) -> list[list[float]] | None:
+    """Summed log-probability of each continuation after each prompt ([prompt][continuation]): one
+    prefill of the prompts, then every continuation of every prompt in one forward on the repeated
+    cache (teacher-forced, right-padded). None for a model only the reference can feed."""
+    feed = _feed(model)
+    if feed is None:
+        return None
+    state = _prefill(model, feed, prompts, pad_id)
+    k, longest = len(continuations), max(len(c) for c in continuations)
+    first = torch.log_softmax(state.logits[:, -1], dim=-1)  # [prompts, vocab]: predicts each continuation's start
+    state.repeat(k)
+    device = state.mask.device
+    tokens = torch.full((len(prompts) * k, longest), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros_like(tokens)
+    for c, ids in enumerate(continuations):
+        tokens[c::k, : len(ids)] = torch.tensor(ids, dtype=torch.long, device=device)
+        mask[c::k, : len(ids)] = 1
+    later = torch.log_softmax(state.extend(tokens, mask, keep=None), dim=-1) if longest > 1 else None
+    scores = []
+    for p in range(len(prompts)):
+        row = []
+        for c, ids in enumerate(continuations):
+            total = float(first[p, ids[0]])
+            if later is not None:
+                steps = torch.arange(len(ids) - 1, device=device)
+                total += float(later[p * k + c, steps, torch.tensor(ids[1:], dtype=torch.long, device=device)].sum())
+            row.append(total)
+        scores.append(row)
+    return scores
 
 
 def _with_virtual(embeds: torch.Tensor, mask: torch.Tensor, virtual: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftbench.decoding import DecodingMismatch, Sampling, decode, full_logprobs
+from peftbench.decoding import DecodingMismatch, Sampling, continuation_logprobs, decode, full_logprobs
 from peftbench.tasks.prompts import encode_prompt
 
 
@@ -61,12 +61,35 @@ def generate(
 def label_logprobs(
     model: nn.Module, tokenizer: Any, prompts: list[str], labels: tuple[str, ...], *, batch_size: int
 ) -> list[list[float]]:
-    """Summed log-probability of each label's tokens after each prompt, in batched forwards.
+    """Summed log-probability of each label's tokens after each prompt.
 
-    The label tokens are exactly the training targets' (without EOS). Sequences are right-padded,
-    so every real token keeps its position; methods that prepend virtual tokens (prompt tuning,
-    P-tuning) return longer logits, whose extra leading positions are dropped.
+    The label tokens are exactly the training targets' (without EOS). Each prompt goes through the
+    model once, and all its labels are scored from its cache in one more forward
+    (`decoding.continuation_logprobs`), `batch_size` prompts at a time (as generation batches them),
+    in batches of similar length (prompts sorted by length). A model only the reference decoder can feed is scored one
+    (prompt, label) sequence per row instead (`_pair_logprobs`).
     """
+    label_ids = [tokenizer(label, add_special_tokens=False).input_ids for label in labels]
+    encoded = [encode_prompt(prompt, tokenizer) for prompt in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
+    model.eval()
+    scores: list[list[float]] = [[] for _ in prompts]
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        found = continuation_logprobs(model, [encoded[i] for i in chunk], label_ids, pad_id=tokenizer.pad_token_id)
+        if found is None:
+            return _pair_logprobs(model, tokenizer, prompts, labels, batch_size=batch_size)
+        for i, row in zip(chunk, found, strict=True):
+            scores[i] = row
+    return scores
+
+
+def _pair_logprobs(
+    model: nn.Module, tokenizer: Any, prompts: list[str], labels: tuple[str, ...], *, batch_size: int
+) -> list[list[float]]:
+    """`label_logprobs` as one right-padded (prompt + label) sequence per row, for models whose extra
+    inputs only the reference can feed: every real token keeps its position; methods that prepend
+    virtual tokens return longer logits, whose extra leading positions are dropped."""
     device = next(model.parameters()).device
     label_ids = [tokenizer(label, add_special_tokens=False).input_ids for label in labels]
     pairs = []  # (prompt index, label index, token ids, length of the prompt part)
