@@ -69,8 +69,11 @@ def test_no_report_writes_none_a_finished_grid_keeps_its_files_and_one_run_start
     assert not (out / "leaderboard.html").exists() and len(Store.open(out).records("done")) == 2
     run_cli("run", str(config), "--out", str(out))  # nothing left to run, no report yet: written
     written = (out / "leaderboard.html").stat().st_mtime_ns
-    run_cli("run", str(config), "--out", str(out))  # nothing ran: the files stand as they are
+    run_cli("run", str(config), "--out", str(out))  # nothing ran, nothing changed: the files stand as they are
     assert (out / "leaderboard.html").stat().st_mtime_ns == written
+    run_cli("run", str(config), "--out", str(out), "--set", "pscp.beta_p=1")  # nothing ran, the config changed
+    assert (out / "leaderboard.html").stat().st_mtime_ns != written
+    assert "β_p = 1, β_f = 2, β_m = 2" in (out / "leaderboard.md").read_text()
     cfg = validate_config({"methods": ["lora"], "tasks": ["qs_sentiment"], "runtime": {"workers": 2}})
     ctx = RunContext(cfg, resolve_model(cfg.model), tmp_path)
     assert isinstance(_backend(ctx, None, n_runs=1, console=None), InlineBackend)

@@ -180,11 +180,10 @@ def _resumable() -> Iterator[None]:
 
 
 def _print_finished(result: GridResult, report: bool) -> None:
-    """The report (its files rewritten only when this invocation stored results, or are missing),
-    what this invocation ran, and exit code 1 if any run failed."""
+    """The report (its files rewritten only when what they are made from changed), what this
+    invocation ran, and exit code 1 if any run failed."""
     if report:
-        stale = bool(result.counts) or not (result.out_dir / "leaderboard.html").is_file()
-        _print_report(result.out_dir, ReportFormat.table, write=stale)
+        _print_report(result.out_dir, ReportFormat.table, always_write=False)
     failed = result.counts.get("failed", 0)
     ran = ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items())) or "nothing left to run"
     err_console.print(
@@ -285,7 +284,8 @@ def report(
     _print_report(out, format, reference)
 
 
-def _print_report(out: Path, format: ReportFormat, reference: str | None = None, write: bool = True) -> None:
+def _print_report(out: Path, format: ReportFormat, reference: str | None = None, always_write: bool = True) -> None:
+    """Print one rendering; write the files always, or only when what they are made from changed."""
     from peftbench.report import (
         REFERENCES,
         build_report,
@@ -294,14 +294,17 @@ def _print_report(out: Path, format: ReportFormat, reference: str | None = None,
         report_markdown,
         rich_tables,
         runs_csv,
+        write_report_if_changed,
     )
     from peftbench.report import write_report as write_artifacts
 
     if reference is not None and reference not in REFERENCES:
         raise PeftbenchError(f"--reference {reference!r}: known references are {', '.join(REFERENCES)}")
     result = build_report(out, reference=reference)
-    if write:
+    if always_write:
         write_artifacts(result)
+    else:
+        write_report_if_changed(result)
     if result.other_runs:
         err_console.print(f"note: {result.other_runs} run(s) in {out} belong to an earlier config and are not shown",
                           highlight=False)

@@ -31,6 +31,8 @@ from peftbench.errors import PeftbenchError
 # Names the decoding path in provenance and in every run's identity: change it when decoding changes.
 DECODER = "peftbench-kv/1"
 REFERENCE = "full-forward/1"
+# Names how `loglik` mode scores labels; in the identity of loglik runs only (generation runs keep their ids).
+LOGLIK_SCORER = "prompt-cache/1"
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,12 @@ def _feed(model: nn.Module) -> _Feed | None:
 def decoder_name(model: nn.Module) -> str:
     """The decoder `decode` uses for this model (recorded in provenance)."""
     return DECODER if _feed(model) is not None else REFERENCE
+
+
+def scorer_name(model: nn.Module) -> str:
+    """How `loglik` mode scores this model's labels (recorded in provenance): from the prompt's cache,
+    or one (prompt, label) sequence per row where only the reference can feed the model."""
+    return LOGLIK_SCORER if _feed(model) is not None else "pair-forward/1"
 
 
 @dataclass

@@ -65,17 +65,19 @@ def label_logprobs(
 
     The label tokens are exactly the training targets' (without EOS). Each prompt goes through the
     model once, and all its labels are scored from its cache in one more forward
-    (`decoding.continuation_logprobs`), `batch_size` prompts at a time (as generation batches them),
-    in batches of similar length (prompts sorted by length). A model only the reference decoder can feed is scored one
-    (prompt, label) sequence per row instead (`_pair_logprobs`).
+    (`decoding.continuation_logprobs`), in batches of similar length (prompts sorted by length) of
+    `batch_size` prompts — fewer with many labels, so that the repeated cache holds at most
+    2 × `batch_size` rows (AG News' 4 labels: batch_size / 2 prompts). A model only the reference
+    decoder can feed is scored one (prompt, label) sequence per row instead (`_pair_logprobs`).
     """
     label_ids = [tokenizer(label, add_special_tokens=False).input_ids for label in labels]
     encoded = [encode_prompt(prompt, tokenizer) for prompt in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
+    per_batch = max(1, min(batch_size, 2 * batch_size // len(labels)))
     model.eval()
     scores: list[list[float]] = [[] for _ in prompts]
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
+    for start in range(0, len(order), per_batch):
+        chunk = order[start:start + per_batch]
         found = continuation_logprobs(model, [encoded[i] for i in chunk], label_ids, pad_id=tokenizer.pad_token_id)
         if found is None:
             return _pair_logprobs(model, tokenizer, prompts, labels, batch_size=batch_size)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from peftbench.config import AUTO_SPLIT, TINY_MODEL, BenchConfig, TaskConfig, TrainingConfig
-from peftbench.decoding import DECODER
+from peftbench.decoding import DECODER, LOGLIK_SCORER
 from peftbench.errors import PeftbenchError
 from peftbench.methods import Method, resolve_method
 from peftbench.registry import Registry
@@ -109,7 +109,7 @@ def check_data(cfg: BenchConfig, tasks: dict[str, TaskSpec] | None = None) -> li
     tasks = tasks or resolve(cfg).tasks
     problems, notes = check_splits([(f"tasks[{i}]", tasks[t.name]) for i, t in enumerate(cfg.tasks)], cfg.data_dir)
     if problems:
-        raise PeftbenchError(f"data: {len(problems)} missing split(s): {'; '.join(problems)}")
+        raise PeftbenchError(f"data: {len(problems)} problem(s) with the tasks' splits: {'; '.join(problems)}")
     return notes
 
 
@@ -151,7 +151,7 @@ def run_identity(cfg: BenchConfig, method_id: str, method: Method, learning_rate
         "data": data,
         "training": training_identity(training or cfg.training),
         "evaluation": cfg.evaluation.model_dump(mode="json", exclude=NOT_IDENTITY["evaluation"]),
-        "decoder": DECODER,
+        "decoder": DECODER if cfg.evaluation.mode == "generate" else f"{DECODER}+{LOGLIK_SCORER}",
         "costs": cfg.costs.model_dump(mode="json"),
         "seed": seed,
     }

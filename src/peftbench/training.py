@@ -74,11 +74,16 @@ def collate(features: list[dict[str, list[int]]], *, pad_id: int) -> dict[str, t
 
 
 @contextmanager
-def _frozen_heap() -> Iterator[None]:
-    """The process's long-lived objects (model, task data, tokenizer) out of the collector's sight while
-    a run trains: accelerate's `free_memory` runs a full `gc.collect()` at the start of every training
-    loop, which on a worker's heap costs more than a tiny model's whole training. They are handed back
-    afterwards, so whatever became garbage is still collected."""
+def _frozen_heap(device: torch.device) -> Iterator[None]:
+    """On CPU, the process's long-lived objects (model, task data, tokenizer) out of the collector's
+    sight while a run trains: accelerate's `free_memory` runs a full `gc.collect()` at the start of
+    every training loop, which on a worker's heap costs more than a tiny model's whole training. They
+    are handed back afterwards, so whatever became garbage is still collected. Not on a GPU: there
+    that collection is what frees the previous run's model (accelerate's bf16 forward wrapper makes
+    it a reference cycle) before this one allocates, and it is cheap next to a GPU run."""
+    if device.type == "cuda":
+        yield
+        return
     gc.freeze()
     try:
         yield
@@ -122,8 +127,6 @@ class _Watch(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.result.steps = state.global_step
-        if self.progress:
-            self.progress(state.global_step, state.max_steps, self.result.last_finite_loss)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
@@ -137,6 +140,8 @@ class _Watch(TrainerCallback):
             self.result.last_finite_loss = float(loss)
             if state.global_step % self._log_every == 0:
                 self.result.history.append({"step": state.global_step, "loss": float(loss)})
+            if self.progress:  # logged every step (logging_steps=1), after the step: this step's loss
+                self.progress(state.global_step, state.max_steps, float(loss))
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         val = (metrics or {}).get("eval_loss")
@@ -285,7 +290,7 @@ def train(
         checkpoint = last_complete_checkpoint(workdir) if cfg.checkpoint_steps and not mitigated else None
         if checkpoint:
             watch.resume(checkpoint)
-        with _frozen_heap():
+        with _frozen_heap(device):
             output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     result.train_loss = float(output.training_loss) if math.isfinite(output.training_loss) else None
     if members is not None:

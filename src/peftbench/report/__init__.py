@@ -6,6 +6,7 @@ writes every artefact; the CLI prints one rendering.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,6 +143,32 @@ def report_latex(report: Report) -> str:
     main = latex(report.summary) if report.summary.methods or report.tpv is None else ""
     main += stability.latex(report.strategies) if report.strategies else ""
     return main + (tpv.latex(report.tpv) if report.tpv is not None else "")
+
+
+DIGEST_FILE = ".report-digest"
+
+
+def report_digest(report: Report) -> str:
+    """What the report files are made from: the config, the plan, every stored run's id, status and
+    attempts, and this peftbench — the files are rewritten when it changes."""
+    from peftbench import __version__
+
+    config = report.store.out_dir / CONFIG_FILE
+    parts = [__version__, config.read_text() if config.is_file() else "", *(report.store.plan() or []),
+             *sorted(f"{r.run_id}:{r.status}:{r.attempts}" for r in report.store.records())]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def write_report_if_changed(report: Report) -> bool:
+    """`write_report`, unless the files there were made from exactly this (`report_digest`)."""
+    digest_file = report.store.out_dir / DIGEST_FILE
+    digest = report_digest(report)
+    fresh = (report.store.out_dir / "leaderboard.html").is_file() and digest_file.is_file() \
+        and digest_file.read_text() == digest
+    if not fresh:
+        write_report(report)
+        atomic_write_text(digest_file, digest)
+    return not fresh
 
 
 def write_report(report: Report) -> list[Path]:

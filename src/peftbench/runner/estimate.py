@@ -20,6 +20,7 @@ import torch
 from peftbench.config import BenchConfig, TrainingConfig
 from peftbench.deni.members import training_cost
 from peftbench.errors import PeftbenchError
+from peftbench.hub import cache_only
 from peftbench.plan import RunSpec
 from peftbench.runner.run import cut_task_data
 from peftbench.tasks.data import split_names
@@ -79,26 +80,29 @@ def estimate_training(cfg: BenchConfig, pending: list[RunSpec], tflops: float | 
     result = Estimate(tflops=rate, throughput=how)
     tokenizer = load_tokenizer(source, cfg.model) if source.is_local else None
     data: dict[str, tuple[int | None, int]] = {}
-    step_flops: dict[tuple[str, int], float] = {}
+    step_flops: dict[tuple[str, int, int], float] = {}
     for spec in pending:
         training = spec.training or cfg.training
-        task = spec.task_spec
-        if task.name not in data:
-            rows, length, result.lengths[task.name] = _rows_and_length(cfg, task, tokenizer)
-            data[task.name] = (rows, length)
-        rows, length = data[task.name]
+        for task in (spec.task_spec, *spec.mixed_tasks):
+            if task.name not in data:
+                rows, length, result.lengths[task.name] = _rows_and_length(cfg, task, tokenizer)
+                data[task.name] = (rows, length)
+        if spec.shots == 0 or not spec.method.trains:  # a zero-shot start or `base`: nothing trains
+            result.runs += 1
+            continue
+        own_rows, length = data[spec.task_spec.name]
+        mixed = [data[t.name][0] for t in spec.mixed_tasks]
+        rows = None if own_rows is None or None in mixed else \
+            (min(spec.shots, own_rows) if spec.shots is not None else own_rows) + sum(mixed)  # type: ignore[arg-type]
         n_steps = training_steps(training, rows)
         if n_steps is None:
-            if task.name not in result.unknown:
-                result.unknown.append(task.name)
+            result.unknown += [t for t in (spec.task, *(m.name for m in spec.mixed_tasks)) if t not in result.unknown]
             continue
-        key = (spec.method_id, length)
+        batch = training.batch_size * training.gradient_accumulation_steps
+        key = (spec.method_id, length, batch)
         if key not in step_flops:
             model = spec.method.apply(skeleton(config))
-            batch = training.batch_size * training.gradient_accumulation_steps
-            trains = any(p.requires_grad for p in model.parameters())  # the zero-shot `base` trains nothing
-            step_flops[key] = train_step_flops(model, batch_size=batch, seq_len=length,
-                                               vocab_size=config.vocab_size) if trains else 0.0
+            step_flops[key] = train_step_flops(model, batch_size=batch, seq_len=length, vocab_size=config.vocab_size)
         models = training_cost(training.mitigation, n_steps)
         result.hours += n_steps * models * step_flops[key] / (rate * 1e12) / 3600
         result.runs += 1
@@ -123,7 +127,8 @@ def _rows_and_length(cfg: BenchConfig, task: TaskSpec, tokenizer: Any) -> tuple[
     if split_names(task, cfg.data_dir) is None:
         return None, length, where
     try:
-        rows = cut_task_data(task, cfg).train
+        with cache_only():  # a dry run reads what is local or cached, and downloads nothing
+            rows = cut_task_data(task, cfg).train
     except PeftbenchError:
         return None, length, where
     if tokenizer is not None and rows:

@@ -21,7 +21,7 @@ from rich.markup import escape
 
 from peftbench.config import BenchConfig
 from peftbench.errors import PeftbenchError
-from peftbench.modeling import ModelSource, resolve_model
+from peftbench.modeling import ModelSource, ModelUnavailable, resolve_model
 from peftbench.plan import RunSpec, check_data, grid_size, plan_runs
 from peftbench.report import CONFIG_FILE
 from peftbench.runner.backends.local import InlineBackend, PoolBackend
@@ -56,8 +56,9 @@ def check_methods(cfg: BenchConfig, source: ModelSource, plan: list[RunSpec]) ->
         if "trust_remote_code" in str(exc):
             raise PeftbenchError(f"model.name: {cfg.model.name!r} needs code of its own to load; peftbench runs "
                                  f"it only when the config sets model.trust_remote_code: true") from None
-        raise PeftbenchError(f"model.name: cannot load the configuration of {cfg.model.name!r}: "
-                             f"{str(exc).strip().splitlines()[0]}") from None
+        error = PeftbenchError if source.is_local else ModelUnavailable  # the hub refused (gated, no token, offline)
+        raise error(f"model.name: cannot load the configuration of {cfg.model.name!r}: "
+                    f"{str(exc).strip().splitlines()[0]}") from None
     methods = {r.method_id: r.method for r in plan}
     for i, (method_id, method) in enumerate(methods.items()):
         try:

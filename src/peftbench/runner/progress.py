@@ -75,12 +75,13 @@ class GridProgress:
             TextColumn("eta"), TimeRemainingColumn(), console=console, disable=not self.live,
         )
         self.grid = self.progress.add_task("grid", total=total)
+        # all by run id (labels repeat: few-shot runs of one method, task and seed differ in shots only)
         self.lines: dict[str, Any] = {}
         self.ended: set[str] = set()  # late messages from a worker must not revive a finished line
-        self.started: dict[str, float] = {}  # label → when its first message came
-        self.shown: dict[str, tuple[str, int]] = {}  # label → (phase, tenth of it) last logged
-        self.ids: dict[str, str] = {}  # label → run id, for its log file
-        self.printed: dict[str, float] = {}  # label → when a line of it last went to stdout
+        self.started: dict[str, float] = {}  # when its first message came
+        self.shown: dict[str, tuple[str, int]] = {}  # (phase, tenth of it) last logged
+        self.labels: dict[str, str] = {}  # how it is named on screen and in its log
+        self.printed: dict[str, float] = {}  # when a line of it last went to stdout
         self.began = time.monotonic()
         self._lock = threading.Lock()
 
@@ -92,34 +93,35 @@ class GridProgress:
         self.progress.__exit__(*exc)
 
     def phase_fn(self, spec: RunSpec) -> PhaseFn:
-        label = run_label(spec)
-        self.ids[label] = spec.run_id
+        self.expect(spec)
 
         def phase(name: str, done: int, total: int, loss: float | None = None) -> None:
-            self.update(label, name, done, total, loss)
+            self.update(spec.run_id, name, done, total, loss)
 
         return phase
 
     def expect(self, spec: RunSpec) -> None:
-        """A run handed to a worker: its messages will come under its label."""
-        self.ids[run_label(spec)] = spec.run_id
+        """A run handed to a worker: its messages will come under its run id."""
+        self.labels[spec.run_id] = run_label(spec)
 
-    def update(self, label: str, name: str, done: int, total: int, loss: float | None = None) -> None:
+    def update(self, run_id: str, name: str, done: int, total: int, loss: float | None = None) -> None:
         with self._lock:
-            if label in self.ended:
+            if run_id in self.ended:
                 return
-            if label not in self.started:
-                self.started[label] = time.monotonic()
-                self._line(label, f"start {label}", always=True)
+            label = self.labels.setdefault(run_id, run_id)
+            if run_id not in self.started:
+                self.started[run_id] = time.monotonic()
+                self._line(run_id, f"start {label}", always=True)
             tenth = done * 10 // max(total, 1)
-            if self.shown.get(label) != (name, tenth):
-                self.shown[label] = (name, tenth)
+            if self.shown.get(run_id) != (name, tenth):
+                self.shown[run_id] = (name, tenth)
                 loss_text = f", loss {loss:.4f}" if loss is not None else ""
-                self._line(label, f"  {label}: {name} {done}/{total}{loss_text}, {self._since(label)}", always=False)
+                self._line(run_id, f"  {label}: {name} {done}/{total}{loss_text}, {self._since(run_id)}",
+                           always=False)
             if self.live:
-                if label not in self.lines:
-                    self.lines[label] = self.progress.add_task(label, total=max(total, 1))
-                self.progress.update(self.lines[label], description=f"  {escape(label)} {escape(f'[{name}]')}",
+                if run_id not in self.lines:
+                    self.lines[run_id] = self.progress.add_task(label, total=max(total, 1))
+                self.progress.update(self.lines[run_id], description=f"  {escape(label)} {escape(f'[{name}]')}",
                                      completed=done, total=max(total, 1))
 
     def pump(self, messages: Any, stop: threading.Event) -> None:
@@ -134,12 +136,11 @@ class GridProgress:
 
     def finished(self, spec: RunSpec, outcome: RunOutcome | None) -> None:
         status = outcome.status if outcome else "skipped"
-        label = run_label(spec)
-        self.ids.setdefault(label, spec.run_id)
+        label = self.labels.setdefault(spec.run_id, run_label(spec))
         with self._lock:
             self.counts[status] = self.counts.get(status, 0) + 1
-            self.ended.add(label)
-            task = self.lines.pop(label, None)
+            self.ended.add(spec.run_id)
+            task = self.lines.pop(spec.run_id, None)
             if task is not None:
                 self.progress.remove_task(task)
             self.progress.advance(self.grid)
@@ -149,33 +150,33 @@ class GridProgress:
                 finished = sum(self.counts.values())
                 elapsed = time.monotonic() - self.began
                 eta = elapsed / finished * (self.total - finished) if finished else 0.0
-                self._line(label, f"{status} {label}: {what}, {self._since(label)} — grid {finished}/{self.total}, "
-                                  f"{_clock(elapsed)} elapsed, eta {_clock(eta)}", always=True)
+                self._line(spec.run_id, f"{status} {label}: {what}, {self._since(spec.run_id)} — grid "
+                                        f"{finished}/{self.total}, {_clock(elapsed)} elapsed, eta {_clock(eta)}",
+                           always=True)
         if outcome and outcome.status != "done":
             message = f"{label}: {outcome.status}: {outcome.error}"
             if self.live:
                 self.console.print(f"[yellow]{escape(message)}[/yellow]", highlight=False)
             else:
                 print(message, file=sys.stdout, flush=True)
-            self._log(label, message)
+            self._log(spec.run_id, message)
 
-    def _since(self, label: str) -> str:
-        return _clock(time.monotonic() - self.started.get(label, time.monotonic()))
+    def _since(self, run_id: str) -> str:
+        return _clock(time.monotonic() - self.started.get(run_id, time.monotonic()))
 
-    def _line(self, label: str, text: str, *, always: bool) -> None:
+    def _line(self, run_id: str, text: str, *, always: bool) -> None:
         """To the run's log file, and to stdout when there is no live display (phases: verbose only)."""
-        self._log(label, text.strip())
+        self._log(run_id, text.strip())
         if self.live or self.verbosity == 0:
             return
         now = time.monotonic()
-        quiet_for = now - self.printed.get(label, self.started.get(label, now))
+        quiet_for = now - self.printed.get(run_id, self.started.get(run_id, now))
         if always or self.verbosity >= 2 or quiet_for >= LONG_RUN_LINE_S:
-            self.printed[label] = now
+            self.printed[run_id] = now
             print(text, file=sys.stdout, flush=True)
 
-    def _log(self, label: str, text: str) -> None:
-        run_id = self.ids.get(label)
-        if self.log_dir is None or run_id is None:
+    def _log(self, run_id: str, text: str) -> None:
+        if self.log_dir is None:
             return
         with contextlib.suppress(OSError):  # a log is a convenience: never the reason a grid stops
             self.log_dir.mkdir(parents=True, exist_ok=True)

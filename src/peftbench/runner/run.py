@@ -7,11 +7,11 @@ all runs of one process: the model source, tokenizer, task data, base-model FLOP
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
 import math
+import os
 import platform
 import shutil
 import subprocess
@@ -30,7 +30,7 @@ from peftbench.costs import peak_memory
 from peftbench.costs.energy import EnergyMeter
 from peftbench.costs.flops import GB
 from peftbench.costs.run import BaseFigures, measure_base, measure_method_costs, run_costs
-from peftbench.decoding import Sampling, check_decoding, decoder_name, default_tolerance
+from peftbench.decoding import Sampling, check_decoding, decoder_name, default_tolerance, scorer_name
 from peftbench.evaluation import check_label_logprobs, generate, label_logprobs, stop_tokens
 from peftbench.modeling import ModelSource, load_model, load_tokenizer, model_revision, pick_device
 from peftbench.plan import RunSpec, task_fingerprint
@@ -42,7 +42,6 @@ from peftbench.tpv.runs import keep_task_vector
 from peftbench.training import train
 from peftbench.utils import (
     atomic_torch_save,
-    atomic_write_text,
     cache_root,
     dir_size_bytes,
     pinned_threads,
@@ -88,6 +87,20 @@ def cut_task_data(task: TaskSpec, cfg: BenchConfig) -> TaskData:
         max_train=cfg.training.max_train_samples, max_eval=cfg.evaluation.max_samples,
         label_of=task.gold_of if task.kind == "classification" else None)
     return TaskData(train=train, val=val, eval=test, policy=policy)
+
+
+def _create_once(path: Path, text: str) -> None:
+    """Write `path` unless another process already has: a complete temporary file hard-linked into
+    place, which fails when the name exists (so readers never see half a file and the first wins)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as fh:
+        fh.write(text)
+    try:
+        os.link(fh.name, path)
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(fh.name)
 
 
 class RunContext:
@@ -161,17 +174,17 @@ class RunContext:
         what = {"model": spec.identity["model"], "method": {k: v for k, v in spec.identity["method"].items()
                                                             if k in ("name", "args")},
                 "costs": spec.identity["costs"], "memory_batch_size": memory_batch_size,
-                "device": str(self.device), "threads": self.cfg.runtime.threads}
+                "device": [self.provenance["device"], self.provenance["device_name"]],
+                "threads": self.cfg.runtime.threads,
+                "versions": {pkg: self.provenance["versions"].get(pkg) for pkg in PACKAGES}}
         key = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:20]
         path = self.out_dir / "costs" / f"{key}.json"
-        if key not in self._method_costs and path.is_file():
-            with contextlib.suppress(OSError, ValueError):
-                self._method_costs[key] = json.loads(path.read_text())["costs"]
-        if key not in self._method_costs:
+        if key not in self._method_costs and not path.is_file():
             costs = measure_method_costs(model, spec.method, base=self.base_figures, cfg=self.cfg.costs,
                                          memory_batch_size=memory_batch_size, device=self.device)
-            atomic_write_text(path, json.dumps({"what": what, "costs": costs}, default=str))
-            self._method_costs[key] = costs
+            _create_once(path, json.dumps({"what": what, "costs": costs}, default=str))
+        if key not in self._method_costs:  # the first measurement written wins: every worker uses the same
+            self._method_costs[key] = json.loads(path.read_text())["costs"]
         return dict(self._method_costs[key])
 
     def base_figures(self) -> BaseFigures:
@@ -316,7 +329,7 @@ def evaluate(model: torch.nn.Module, task: TaskSpec, rows: list[Row], ctx: RunCo
                  if checked else None)
         logprobs = label_logprobs(model, ctx.tokenizer, prompts, task.labels, batch_size=cfg.batch_size)
         outputs = [task.labels[max(range(len(lp)), key=lp.__getitem__)] for lp in logprobs]
-        return score(task, rows, outputs), {"mode": "loglik", "decoder": "batched-forward", "check": check}
+        return score(task, rows, outputs), {"mode": "loglik", "decoder": scorer_name(model), "check": check}
     max_new_tokens = cfg.max_new_tokens or task.max_new_tokens
     check = check_decoding(
         model, [encode_prompt(p, ctx.tokenizer) for p in checked], max_new_tokens=min(max_new_tokens, CHECK_TOKENS),

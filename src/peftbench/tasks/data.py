@@ -130,7 +130,11 @@ def load_splits(task: TaskSpec, data_dir: Path | None, seed: int) -> tuple[list[
     for role, missing, other in (("train", task.train_split, task.eval_split),
                                  ("eval", task.eval_split, task.train_split)):
         if names is not None and role in task.carve and missing not in names and other in names:
-            train, test = carve(load_rows(task, other, data_dir), seed)
+            rows = load_rows(task, other, data_dir)
+            if len(rows) < 2:
+                raise PeftbenchError(f"task {task.name!r}: {other!r} has {len(rows)} row(s); carving train and test "
+                                     f"from it needs at least 2")
+            train, test = carve(rows, seed)
             policy = (f"no {missing!r} split: {other!r} ({len(train) + len(test)} rows) carved into {len(train)} "
                       f"train and {len(test)} test rows, shuffled with seed {seed}")
             return train, test, policy

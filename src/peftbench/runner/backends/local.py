@@ -18,7 +18,7 @@ from typing import Any
 from peftbench.config import BenchConfig
 from peftbench.modeling import ModelSource
 from peftbench.plan import RunSpec
-from peftbench.runner.progress import GridProgress, run_label
+from peftbench.runner.progress import GridProgress
 from peftbench.runner.run import RunContext
 from peftbench.runner.worker import Results, run_batch, worker_context
 
@@ -62,14 +62,13 @@ def _init_worker(messages: Any) -> None:
 def _pool_job(cfg: BenchConfig, source: ModelSource, out_dir: Any, spec: RunSpec) -> Results:
     """What a pool worker runs: a batch of one run, its phases sent to the driver's display."""
     messages = _MESSAGES["queue"]
-    label = run_label(spec)
     last = [0.0]
 
     def phase(name: str, done: int, total: int, loss: float | None = None) -> None:
         now = time.monotonic()
         if now - last[0] > 0.25 or done >= total or done == 0:
             last[0] = now
-            messages.put((label, name, done, total, loss))
+            messages.put((spec.run_id, name, done, total, loss))
 
     return run_batch(worker_context(cfg, source, out_dir), [spec], "local", lambda _: phase)
 
