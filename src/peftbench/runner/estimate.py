@@ -62,7 +62,6 @@ def cpu_tflops(threads: int, size: int = 768, repeats: int = 6) -> float:
 def estimate_training(cfg: BenchConfig, pending: list[RunSpec], tflops: float | None = None) -> Estimate | None:
     """Training hours of `pending` runs, or None where the model's configuration is not available here."""
     from peftbench.costs.flops import train_step_flops
-    from peftbench.costs.from_config import skeleton
     from peftbench.modeling import ModelUnavailable, load_tokenizer, resolve_model
 
     try:
@@ -101,12 +100,24 @@ def estimate_training(cfg: BenchConfig, pending: list[RunSpec], tflops: float | 
         batch = training.batch_size * training.gradient_accumulation_steps
         key = (spec.method_id, length, batch)
         if key not in step_flops:
-            model = spec.method.apply(skeleton(config))
+            model = _on_meta(spec.method, config)
             step_flops[key] = train_step_flops(model, batch_size=batch, seq_len=length, vocab_size=config.vocab_size)
         models = training_cost(training.mitigation, n_steps)
         result.hours += n_steps * models * step_flops[key] / (rate * 1e12) / 3600
         result.runs += 1
     return result
+
+
+def _on_meta(method: Any, config: Any) -> torch.nn.Module:
+    """The method applied to the weightless model; an initialisation that reads weights (a prompt
+    from a TPV origin or a file) is left out: it changes values, not the shapes FLOPs count."""
+    from peftbench.costs.from_config import skeleton
+    from peftbench.methods import resolve_method
+
+    own = getattr(method, "own_args", {})
+    if any(method.args.get(k) is not None for k in own):
+        method = resolve_method(method.name, {k: v for k, v in method.args.items() if k not in own})
+    return method.apply(skeleton(config))
 
 
 def training_steps(training: TrainingConfig, rows: int | None) -> int | None:
