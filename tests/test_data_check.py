@@ -77,7 +77,7 @@ def test_load_splits_carves_train_from_the_eval_split_only_when_allowed():
 
 def test_same_split_for_train_and_eval_is_a_problem_and_both_auto_is_refused():
     sst2 = dataclasses.replace(TASKS.get("sst2"), train_split="validation")
-    problems, _ = check_splits([("tasks[0]", sst2)], SHARED_DATA)
+    problems, _, _ = check_splits([("tasks[0]", sst2)], SHARED_DATA)
     assert problems == ["sst2 trains and tests on the same split 'validation' — set tasks[0].train_split: auto to "
                         "carve train rows from it"]
     with pytest.raises(PeftbenchError, match="cannot both be auto"):

@@ -114,7 +114,7 @@ def test_dry_run_lists_the_plan_and_writes_nothing(small_grid, tmp_path):
     cli("run", str(config), "--out", str(out), "--set", "methods=[base]")
     shown = cli("run", str(config), "--out", str(out), "--dry-run").stdout
     flat = " ".join(shown.split())
-    assert "4 of 6 runs pending" in flat and "of training for the 2 pending runs without finished runs" in flat
+    assert "4 of 6 runs pending" in flat and "of training for the 4 pending runs without finished runs" in flat
     rows = {cells[1]: cells[2:6] for line in shown.splitlines()
             if len(cells := [c.strip() for c in line.split("│")]) > 6}
     assert rows["base"] == ["2", "2", "0", "0"] and rows["lora"] == ["2", "0", "0", "2"]

@@ -102,12 +102,17 @@ def grid_size(cfg: BenchConfig) -> str:
     return " × ".join(f"{n} {word}{'' if n == 1 else 's'}" for n, word in parts)
 
 
-def check_data(cfg: BenchConfig, tasks: dict[str, TaskSpec] | None = None) -> list[str]:
+def check_data(cfg: BenchConfig, *, unchecked_note: bool = True) -> list[str]:
     """Every task's splits, looked up where its runs will read them, before anything runs: one error
     listing every missing split with the config key that fixes it, or the notes to show (splits
-    carved under `auto`, hub datasets that cannot be checked offline)."""
-    tasks = tasks or resolve(cfg).tasks
-    problems, notes = check_splits([(f"tasks[{i}]", tasks[t.name]) for i, t in enumerate(cfg.tasks)], cfg.data_dir)
+    carved under `auto`; with `unchecked_note`, the hub datasets that cannot be checked offline — a
+    run need not say so, as loading them fails next with what to do)."""
+    tasks = resolve(cfg).tasks
+    keyed = [(f"tasks[{i}]", tasks[t.name]) for i, t in enumerate(cfg.tasks)]
+    problems, notes, unchecked = check_splits(keyed, cfg.data_dir)
+    if unchecked and unchecked_note:
+        notes.append(f"splits not checked for {len(unchecked)} hub dataset(s) that are not cached while the hub is "
+                     f"unreachable ({', '.join(unchecked)}); set data_dir to local copies to check them")
     if problems:
         raise PeftbenchError(f"data: {len(problems)} problem(s) with the tasks' splits: {'; '.join(problems)}")
     return notes

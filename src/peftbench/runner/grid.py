@@ -92,7 +92,7 @@ def run_grid(cfg: BenchConfig, out_dir: Path | None = None, console: Console | N
     study = plan_first_stage(cfg) if cfg.tpv else []
     source = resolve_model(cfg.model)
     check_methods(cfg, source, plan + study)
-    for note in check_data(cfg):
+    for note in check_data(cfg, unchecked_note=False):
         console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
     ctx = RunContext(cfg, source, out_dir)
     for task in {r.task: r.task_spec for r in plan + study}.values():

@@ -74,10 +74,12 @@ def _where(task: TaskSpec, data_dir: Path | None) -> str:
     return {GeneratedSource: "its generator", LocalSource: "its files"}.get(type(task.source), "the hub dataset")
 
 
-def check_splits(tasks: list[tuple[str, TaskSpec]], data_dir: Path | None) -> tuple[list[str], list[str]]:
-    """(problems, notes) for the splits of every (config key, task): a missing split is a problem
-    naming the key that fixes it and the splits that exist; a split carved by `auto` and a dataset
-    that cannot be checked offline are notes. All at once, before any run starts."""
+def check_splits(tasks: list[tuple[str, TaskSpec]], data_dir: Path | None
+                 ) -> tuple[list[str], list[str], list[str]]:
+    """(problems, notes, unchecked task names) for the splits of every (config key, task): a missing
+    split is a problem naming the key that fixes it and the splits that exist; a split carved by
+    `auto` is a note; a hub dataset neither mirrored nor cached while the hub is unreachable cannot
+    be checked. All at once, before any run starts."""
     problems: list[str] = []
     notes: list[str] = []
     unchecked: list[str] = []
@@ -107,10 +109,7 @@ def check_splits(tasks: list[tuple[str, TaskSpec]], data_dir: Path | None) -> tu
             fix = f"{key}.{role}_split: auto to carve {role} rows from {other!r}"
             fix += f", or one of {', '.join(others)}" if others else ""
             problems.append(f"{task.name} has no {roles[role]!r} split in {where} (has: {has}) — set {fix}")
-    if unchecked:
-        notes.append(f"splits not checked for {len(unchecked)} hub dataset(s) that are not cached while the hub is "
-                     f"unreachable ({', '.join(unchecked)}); set data_dir to local copies to check them")
-    return problems, notes
+    return problems, notes, unchecked
 
 
 def carve(rows: list[Row], seed: int) -> tuple[list[Row], list[Row]]:
