@@ -220,12 +220,10 @@ def _print_data_notes(cfg: BenchConfig) -> None:
         err_console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
 
 
-def _flops_estimate(cfg: BenchConfig, out: Path, methods: set[str], tflops: float | None) -> str:
-    """The pending runs of methods without a finished run, from counted training FLOPs (`estimate.py`)."""
+def _flops_estimate(cfg: BenchConfig, runs: list[RunSpec], tflops: float | None) -> str:
+    """Pending runs of methods without a finished run, from counted training FLOPs (`estimate.py`)."""
     from peftbench.runner.estimate import estimate_training
-    from peftbench.runner.grid import pending_runs
 
-    runs = [r for r in pending_runs(cfg, out) if r.method_id in methods]
     found = estimate_training(cfg, runs, tflops)
     if found is None:
         return (f"no time estimate for the {len(runs)} runs of methods without finished runs: the configuration of "
@@ -246,7 +244,7 @@ def _print_plan(cfg: BenchConfig, out: Path, tflops: float | None = None) -> Non
     from peftbench.runner.grid import executor_line, plan_summary
 
     _print_data_notes(cfg)
-    rows = plan_summary(cfg, out)
+    rows, pending_runs = plan_summary(cfg, out)
     table = Table(title=f"{cfg.name}: plan for {out}")
     for column in ("method", "runs", "done", "failed", "pending", "mean run time", "peak train memory"):
         table.add_column(column, justify="left" if column == "method" else "right", overflow="fold")
@@ -262,7 +260,8 @@ def _print_plan(cfg: BenchConfig, out: Path, tflops: float | None = None) -> Non
                 f"with finished runs (their measured times)" if known else "")
     unmeasured = {r.method for r in rows if r.pending and not r.mean_run_s}
     if unmeasured:
-        estimate += ("; " if estimate else "") + _flops_estimate(cfg, out, unmeasured, tflops)
+        estimate += ("; " if estimate else "") + _flops_estimate(
+            cfg, [r for r in pending_runs if r.method_id in unmeasured], tflops)
     out_console.print(f"{pending} of {sum(r.runs for r in rows)} runs pending, to run on {executor_line(cfg)}; "
                       f"{estimate}. Dry run: nothing was started or written.", highlight=False)
     if cfg.tpv is not None:

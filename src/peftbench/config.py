@@ -33,6 +33,12 @@ TINY_MODEL = "builtin:tiny-llama"
 PEFT_TUNER_LR = 1e-4  # the learning rate of a `peft:<TYPE>` tuner, which has no PEFT-Bench setting
 
 
+def require_unique(values: list[Any], what: str) -> None:
+    """One message for every list whose entries must differ (tasks, seeds, strategies)."""
+    if len(set(values)) != len(values):
+        raise ValueError(f"{what} must be unique")
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -343,8 +349,7 @@ class TPVConfig(StrictModel):
                 raise ValueError(f"{where}: {', '.join(unknown)} not in tpv.tasks (a TPV is needed for each)")
             if len(set(names)) != len(names) or len(names) < 2:
                 raise ValueError(f"{where}: expected two or more distinct tasks, got {names}")
-        if len(set(self.tasks)) != len(self.tasks):
-            raise ValueError("tpv.tasks must be unique")
+        require_unique(self.tasks, "tpv.tasks")
         if self.few_shot and self.few_shot.origins > self.origins:
             raise ValueError(f"few_shot.origins ({self.few_shot.origins}) exceeds origins ({self.origins})")
         return self
@@ -367,8 +372,7 @@ class StabilityConfig(StrictModel):
     @field_validator("strategies")
     @classmethod
     def _unique(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError("strategies must be unique")
+        require_unique(value, "strategies")
         return value
 
 
@@ -479,16 +483,13 @@ class BenchConfig(StrictModel):
     @field_validator("tasks")
     @classmethod
     def _unique_tasks(cls, value: list[TaskConfig]) -> list[TaskConfig]:
-        names = [t.name for t in value]
-        if len(set(names)) != len(names):
-            raise ValueError("tasks must be unique")
+        require_unique([t.name for t in value], "tasks")
         return value
 
     @field_validator("seeds")
     @classmethod
     def _unique_seeds(cls, value: list[int]) -> list[int]:
-        if len(set(value)) != len(value):
-            raise ValueError("seeds must be unique")
+        require_unique(value, "seeds")
         return value
 
     @field_validator("tasks_dir", mode="before")

@@ -194,13 +194,13 @@ def _prefill(model: nn.Module, feed: _Feed, prompts: list[list[int]], pad_id: in
 
 @torch.no_grad()
 def continuation_logprobs(model: nn.Module, prompts: list[list[int]], continuations: list[list[int]], *,
-                          pad_id: int) -> list[list[float]] | None:
+                          pad_id: int) -> list[list[float]]:
     """Summed log-probability of each continuation after each prompt ([prompt][continuation]): one
     prefill of the prompts, then every continuation of every prompt in one forward on the repeated
-    cache (teacher-forced, right-padded). None for a model only the reference can feed."""
+    cache (teacher-forced, right-padded). Only for models the decoder can feed (`scorer_name`)."""
     feed = _feed(model)
     if feed is None:
-        return None
+        raise ValueError("continuation_logprobs: only the reference can feed this model; score it by pairs")
     state = _prefill(model, feed, prompts, pad_id)
     k, longest = len(continuations), max(len(c) for c in continuations)
     first = torch.log_softmax(state.logits[:, -1], dim=-1)  # [prompts, vocab]: predicts each continuation's start

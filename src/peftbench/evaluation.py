@@ -14,7 +14,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftbench.decoding import DecodingMismatch, Sampling, continuation_logprobs, decode, full_logprobs
+from peftbench.decoding import (
+    LOGLIK_SCORER,
+    DecodingMismatch,
+    Sampling,
+    continuation_logprobs,
+    decode,
+    full_logprobs,
+    scorer_name,
+)
 from peftbench.tasks.prompts import encode_prompt
 
 
@@ -70,6 +78,8 @@ def label_logprobs(
     2 × `batch_size` rows (AG News' 4 labels: batch_size / 2 prompts). A model only the reference
     decoder can feed is scored one (prompt, label) sequence per row instead (`_pair_logprobs`).
     """
+    if scorer_name(model) != LOGLIK_SCORER:
+        return _pair_logprobs(model, tokenizer, prompts, labels, batch_size=batch_size)
     label_ids = [tokenizer(label, add_special_tokens=False).input_ids for label in labels]
     encoded = [encode_prompt(prompt, tokenizer) for prompt in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
@@ -79,8 +89,6 @@ def label_logprobs(
     for start in range(0, len(order), per_batch):
         chunk = order[start:start + per_batch]
         found = continuation_logprobs(model, [encoded[i] for i in chunk], label_ids, pad_id=tokenizer.pad_token_id)
-        if found is None:
-            return _pair_logprobs(model, tokenizer, prompts, labels, batch_size=batch_size)
         for i, row in zip(chunk, found, strict=True):
             scores[i] = row
     return scores

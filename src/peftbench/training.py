@@ -31,7 +31,7 @@ from peftbench.deni.members import COPY_STRATEGIES, MemberTraining
 from peftbench.tasks.prompts import IGNORE_INDEX
 from peftbench.utils import atomic_torch_save
 
-ProgressFn = Callable[[int, int, float | None], None]  # (step, total steps, the last logged loss)
+ProgressFn = Callable[[int, int, float | None], None]  # (step, total steps, that step's loss)
 MAX_HISTORY = 200
 WATCH_STATE = "peftbench_watch.pt"
 

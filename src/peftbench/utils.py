@@ -75,6 +75,22 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def write_once(path: Path, text: str) -> None:
+    """Write `path` unless another process already has: a complete temporary file hard-linked into
+    place, which fails when the name exists (readers never see half a file, and the first writer
+    wins where `atomic_write_text` would let the last one replace it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def atomic_torch_save(path: Path, obj: Any) -> None:
     """`torch.save` that never leaves a half-written file (tensors, checkpoint state)."""
     buffer = io.BytesIO()

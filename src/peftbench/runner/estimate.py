@@ -23,7 +23,6 @@ from peftbench.errors import PeftbenchError
 from peftbench.hub import cache_only
 from peftbench.plan import RunSpec
 from peftbench.runner.run import cut_task_data
-from peftbench.tasks.data import split_names
 from peftbench.tasks.prompts import encode_example
 from peftbench.tasks.spec import TaskSpec
 
@@ -135,12 +134,10 @@ def _rows_and_length(cfg: BenchConfig, task: TaskSpec, tokenizer: Any) -> tuple[
     """(training rows where the data is here — after the task's split rule, as a run cuts them —, tokens
     per example, where that length comes from)."""
     length, where = cfg.training.cutoff_len, f"{cfg.training.cutoff_len} ({task.name}: cutoff_len, an upper bound)"
-    if split_names(task, cfg.data_dir) is None:
-        return None, length, where
     try:
         with cache_only():  # a dry run reads what is local or cached, and downloads nothing
             rows = cut_task_data(task, cfg).train
-    except PeftbenchError:
+    except PeftbenchError:  # missing, or a hub dataset that is not cached: steps unknown here
         return None, length, where
     if tokenizer is not None and rows:
         sample = rows[:SAMPLE_ROWS]

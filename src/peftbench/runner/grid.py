@@ -30,7 +30,7 @@ from peftbench.runner.backends.slurm import SlurmBackend
 from peftbench.runner.driver import Backend, drive
 from peftbench.runner.progress import GridProgress
 from peftbench.runner.run import RunContext
-from peftbench.store import FINAL, TPV_PLAN, RunRecord, Store
+from peftbench.store import FINAL, TPV_PLAN, Store
 from peftbench.tpv.study import plan_first_stage, plan_second_stage
 from peftbench.utils import atomic_write_text, quiet_libraries
 
@@ -181,22 +181,13 @@ class PlanRow:
     peak_train_mem_gb: float | None
 
 
-def _planned(cfg: BenchConfig, out_dir: Path) -> tuple[list[RunSpec], dict[str, RunRecord]]:
-    """The grid's first-stage runs and the records the output directory already holds (none created)."""
+def plan_summary(cfg: BenchConfig, out_dir: Path) -> tuple[list[PlanRow], list[RunSpec]]:
+    """The grid's state without starting anything (nothing is loaded, created or written): a row per
+    method, and the runs still to do."""
     plan = plan_runs(cfg) if cfg.methods else []
     plan += plan_first_stage(cfg) if cfg.tpv else []
     store = Store(out_dir)
-    return plan, ({r.run_id: r for r in store.records()} if store.path.is_file() else {})
-
-
-def pending_runs(cfg: BenchConfig, out_dir: Path) -> list[RunSpec]:
-    plan, records = _planned(cfg, out_dir)
-    return [r for r in plan if r.run_id not in records or records[r.run_id].status not in FINAL]
-
-
-def plan_summary(cfg: BenchConfig, out_dir: Path) -> list[PlanRow]:
-    """The grid's state without starting anything: nothing is loaded, created or written."""
-    plan, records = _planned(cfg, out_dir)
+    records = {r.run_id: r for r in store.records()} if store.path.is_file() else {}
     rows = []
     for method in dict.fromkeys(r.method_id for r in plan):
         mine = [records.get(r.run_id) for r in plan if r.method_id == method]
@@ -209,4 +200,4 @@ def plan_summary(cfg: BenchConfig, out_dir: Path) -> list[PlanRow]:
             failed=sum(r is not None and r.status == "failed" for r in mine), pending=len(mine) - n_final,
             mean_run_s=sum(times) / len(times) if times else None, peak_train_mem_gb=max(mems) if mems else None,
         ))
-    return rows
+    return rows, [r for r in plan if r.run_id not in records or records[r.run_id].status not in FINAL]

@@ -61,8 +61,8 @@ class GridProgress:
     Anywhere else — a pipe, nohup, Slurm, CI — plain lines on stdout, flushed at once: a run's
     start and finish (label, score, elapsed, the grid's ETA) and, with `verbosity` 2, every phase
     and each tenth of training with its loss (by default only when a run has shown nothing for a
-    minute). `verbosity` 0 shows neither. Every run's phases,
-    losses and outcome also go to `<log_dir>/<run_id>.log`, whatever the display.
+    minute). `verbosity` 0 shows neither. Every run's phases, losses and outcome also go to
+    `<log_dir>/<run_id>.log`, whatever the display.
     """
 
     def __init__(self, console: Console, total: int, *, live: bool, verbosity: int = 1,

@@ -11,7 +11,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import platform
 import shutil
 import subprocess
@@ -40,19 +39,15 @@ from peftbench.tasks.data import load_splits, split_rows
 from peftbench.tasks.prompts import encode_example, encode_prompt, render_prompt
 from peftbench.tpv.runs import keep_task_vector
 from peftbench.training import train
-from peftbench.utils import (
-    atomic_torch_save,
-    cache_root,
-    dir_size_bytes,
-    pinned_threads,
-    seed_everything,
-)
+from peftbench.utils import atomic_torch_save, cache_root, dir_size_bytes, pinned_threads, seed_everything, write_once
 
 
 class PhaseFn(Protocol):
-    """Where a run is: phase name, units done of total, and (training) the last logged loss."""
+    """Where a run is: phase name, units done of total, and (training) that step's loss."""
 
     def __call__(self, name: str, done: int, total: int, loss: float | None = None) -> None: ...
+
+
 PACKAGES = ("peftbench", "torch", "transformers", "peft", "datasets", "accelerate", "tokenizers")
 DATA_SPLIT_SEED = 0
 
@@ -87,20 +82,6 @@ def cut_task_data(task: TaskSpec, cfg: BenchConfig) -> TaskData:
         max_train=cfg.training.max_train_samples, max_eval=cfg.evaluation.max_samples,
         label_of=task.gold_of if task.kind == "classification" else None)
     return TaskData(train=train, val=val, eval=test, policy=policy)
-
-
-def _create_once(path: Path, text: str) -> None:
-    """Write `path` unless another process already has: a complete temporary file hard-linked into
-    place, which fails when the name exists (so readers never see half a file and the first wins)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as fh:
-        fh.write(text)
-    try:
-        os.link(fh.name, path)
-    except FileExistsError:
-        pass
-    finally:
-        os.unlink(fh.name)
 
 
 class RunContext:
@@ -182,7 +163,7 @@ class RunContext:
         if key not in self._method_costs and not path.is_file():
             costs = measure_method_costs(model, spec.method, base=self.base_figures, cfg=self.cfg.costs,
                                          memory_batch_size=memory_batch_size, device=self.device)
-            _create_once(path, json.dumps({"what": what, "costs": costs}, default=str))
+            write_once(path, json.dumps({"what": what, "costs": costs}, default=str))
         if key not in self._method_costs:  # the first measurement written wins: every worker uses the same
             self._method_costs[key] = json.loads(path.read_text())["costs"]
         return dict(self._method_costs[key])
