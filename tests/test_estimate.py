@@ -71,3 +71,23 @@ def test_dry_run_estimates_before_any_run_and_writes_nothing(tmp_path):
     assert "run-minutes of training for the 54 pending runs without finished runs, from counted training FLOPs" \
         in " ".join(result.stdout.split())
     assert not (tmp_path / "q").exists()
+
+
+def test_few_shot_and_multitask_runs_are_priced_by_their_own_rows():
+    """TPV study runs: a few-shot run trains on its first `shots` rows, a multitask run on its task's
+    rows and those it mixes in, a 0-shot run trains nothing. Steps by hand (batch 3, accumulation 2,
+    1.5 epochs): 37 rows → 13 batches → 7 steps an epoch → 11; 8 shots → 3 batches → 2 → 3;
+    37 + 37 mixed rows → 25 batches → 13 → 20."""
+    import dataclasses
+
+    cfg = validate_config({**GRID, "tasks": ["qs_sentiment", "qs_topic"]})
+    plain, topic = (r for r in plan_runs(cfg) if r.seed == 0)
+    assert plain.task == "qs_sentiment" and topic.task == "qs_topic"
+    base = estimate_training(cfg, [plain], tflops=1.0)
+    per_step = base.hours / 11
+    shots = estimate_training(cfg, [dataclasses.replace(plain, shots=8)], tflops=1.0)
+    mixed = estimate_training(cfg, [dataclasses.replace(plain, mixed_tasks=(topic.task_spec,))], tflops=1.0)
+    zero = estimate_training(cfg, [dataclasses.replace(plain, shots=0)], tflops=1.0)
+    assert shots.hours == pytest.approx(3 * per_step, rel=1e-12)
+    assert mixed.hours == pytest.approx(20 * per_step, rel=1e-12)
+    assert zero.hours == 0.0 and zero.runs == 1

@@ -78,3 +78,23 @@ def test_report_to_is_checked_before_anything_runs_and_is_not_part_of_a_run_id(t
     assert result.returncode == 2 and not (tmp_path / "out").exists()
     assert result.stderr.strip() == ("error: training.report_to: 'tensorboard' needs the tensorboard package, which is "
                                      "not installed (pip install tensorboard)")
+
+
+def test_the_finish_line_counts_elapsed_time_and_the_eta_by_hand(monkeypatch, capsys):
+    """Four runs; the first starts at t = 100 s and finishes at t = 175 s: 1:15 elapsed for one of
+    four, so 3 × 75 s = 3:45 to go."""
+    from peftbench.config import validate_config
+    from peftbench.plan import plan_runs
+    from peftbench.runner import progress as module
+    from peftbench.runner.run import RunOutcome
+
+    now = [100.0]
+    monkeypatch.setattr(module.time, "monotonic", lambda: now[0])
+    spec = plan_runs(validate_config({"methods": ["lora"], "tasks": ["qs_sentiment"]}))[0]
+    progress = GridProgress(Console(file=io.StringIO()), 4, live=False)
+    progress.phase_fn(spec)("train", 0, 10)
+    now[0] = 175.0
+    progress.finished(spec, RunOutcome(status="done", metrics={"score": 87.25}))
+    assert capsys.readouterr().out.splitlines() == [
+        "start lora · qs_sentiment · seed 0",
+        "done lora · qs_sentiment · seed 0: score 87.2, 1:15 — grid 1/4, 1:15 elapsed, eta 3:45"]

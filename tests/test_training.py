@@ -101,3 +101,19 @@ def test_our_collation_is_what_datacollatorforseq2seq_gives(tokenizer):
     assert set(ours) == set(reference)
     for key in ours:
         assert torch.equal(ours[key], reference[key]) and ours[key].dtype == reference[key].dtype, key
+
+
+def test_the_final_validation_loss_is_the_final_weights_loss_by_hand(tokenizer, tmp_path):
+    """The last scheduled evaluation falls on the last step, so it is reused rather than repeated: it
+    must be the loss of the final weights on the validation rows (one batch here: the model's own loss)."""
+    from peftbench.training import collate
+
+    model = resolve_method("lora", {}).apply(llama(tokenizer))
+    cfg = TrainingConfig(max_steps=20, batch_size=4, eval_steps=10, warmup_ratio=0.0, select_best=False)
+    data = examples(tokenizer, 16)
+    result = train(model, tokenizer, data, data[:4], cfg, learning_rate=1e-2, seed=0, device=torch.device("cpu"),
+                   workdir=tmp_path)
+    assert [h["step"] for h in result.history if "val_loss" in h] == [10, 20]
+    with torch.no_grad():
+        by_hand = model.eval()(**collate(data[:4], pad_id=tokenizer.pad_token_id)).loss.item()
+    assert result.final_val_loss == pytest.approx(by_hand, rel=1e-6)
