@@ -117,3 +117,55 @@ def test_the_final_validation_loss_is_the_final_weights_loss_by_hand(tokenizer, 
     with torch.no_grad():
         by_hand = model.eval()(**collate(data[:4], pad_id=tokenizer.pad_token_id)).loss.item()
     assert result.final_val_loss == pytest.approx(by_hand, rel=1e-6)
+
+
+def test_lean_steps_train_exactly_as_the_trainers_own_walks(tokenizer, tmp_path, monkeypatch):
+    """`_lean_steps` and the cached FLOP count skip the Trainer's per-step walks of the model; the
+    Trainer's own calls are the reference: the same weights bit for bit, the same losses, the same
+    counted FLOPs at every step."""
+    from contextlib import nullcontext
+
+    from transformers import Trainer
+
+    import peftbench.training as training
+
+    def recorded(fn, into):
+        def wrapper(self, inputs):
+            into.append(fn(self, inputs))
+            return into[-1]
+        return wrapper
+
+    lean_flops: list[int] = []
+    monkeypatch.setattr(training._Trainer, "floating_point_ops", recorded(training._Trainer.floating_point_ops, lean_flops))
+    lean, lean_result = run(tokenizer, "lora", tmp_path / "lean", steps=12, seed=5)
+    plain_flops: list[int] = []
+    monkeypatch.setattr(training._Trainer, "floating_point_ops", recorded(Trainer.floating_point_ops, plain_flops))
+    monkeypatch.setattr(training, "_lean_steps", lambda model: nullcontext())
+    plain, plain_result = run(tokenizer, "lora", tmp_path / "plain", steps=12, seed=5)
+    assert len(lean_flops) == 12 and lean_flops == plain_flops
+    assert lean_result.history == plain_result.history and lean_result.train_loss == plain_result.train_loss
+    for (name, a), (_, b) in zip(lean.named_parameters(), plain.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+    assert "train" not in vars(lean) and "zero_grad" not in vars(lean)
+    assert not any(m.training for m in lean.modules())
+
+
+def test_lean_steps_leave_the_states_the_full_walks_leave(tokenizer):
+    from peftbench.training import _lean_steps
+
+    model = resolve_method("lora").apply(llama(tokenizer))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    with _lean_steps(model):
+        model.eval()
+        assert not any(m.training for m in model.modules())
+        next(model.children()).train()  # one branch out of step with the rest
+        model.eval()
+        assert not any(m.training for m in model.modules())
+        model.train()
+        assert all(m.training for m in model.modules())
+        model(input_ids=torch.tensor([[5, 6, 7]]), labels=torch.tensor([[5, 6, 7]])).loss.backward()
+        assert all(p.grad is not None for p in trainable)
+        model.zero_grad(set_to_none=False)
+        assert all(p.grad is not None and not p.grad.any() for p in trainable)
+        model.zero_grad()
+        assert all(p.grad is None for p in model.parameters())
