@@ -77,3 +77,39 @@ def test_no_report_writes_none_a_finished_grid_keeps_its_files_and_one_run_start
     cfg = validate_config({"methods": ["lora"], "tasks": ["qs_sentiment"], "runtime": {"workers": 2}})
     ctx = RunContext(cfg, resolve_model(cfg.model), tmp_path)
     assert isinstance(_backend(ctx, None, n_runs=1, console=None), InlineBackend)
+
+
+def test_flop_counts_are_reused_across_grids_and_only_they(tmp_path):
+    """A second grid in another output directory takes the FLOP counts from the user cache (shown by
+    planting marked values there) and measures latency and memory anew; the first grid's counts are
+    the ones the cache was written with."""
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG.replace("tasks: [qs_sentiment, qs_topic]", "tasks: [qs_sentiment]")
+                      .replace("seeds: [0, 1]", "seeds: [0]")
+                      .replace("{name: prompt_tuning, args: {num_virtual_tokens: 4}}", "{name: bitfit}"))
+    from peftbench.tiny import tiny_model_dir
+
+    built = tiny_model_dir()  # a cache of our own, with the built-in model of the usual one (not built again)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / built.name).symlink_to(built)
+    env = {"PEFTBENCH_CACHE": str(tmp_path / "cache")}
+    run_cli("run", str(config), "--out", str(tmp_path / "a"), env=env)
+    files = sorted((tmp_path / "cache" / "counts").glob("*.json"))
+    assert len(files) == 3  # the base model, lora, bitfit
+    first = {r.method: r.costs for r in Store.open(tmp_path / "a").records()}
+    marked = {}
+    for path in files:
+        counts = json.loads(path.read_text())
+        if "adapted_flops" in counts:
+            method = next(m for m, c in first.items() if c["adapted_flops"] == counts["adapted_flops"]
+                          and c["train_step_flops"] == counts["train_step_flops"])
+            assert {k: first[method][k] for k in counts} == counts
+            marked[method] = {k: v + 1 for k, v in counts.items()}
+            path.write_text(json.dumps(marked[method]))
+    assert set(marked) == {"lora", "bitfit"}
+    run_cli("run", str(config), "--out", str(tmp_path / "b"), env=env)
+    second = {r.method: r.costs for r in Store.open(tmp_path / "b").records()}
+    for method, counts in marked.items():
+        assert {k: second[method][k] for k in counts} == counts
+        assert second[method]["extra_tflops"] == (counts["merged_flops"] - first[method]["base_flops"]) / 1e12
+        assert second[method]["peak_train_mem_gb"] > 0  # measured again, not cached

@@ -167,3 +167,18 @@ def test_every_metric_a_run_reports_reaches_the_csv_json_and_markdown(tmp_path):
     (cell,) = json.loads(summary_json(report.summary))["cells"]
     assert cell["metrics"] == {"my_metric": 15.0}
     assert "| lora | a | my_metric 15.0 |" in markdown(report.summary)
+
+
+def test_average_ranks_are_scipys_rankdata():
+    """Our ranks (1 = smallest, ties share their mean rank) against scipy's, on lists full of ties."""
+    import random
+
+    from scipy.stats import rankdata
+
+    from peftbench.report.aggregate import average_ranks
+
+    rng = random.Random(0)
+    for _ in range(300):
+        values = [float(rng.randint(0, 4)) for _ in range(rng.randint(1, 9))]
+        assert average_ranks(values) == [float(r) for r in rankdata(values)], values
+    assert average_ranks([-90.0, -80.0, -90.0]) == [1.5, 3.0, 1.5]

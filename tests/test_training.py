@@ -136,7 +136,8 @@ def test_lean_steps_train_exactly_as_the_trainers_own_walks(tokenizer, tmp_path,
         return wrapper
 
     lean_flops: list[int] = []
-    monkeypatch.setattr(training._Trainer, "floating_point_ops", recorded(training._Trainer.floating_point_ops, lean_flops))
+    lean_count = recorded(training._Trainer.floating_point_ops, lean_flops)
+    monkeypatch.setattr(training._Trainer, "floating_point_ops", lean_count)
     lean, lean_result = run(tokenizer, "lora", tmp_path / "lean", steps=12, seed=5)
     plain_flops: list[int] = []
     monkeypatch.setattr(training._Trainer, "floating_point_ops", recorded(Trainer.floating_point_ops, plain_flops))

@@ -1,13 +1,17 @@
 """All cost measures of one run, with the protocol each number comes from.
 
 The base model's figures (FLOPs, FLOPs per token, latency) are measured once per process on a
-fresh base model and reused, so adapted and base are always compared in the same process.
+fresh base model and reused, so adapted and base are always compared in the same process. FLOP
+counts go through a `Count` (see `CountCache`): they are deterministic, so a cache may answer them;
+latency and memory are measured every time they are asked for.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +22,35 @@ from peftbench.costs.energy import EnergyMeter
 from peftbench.costs.flops import GB, count_parameters, flops_per_generated_token, forward_flops, train_step_flops
 from peftbench.costs.latency import measure_latency
 from peftbench.costs.memory import MemoryPeak, analytic_training_memory, measure_training_memory
+from peftbench.utils import atomic_write_text
+
+Count = Callable[[str, Callable[[], float]], float]
+"""(name, count) → the count's value: `count()` itself, or what a cache holds under that name."""
+
+
+def count_now(name: str, count: Callable[[], float]) -> float:
+    return count()
+
+
+class CountCache:
+    """Deterministic counts (FLOPs) kept in a JSON file whose name is a digest of everything they
+    depend on: counting runs a forward pass under FlopCounterMode for each figure, and the same
+    model architecture, method, protocol and library versions always give the same count."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.known: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
+        self.counted = False
+
+    def __call__(self, name: str, count: Callable[[], float]) -> float:
+        if name not in self.known:
+            self.known[name] = count()
+            self.counted = True
+        return self.known[name]
+
+    def save(self) -> None:
+        if self.counted:
+            atomic_write_text(self.path, json.dumps(self.known, sort_keys=True))
 
 
 @dataclass
@@ -27,11 +60,12 @@ class BaseFigures:
     latency: dict[str, float] | None
 
 
-def measure_base(model: nn.Module, cfg: CostsConfig, vocab_size: int) -> BaseFigures:
+def measure_base(model: nn.Module, cfg: CostsConfig, vocab_size: int, count: Count = count_now) -> BaseFigures:
     return BaseFigures(
-        flops=forward_flops(model, batch_size=cfg.flops_batch_size, seq_len=cfg.flops_seq_len, vocab_size=vocab_size),
-        flops_per_token=flops_per_generated_token(model, context_len=cfg.flops_seq_len, new_tokens=cfg.decode_tokens,
-                                                  vocab_size=vocab_size),
+        flops=int(count("base_flops", lambda: forward_flops(model, batch_size=cfg.flops_batch_size,
+                                                            seq_len=cfg.flops_seq_len, vocab_size=vocab_size))),
+        flops_per_token=count("base_flops_per_token", lambda: flops_per_generated_token(
+            model, context_len=cfg.flops_seq_len, new_tokens=cfg.decode_tokens, vocab_size=vocab_size)),
         latency=_latency(model, cfg, vocab_size) if cfg.latency else None,
     )
 
@@ -59,6 +93,7 @@ def measure_method_costs(
     cfg: CostsConfig,
     memory_batch_size: int,
     device: torch.device,
+    count: Count = count_now,
 ) -> dict[str, Any]:
     """The measures of docs/costs.md that depend on the method, the model and the protocol only — not
     on the task, the seed or the trained values — for a trained (or zero-shot) model. Run after
@@ -66,11 +101,17 @@ def measure_method_costs(
     vocab = model.get_input_embeddings().num_embeddings
     trainable, total = count_parameters(model)
     b = base()
-    adapted = forward_flops(model, batch_size=cfg.flops_batch_size, seq_len=cfg.flops_seq_len, vocab_size=vocab)
-    with method.merged(model):
-        merged = forward_flops(model, batch_size=cfg.flops_batch_size, seq_len=cfg.flops_seq_len, vocab_size=vocab)
-    per_token = flops_per_generated_token(model, context_len=cfg.flops_seq_len, new_tokens=cfg.decode_tokens,
-                                          vocab_size=vocab)
+    def forward() -> int:
+        return forward_flops(model, batch_size=cfg.flops_batch_size, seq_len=cfg.flops_seq_len, vocab_size=vocab)
+
+    def merged_forward() -> int:
+        with method.merged(model):
+            return forward()
+
+    adapted = int(count("adapted_flops", forward))
+    merged = int(count("merged_flops", merged_forward))
+    per_token = count("flops_per_token", lambda: flops_per_generated_token(
+        model, context_len=cfg.flops_seq_len, new_tokens=cfg.decode_tokens, vocab_size=vocab))
     costs: dict[str, Any] = {
         "trainable_params": trainable,
         "total_params": total,
@@ -84,8 +125,8 @@ def measure_method_costs(
         "mergeable methods",
         "flops_per_token": per_token,
         "base_flops_per_token": b.flops_per_token,
-        "train_step_flops": train_step_flops(model, batch_size=memory_batch_size, seq_len=cfg.memory_seq_len,
-                                             vocab_size=vocab) if trainable else 0,
+        "train_step_flops": int(count("train_step_flops", lambda: train_step_flops(
+            model, batch_size=memory_batch_size, seq_len=cfg.memory_seq_len, vocab_size=vocab))) if trainable else 0,
     }
     if cfg.latency:
         latency = _latency(model, cfg, vocab)

@@ -25,10 +25,11 @@ from typing import Any, Protocol
 import torch
 
 from peftbench.config import BenchConfig
+from peftbench.costs import flops as flops_module
 from peftbench.costs import peak_memory
 from peftbench.costs.energy import EnergyMeter
 from peftbench.costs.flops import GB
-from peftbench.costs.run import BaseFigures, measure_base, measure_method_costs, run_costs
+from peftbench.costs.run import BaseFigures, CountCache, measure_base, measure_method_costs, run_costs
 from peftbench.decoding import Sampling, check_decoding, decoder_name, default_tolerance, scorer_name
 from peftbench.evaluation import check_label_logprobs, generate, label_logprobs, stop_tokens
 from peftbench.modeling import ModelSource, load_model, load_tokenizer, model_revision, pick_device
@@ -151,29 +152,46 @@ class RunContext:
         """What the run's method costs on this model under the cost protocol, measured once per grid:
         kept in memory and in `<output>/costs/<key>.json` (a cache keyed by everything the measures
         depend on — the model, the method and its arguments, the protocol, the device and threads —
-        so a resumed grid or another worker reuses it; the store itself stays the driver's)."""
-        what = {"model": spec.identity["model"], "method": {k: v for k, v in spec.identity["method"].items()
-                                                            if k in ("name", "args")},
+        so a resumed grid or another worker reuses it; the store itself stays the driver's). Its FLOP
+        counts come from the user cache when another grid counted them (`counts`)."""
+        method = {k: v for k, v in spec.identity["method"].items() if k in ("name", "args")}
+        what = {"model": spec.identity["model"], "method": method,
                 "costs": spec.identity["costs"], "memory_batch_size": memory_batch_size,
                 "device": [self.provenance["device"], self.provenance["device_name"]],
                 "threads": self.cfg.runtime.threads,
                 "versions": {pkg: self.provenance["versions"].get(pkg) for pkg in PACKAGES}}
-        key = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        key = _digest(what)
         path = self.out_dir / "costs" / f"{key}.json"
         if key not in self._method_costs and not path.is_file():
+            counts = self.counts({"method": method, "memory_batch_size": memory_batch_size})
             costs = measure_method_costs(model, spec.method, base=self.base_figures, cfg=self.cfg.costs,
-                                         memory_batch_size=memory_batch_size, device=self.device)
+                                         memory_batch_size=memory_batch_size, device=self.device, count=counts)
+            counts.save()
             write_once(path, json.dumps({"what": what, "costs": costs}, default=str))
         if key not in self._method_costs:  # the first measurement written wins: every worker uses the same
             self._method_costs[key] = json.loads(path.read_text())["costs"]
         return dict(self._method_costs[key])
+
+    def counts(self, what: dict[str, Any]) -> CountCache:
+        """FLOP counts of the base model, or with `what` of a method on it, kept across grids in
+        `<cache>/counts/`: keyed by the model's architecture, the cost protocol, the device type, the
+        library versions and the counting code itself, everything a count depends on. The trained
+        values, the task and the seed do not change a count."""
+        model = self.fresh_model() if self._pristine is None else self._pristine
+        key = _digest({**what, "architecture": model.config.to_json_string(use_diff=False),
+                       "costs": self.cfg.costs.model_dump(mode="json"), "device": self.device.type,
+                       "versions": {pkg: self.provenance["versions"].get(pkg) for pkg in PACKAGES},
+                       "counting": hashlib.sha256(Path(flops_module.__file__).read_bytes()).hexdigest()})
+        return CountCache(cache_root() / "counts" / f"{key}.json")
 
     def base_figures(self) -> BaseFigures:
         """FLOPs, FLOPs per token and latency of a fresh base model, measured once per process."""
         if self._base is None:
             with pinned_threads(self.cfg.runtime.threads):
                 model = self.fresh_model()
-                self._base = measure_base(model, self.cfg.costs, model.get_input_embeddings().num_embeddings)
+                counts = self.counts({"method": None})
+                self._base = measure_base(model, self.cfg.costs, model.get_input_embeddings().num_embeddings, counts)
+                counts.save()
         return self._base
 
     @cached_property
@@ -195,6 +213,10 @@ class RunContext:
             "threads": self.cfg.runtime.threads,
             "model_location": self.source.location,
         }
+
+
+def _digest(what: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 def _no_phase(name: str, done: int, total: int, loss: float | None = None) -> None:
