@@ -141,3 +141,14 @@ def test_a_worker_reads_the_weights_once_and_gives_each_run_its_own_copy(monkeyp
     pristine = ctx.fresh_model().get_input_embeddings().weight
     assert torch.equal(second.get_input_embeddings().weight, pristine)  # ... no other run sees
     assert not torch.equal(first.get_input_embeddings().weight, pristine)
+
+
+def test_the_plan_line_names_the_workers_that_really_start():
+    from peftbench.config import validate_config
+    from peftbench.runner.grid import executor_line
+
+    cfg = validate_config({"model": {"name": "builtin:tiny-llama"}, "methods": ["lora"], "tasks": ["qs_sentiment"],
+                           "runtime": {"workers": 2, "threads": 1}})
+    assert "(2 worker processes, 1 thread(s) each)" in executor_line(cfg)
+    assert "(1 worker process, 1 thread(s) each)" in executor_line(cfg, 1)
+    assert "(2 worker processes," in executor_line(cfg, 7)

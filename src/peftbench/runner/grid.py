@@ -120,7 +120,7 @@ def run_grid(cfg: BenchConfig, out_dir: Path | None = None, console: Console | N
         result.total += len(stage)
         result.already_done += len(stage) - len(pending)
         console.print(f"[bold]{escape(cfg.name)}[/bold]: {what}, {len(stage) - len(pending)} already finished, "
-                      f"{len(pending)} to run on {executor_line(cfg)} → {escape(str(out_dir))}")
+                      f"{len(pending)} to run on {executor_line(cfg, len(pending))} → {escape(str(out_dir))}")
         counts = drive(pending, store, console, cfg.executor,
                        partial(_backend, ctx, n_runs=len(pending), console=console), verbosity) if pending else {}
         for key, value in counts.items():
@@ -151,8 +151,9 @@ def _backend(ctx: RunContext, progress: GridProgress, n_runs: int, console: Cons
     return InlineBackend(ctx, progress)
 
 
-def executor_line(cfg: BenchConfig) -> str:
-    """What the configured executor will ask for, in one line."""
+def executor_line(cfg: BenchConfig, pending: int | None = None) -> str:
+    """What the configured executor will ask for, in one line; with `pending` runs, the worker
+    processes that will really start (`_backend` starts no more than there are runs)."""
     ex = cfg.executor
     if ex.kind == "ray":
         r = ex.ray
@@ -164,7 +165,7 @@ def executor_line(cfg: BenchConfig) -> str:
         mem = f", {s.mem_gb:g} GB" if s.mem_gb else ""
         return (f"Slurm via submitit (partition {s.partition or 'default'}, per job: {s.runs_per_job} run(s), "
                 f"{s.gpus_per_job} GPU, {s.cpus_per_job} CPU{mem}, {s.time_min} min; {s.array_parallelism} at once)")
-    workers = cfg.runtime.workers
+    workers = cfg.runtime.workers if pending is None else max(1, min(cfg.runtime.workers, pending))
     return f"this machine ({workers} worker process{'es' if workers > 1 else ''}, {cfg.runtime.threads} thread(s) each)"
 
 
