@@ -262,7 +262,8 @@ def _print_plan(cfg: BenchConfig, out: Path, tflops: float | None = None) -> Non
     if unmeasured:
         estimate += ("; " if estimate else "") + _flops_estimate(
             cfg, [r for r in pending_runs if r.method_id in unmeasured], tflops)
-    out_console.print(f"{pending} of {sum(r.runs for r in rows)} runs pending, to run on {executor_line(cfg, pending)}; "
+    where = executor_line(cfg, pending)
+    out_console.print(f"{pending} of {sum(r.runs for r in rows)} runs pending, to run on {where}; "
                       f"{estimate}. Dry run: nothing was started or written.", highlight=False)
     if cfg.tpv is not None:
         from peftbench.tpv.study import second_stage_size

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import torch
 
+from peftbench import decoding as decoding_module
 from peftbench.config import BenchConfig
 from peftbench.costs import flops as flops_module
 from peftbench.costs import peak_memory
@@ -175,13 +176,15 @@ class RunContext:
     def counts(self, what: dict[str, Any]) -> CountCache:
         """FLOP counts of the base model, or with `what` of a method on it, kept across grids in
         `<cache>/counts/`: keyed by the model's architecture, the cost protocol, the device type, the
-        library versions and the counting code itself, everything a count depends on. The trained
+        library versions and the counting code itself (`costs/flops.py` and the decoder it counts
+        through), everything a count depends on. The trained
         values, the task and the seed do not change a count."""
         model = self.fresh_model() if self._pristine is None else self._pristine
         key = _digest({**what, "architecture": model.config.to_json_string(use_diff=False),
                        "costs": self.cfg.costs.model_dump(mode="json"), "device": self.device.type,
                        "versions": {pkg: self.provenance["versions"].get(pkg) for pkg in PACKAGES},
-                       "counting": hashlib.sha256(Path(flops_module.__file__).read_bytes()).hexdigest()})
+                       "counting": [hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest()
+                                    for m in (flops_module, decoding_module)]})
         return CountCache(cache_root() / "counts" / f"{key}.json")
 
     def base_figures(self) -> BaseFigures:
