@@ -178,6 +178,20 @@ def test_merged_lora_costs_no_extra_flops(tokenizer):
     assert unmerged - base_flops == 2 * 64 * 16 * L * ((H + KV) * 2 + (FF + H))
 
 
+
+@pytest.mark.parametrize("name", [n for n in METHODS.names() if not resolve_method(n).mergeable])
+def test_an_unmergeable_methods_merged_forward_is_its_adapted_forward(tokenizer, name):
+    """The cost measurement and `cost --model-config` take an unmergeable method's merged FLOPs to be
+    its adapted FLOPs without counting again: counted under `merged()`, they are."""
+    from peftbench.costs import forward_flops
+
+    method = resolve_method(name)
+    model = method.apply(llama(tokenizer))
+    adapted = forward_flops(model, batch_size=1, seq_len=32, vocab_size=len(tokenizer))
+    with method.merged(model):
+        assert forward_flops(model, batch_size=1, seq_len=32, vocab_size=len(tokenizer)) == adapted
+
+
 VERA = '''"""VeRA (Kopiczko et al., 2024): frozen random matrices shared by all layers, trained scaling vectors."""
 
 from peft import VeraConfig

@@ -101,6 +101,7 @@ def measure_method_costs(
     vocab = model.get_input_embeddings().num_embeddings
     trainable, total = count_parameters(model)
     b = base()
+
     def forward() -> int:
         return forward_flops(model, batch_size=cfg.flops_batch_size, seq_len=cfg.flops_seq_len, vocab_size=vocab)
 
@@ -109,7 +110,8 @@ def measure_method_costs(
             return forward()
 
     adapted = int(count("adapted_flops", forward))
-    merged = int(count("merged_flops", merged_forward))
+    # `merged` leaves an unmergeable method's model as it is: its deployed forward is the adapted one
+    merged = int(count("merged_flops", merged_forward)) if method.mergeable else adapted
     per_token = count("flops_per_token", lambda: flops_per_generated_token(
         model, context_len=cfg.flops_seq_len, new_tokens=cfg.decode_tokens, vocab_size=vocab))
     costs: dict[str, Any] = {
