@@ -145,15 +145,21 @@ def _backend(ctx: RunContext, progress: GridProgress, n_runs: int, console: Cons
         return RayBackend(ctx, progress, cfg.executor.ray, n_runs)
     if cfg.executor.kind == "slurm":
         return SlurmBackend(ctx, progress, cfg.executor.slurm, n_runs, console)
-    workers = min(cfg.runtime.workers, n_runs)  # a worker process costs its start-up: none idle
+    workers = local_workers(cfg, n_runs)
     if workers > 1:
         return PoolBackend(ctx, progress, workers)
     return InlineBackend(ctx, progress)
 
 
+def local_workers(cfg: BenchConfig, pending: int | None = None) -> int:
+    """Worker processes a local grid starts: the configured number, but (knowing the `pending` runs)
+    never more than there are runs — a worker process costs its start-up, so none stays idle."""
+    return cfg.runtime.workers if pending is None else max(1, min(cfg.runtime.workers, pending))
+
+
 def executor_line(cfg: BenchConfig, pending: int | None = None) -> str:
-    """What the configured executor will ask for, in one line; with `pending` runs, the worker
-    processes that will really start (`_backend` starts no more than there are runs)."""
+    """What the configured executor will ask for, in one line (with `pending`, the local workers that
+    really start)."""
     ex = cfg.executor
     if ex.kind == "ray":
         r = ex.ray
@@ -165,7 +171,7 @@ def executor_line(cfg: BenchConfig, pending: int | None = None) -> str:
         mem = f", {s.mem_gb:g} GB" if s.mem_gb else ""
         return (f"Slurm via submitit (partition {s.partition or 'default'}, per job: {s.runs_per_job} run(s), "
                 f"{s.gpus_per_job} GPU, {s.cpus_per_job} CPU{mem}, {s.time_min} min; {s.array_parallelism} at once)")
-    workers = cfg.runtime.workers if pending is None else max(1, min(cfg.runtime.workers, pending))
+    workers = local_workers(cfg, pending)
     return f"this machine ({workers} worker process{'es' if workers > 1 else ''}, {cfg.runtime.threads} thread(s) each)"
 
 

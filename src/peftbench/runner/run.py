@@ -160,7 +160,7 @@ class RunContext:
                 "costs": spec.identity["costs"], "memory_batch_size": memory_batch_size,
                 "device": [self.provenance["device"], self.provenance["device_name"]],
                 "threads": self.cfg.runtime.threads,
-                "versions": {pkg: self.provenance["versions"].get(pkg) for pkg in PACKAGES}}
+                "versions": self.provenance["versions"]}
         key = _digest(what)
         path = self.out_dir / "costs" / f"{key}.json"
         if key not in self._method_costs and not path.is_file():
@@ -177,12 +177,12 @@ class RunContext:
         """FLOP counts of the base model, or with `what` of a method on it, kept across grids in
         `<cache>/counts/`: keyed by the model's architecture, the cost protocol, the device type, the
         library versions and the counting code itself (`costs/flops.py` and the decoder it counts
-        through), everything a count depends on. The trained
-        values, the task and the seed do not change a count."""
+        through), everything a count depends on. The trained values, the task and the seed do not
+        change a count."""
         model = self.fresh_model() if self._pristine is None else self._pristine
         key = _digest({**what, "architecture": model.config.to_json_string(use_diff=False),
                        "costs": self.cfg.costs.model_dump(mode="json"), "device": self.device.type,
-                       "versions": {pkg: self.provenance["versions"].get(pkg) for pkg in PACKAGES},
+                       "versions": self.provenance["versions"],
                        "counting": [hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest()
                                     for m in (flops_module, decoding_module)]})
         return CountCache(cache_root() / "counts" / f"{key}.json")
