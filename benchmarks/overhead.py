@@ -33,6 +33,16 @@ from peftbench.tasks.prompts import IGNORE_INDEX, encode_prompt, render_prompt
 from peftbench.utils import pinned_threads, quiet_libraries, seed_everything
 
 
+def benchmark_config(steps: int, batch: int, n_eval: int, threads: int) -> dict:
+    """The one LoRA run both sides do (also what `grid_overhead.py` runs as whole processes)."""
+    return {
+        "model": {"name": "builtin:tiny-llama"}, "methods": [{"name": "lora", "learning_rate": 5e-3}],
+        "tasks": ["qs_sentiment"], "seeds": [0],
+        "training": {"max_steps": steps, "batch_size": batch, "cutoff_len": 128, "eval_steps": steps},
+        "evaluation": {"batch_size": 32, "max_samples": n_eval}, "runtime": {"threads": threads},
+    }
+
+
 def hand_run(ctx: RunContext, spec, steps: int, batch: int, n_eval: int) -> dict[str, float]:
     """Load, train, evaluate: the least a run has to do, written out."""
     phases: dict[str, float] = {}
@@ -100,13 +110,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     quiet_libraries()
-    cfg = validate_config({
-        "model": {"name": "builtin:tiny-llama"}, "methods": [{"name": "lora", "learning_rate": 5e-3}],
-        "tasks": ["qs_sentiment"], "seeds": [0],
-        "training": {"max_steps": args.steps, "batch_size": args.batch, "cutoff_len": 128,
-                     "eval_steps": args.steps},
-        "evaluation": {"batch_size": 32, "max_samples": args.eval}, "runtime": {"threads": args.threads},
-    })
+    cfg = validate_config(benchmark_config(args.steps, args.batch, args.eval, args.threads))
     spec = plan_runs(cfg)[0]
     with tempfile.TemporaryDirectory() as out, pinned_threads(args.threads):
         ctx = RunContext(cfg, resolve_model(cfg.model), Path(out))

@@ -120,30 +120,38 @@ def test_the_final_validation_loss_is_the_final_weights_loss_by_hand(tokenizer, 
 
 
 def test_lean_steps_train_exactly_as_the_trainers_own_walks(tokenizer, tmp_path, monkeypatch):
-    """`_lean_steps` and the cached FLOP count skip the Trainer's per-step walks of the model; the
-    Trainer's own calls are the reference: the same weights bit for bit, the same losses, the same
-    counted FLOPs at every step."""
+    """`_lean_steps`, the cached FLOP count and the clipping of trainable tensors only skip the
+    Trainer's per-step walks of the model; the Trainer's own calls are the reference: the same
+    weights bit for bit, the same losses, gradient norms and counted FLOPs at every step."""
     from contextlib import nullcontext
 
+    import accelerate.optimizer
     from transformers import Trainer
 
     import peftbench.training as training
 
     def recorded(fn, into):
-        def wrapper(self, inputs):
-            into.append(fn(self, inputs))
+        def wrapper(self, arg):
+            into.append(fn(self, arg))
             return into[-1]
         return wrapper
 
+    probe = accelerate.optimizer.is_lomo_available
     lean_flops: list[int] = []
-    lean_count = recorded(training._Trainer.floating_point_ops, lean_flops)
-    monkeypatch.setattr(training._Trainer, "floating_point_ops", lean_count)
+    lean_norms: list[torch.Tensor] = []
+    monkeypatch.setattr(training._Trainer, "floating_point_ops", recorded(training._Trainer.floating_point_ops,
+                                                                          lean_flops))
+    monkeypatch.setattr(training._Trainer, "_clip_grad_norm", recorded(training._Trainer._clip_grad_norm, lean_norms))
     lean, lean_result = run(tokenizer, "lora", tmp_path / "lean", steps=12, seed=5)
+    assert accelerate.optimizer.is_lomo_available is probe
     plain_flops: list[int] = []
+    plain_norms: list[torch.Tensor] = []
     monkeypatch.setattr(training._Trainer, "floating_point_ops", recorded(Trainer.floating_point_ops, plain_flops))
+    monkeypatch.setattr(training._Trainer, "_clip_grad_norm", recorded(Trainer._clip_grad_norm, plain_norms))
     monkeypatch.setattr(training, "_lean_steps", lambda model: nullcontext())
     plain, plain_result = run(tokenizer, "lora", tmp_path / "plain", steps=12, seed=5)
     assert len(lean_flops) == 12 and lean_flops == plain_flops
+    assert len(lean_norms) == 12 and all(torch.equal(a, b) for a, b in zip(lean_norms, plain_norms, strict=True))
     assert lean_result.history == plain_result.history and lean_result.train_loss == plain_result.train_loss
     for (name, a), (_, b) in zip(lean.named_parameters(), plain.named_parameters(), strict=True):
         assert torch.equal(a, b), name

@@ -20,7 +20,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import accelerate.optimizer
 import torch
+from accelerate.utils import DistributedType
 from torch import nn
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -97,7 +99,9 @@ def _lean_steps(model: nn.Module) -> Iterator[None]:
     model, the frozen base included, and on a small model that costs about 7 % of training. While
     a run trains, `train` returns at once when every module is already in the mode asked for, and
     `zero_grad` clears only the tensors that can hold a gradient (a frozen tensor never gets one).
-    The model's state after either call is what the original calls leave."""
+    The model's state after either call is what the original calls leave. accelerate's optimizer
+    step asks the file system twice per step whether `lomo_optim` is installed (about 4 % of a
+    tiny model's step); the answer cannot change while a run trains, so it is asked once."""
     modules = list(model.modules())
     trainable = [p for p in model.parameters() if p.requires_grad]
     walk_train = model.train
@@ -117,10 +121,16 @@ def _lean_steps(model: nn.Module) -> Iterator[None]:
                 p.grad.detach_().zero_()
 
     model.train, model.zero_grad = train, zero_grad
+    probe = getattr(accelerate.optimizer, "is_lomo_available", None)
+    if probe is not None:
+        answer = probe()
+        accelerate.optimizer.is_lomo_available = lambda: answer
     try:
         yield
     finally:
         del model.train, model.zero_grad
+        if probe is not None:
+            accelerate.optimizer.is_lomo_available = probe
 
 
 @contextmanager
@@ -231,6 +241,7 @@ class _Trainer(Trainer):
         super().__init__(*args, **kwargs)
         self.members = members
         self._flops_per_token: int | None = None
+        self._trainable: list[nn.Parameter] | None = None
 
     def floating_point_ops(self, inputs: dict[str, Any]) -> int:
         """The Trainer's count (6 × tokens × non-embedding parameters) with the parameters counted
@@ -241,6 +252,16 @@ class _Trainer(Trainer):
         if self._flops_per_token is None:
             self._flops_per_token = super().floating_point_ops({main: torch.empty(1)})
         return self._flops_per_token * inputs[main].numel()
+
+    def _clip_grad_norm(self, model: nn.Module) -> torch.Tensor:
+        """Clip the trainable tensors' gradients, as the Trainer does, without walking the frozen base:
+        the Trainer hands all of `model.parameters()` over at every step, and only trainable tensors
+        hold a gradient (the same tensors in the same order, so the same norm)."""
+        if self.accelerator.distributed_type != DistributedType.NO:  # sharded and wrapped models: as they come
+            return super()._clip_grad_norm(model)
+        if self._trainable is None:
+            self._trainable = [p for p in model.parameters() if p.requires_grad]
+        return self.accelerator.clip_grad_norm_(self._trainable, self.args.max_grad_norm)
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         if self.members is not None:
