@@ -51,6 +51,37 @@ def test_mcc_golden():
     assert mcc([1, 1], [1, 1]) == 0.0  # undefined with one class: 0, not NaN
 
 
+def test_f1_and_mcc_are_scikit_learns_to_the_last_bit():
+    """The counted F1 and MCC against scikit-learn (the reference they replace, for its import
+    cost), on random predictions with invalid outputs, missing and absent classes, one-class and
+    empty-class cases: equal with `==`, not approximately."""
+    import random
+
+    from sklearn.metrics import f1_score, matthews_corrcoef
+
+    from peftbench.metrics import invalid_as_wrong
+
+    rng = random.Random(0)
+    cases = [([1], [1], 2), ([0], [1], 2), ([0, 0], [0, 0], 2), ([2, 2], [INVALID, INVALID], 3),
+             ([0, 1], [INVALID, INVALID], 2), ([0, 1, 2], [INVALID, INVALID, INVALID], 3)]
+    for _ in range(500):
+        n_labels, n = rng.randint(2, 5), rng.choice([1, 2, 3, 7, 40, 333])
+        gold = [rng.randrange(rng.randint(1, n_labels)) for _ in range(n)]
+        pred = [rng.choice([INVALID, *range(n_labels)]) if rng.random() < 0.8 else g for g in gold]
+        cases.append((gold, pred, n_labels))
+    for gold, pred, n_labels in cases:
+        binary = [(0 if g == 1 else 1) if p == INVALID else p for g, p in zip(gold, pred, strict=True)]
+        if n_labels == 2:
+            assert f1_binary(gold, pred) == 100.0 * float(
+                f1_score(gold, binary, labels=[1], average="micro", zero_division=0.0)), (gold, pred)
+        two = invalid_as_wrong(gold, pred) if n_labels == 2 else pred
+        labels = sorted((set(gold) | set(two)) - {INVALID})
+        assert f1_macro(gold, pred, n_labels) == (100.0 * float(
+            f1_score(gold, two, labels=labels, average="macro", zero_division=0.0)) if labels else 0.0), (gold, pred)
+        expected = 100.0 * float(matthews_corrcoef(gold, two)) if len(set(gold) | set(two)) > 1 else 0.0
+        assert mcc(gold, pred, n_labels) == expected, (gold, pred)
+
+
 def test_numeric_accuracy_and_parsing():
     assert numeric_accuracy([7.0, 12.0, 3.0], [7.0, None, 3.0000000001]) == pytest.approx(200 / 3)
     assert parse_number(" 1,234.5 apples") == 1234.5
