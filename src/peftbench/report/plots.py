@@ -14,20 +14,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
-
-from peftbench.report.aggregate import REFERENCE_MODELS, MethodSummary, Summary, stability  # noqa: E402
+from peftbench.report.aggregate import REFERENCE_MODELS, MethodSummary, Summary, stability
 
 COSTS = (("trainable_params", "trainable parameters (M_p)", True), ("extra_tflops", "extra TFLOPs (M_f)", False),
          ("peak_mem_gb", "peak training memory, GB (M_m)", False))
 MARKERS = "osD^vP*Xph<>"
 PLACEHOLDERS = ("quality_vs_costs", "heatmap", "cost_bars")  # written, saying so, even when no run is stored
+DPI = 110  # of every PNG the reports write
+STYLE = {"text.parse_math": False, "svg.hashsalt": "peftbench", "font.size": 9}
 
 
 def pareto_front(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
@@ -49,7 +49,7 @@ def write_plots(summary: Summary, out_dir: Path) -> dict[str, list[Path]]:
         "quality_vs_costs": _quality_vs_costs, "heatmap": _heatmap, "seed_spread": _seed_spread,
         "cost_bars": _cost_bars, "reference_quality_vs_costs": _reference}
     written = {}
-    with plt.rc_context({"text.parse_math": False, "svg.hashsalt": "peftbench", "font.size": 9}):
+    with matplotlib.rc_context(STYLE):
         for name, draw in figures.items():
             paths = [out_dir / f"{name}.png", out_dir / f"{name}.svg"]
             fig = draw(summary) if summary.cells else (_empty() if name in PLACEHOLDERS else None)
@@ -57,15 +57,26 @@ def write_plots(summary: Summary, out_dir: Path) -> dict[str, list[Path]]:
                 for path in paths:
                     path.unlink(missing_ok=True)
                 continue
-            fig.savefig(paths[0], dpi=110, bbox_inches="tight")
-            fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
-            plt.close(fig)
+            save_cropped(fig, *paths)
             written[name] = paths
     return written
 
 
+def save_cropped(fig: Figure, png: Path, svg: Path) -> None:
+    """The figure as PNG and SVG, cropped to what is drawn (legends outside the axes included) as
+    `bbox_inches="tight"` crops, with the box measured once for both files: "tight" lays the whole
+    figure out twice more for every file it writes, a quarter of a report's plotting time."""
+    fig.set_dpi(DPI)
+    FigureCanvasAgg(fig)
+    fig.draw_without_rendering()  # places what is placed at draw time (titles, tick labels) before measuring
+    box = fig.get_tightbbox(fig.canvas.get_renderer()).padded(matplotlib.rcParams["savefig.pad_inches"])
+    fig.savefig(png, dpi=DPI, bbox_inches=box)
+    fig.savefig(svg, bbox_inches=box, metadata={"Date": None})
+
+
 def _empty() -> Figure:
-    fig, ax = plt.subplots(figsize=(4, 1.5))
+    fig = Figure(figsize=(4, 1.5))
+    ax = fig.subplots()
     ax.text(0.5, 0.5, "no runs of the current config", ha="center", va="center")
     ax.axis("off")
     return fig
@@ -78,7 +89,7 @@ def _scored(summary: Summary, reference: bool = False) -> list[MethodSummary]:
 
 def _styles(names: Sequence[str]) -> dict[str, tuple[tuple[float, ...], str]]:
     """A (colour, marker) per method, the same in every panel of a figure."""
-    colours = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    colours = matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"]
     return {n: (colours(i % colours.N), MARKERS[i % len(MARKERS)]) for i, n in enumerate(names)}
 
 
@@ -97,7 +108,8 @@ def _reference(summary: Summary) -> Figure | None:
 
 
 def _quality_figure(rows: list[MethodSummary], title: str) -> Figure:
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
+    fig = Figure(figsize=(16, 3.8))
+    axes = fig.subplots(1, 4)
     styles = _styles([s.method for s in rows])
     for ax, (key, label, log) in zip(axes, COSTS, strict=False):
         points = [(getattr(s, key), s.p_avg, s.method) for s in rows]
@@ -144,7 +156,8 @@ def _power_of_ten(value: float, _position: int) -> str:
 def _heatmap(summary: Summary) -> Figure:
     data = np.array([[np.nan if (c := summary.cell(m, t)).score_mean is None else c.score_mean
                       for t in summary.tasks] for m in summary.methods], dtype=float)
-    fig, ax = plt.subplots(figsize=(max(4, 0.55 * len(summary.tasks) + 2), max(2.5, 0.4 * len(summary.methods) + 1)))
+    fig = Figure(figsize=(max(4, 0.55 * len(summary.tasks) + 2), max(2.5, 0.4 * len(summary.methods) + 1)))
+    ax = fig.subplots()
     image = ax.imshow(np.ma.masked_invalid(data), cmap="viridis", vmin=0, vmax=100, aspect="auto")
     ax.set_xticks(range(len(summary.tasks)), summary.tasks, rotation=60, ha="right")
     ax.set_yticks(range(len(summary.methods)), summary.methods)
@@ -165,7 +178,8 @@ def _seed_spread(summary: Summary) -> Figure | None:
     tasks = list(dict.fromkeys(c.task for c in cells))
     cols = min(4, max(1, len(tasks)))
     rows = -(-len(tasks) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    fig = Figure(figsize=(4 * cols, 2.8 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, task in zip(axes.flat, tasks, strict=False):
         for i, method in enumerate(summary.methods):
             scores = summary.cell(method, task).scores
@@ -184,7 +198,8 @@ def _seed_spread(summary: Summary) -> Figure | None:
 def _cost_bars(summary: Summary) -> Figure:
     """This grid's costs (a reference's, of another model, are in its own figure)."""
     rows = [s for s in summary.summaries if s.trainable_params is not None and not s.reference]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    fig = Figure(figsize=(13, 3.4))
+    axes = fig.subplots(1, 3)
     for ax, (key, label, log) in zip(axes, COSTS, strict=True):
         values = [getattr(s, key) or 0 for s in rows]
         ax.bar(range(len(rows)), values, color="tab:blue")

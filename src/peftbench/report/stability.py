@@ -115,14 +115,13 @@ def write_plot(rows: Sequence[StrategyRow], out_dir: Path) -> Path | None:
     """Box plots with the seeds' scores as points: one box per method label, one panel per task."""
     if not rows:
         return None
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from peftbench.report.plots import DPI
 
     tasks = list(dict.fromkeys(r.task for r in rows))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(max(5.0, 1.1 * len(rows) / len(tasks) + 2) * len(tasks), 4),
-                             squeeze=False)
+    fig = Figure(figsize=(max(5.0, 1.1 * len(rows) / len(tasks) + 2) * len(tasks), 4))
+    axes = fig.subplots(1, len(tasks), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         mine = [r for r in rows if r.task == task]
         ax.boxplot([list(r.scores) for r in mine], showfliers=False)
@@ -133,8 +132,7 @@ def write_plot(rows: Sequence[StrategyRow], out_dir: Path) -> Path | None:
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "stability_strategies.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.savefig(path, dpi=DPI)
     return path
 
 

@@ -220,23 +220,22 @@ def _pm(stat: Stat) -> str:
 
 def write_plots(s: TPVSummary, out_dir: Path) -> dict[str, Path]:
     """λ curves, cross-origin heatmaps, cosine heatmaps, few-shot curves (PNG)."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from peftbench.report.plots import DPI
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
 
-    def save(fig: Any, name: str) -> None:
+    def save(fig: Figure, name: str) -> None:
         path = out_dir / f"tpv_{name}.png"
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        fig.savefig(path, dpi=DPI)
         written[name] = path
 
     if s.combinations:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
         for c in s.combinations:
             means = [p.mean for p in c.val_curve]
             sds = [p.sd or 0.0 for p in c.val_curve]
@@ -247,20 +246,23 @@ def write_plots(s: TPVSummary, out_dir: Path) -> dict[str, Path]:
         ax.legend(fontsize=7)
         save(fig, "lambda_curves")
     if s.cross:
-        fig, axes = plt.subplots(1, len(s.cross), figsize=(3.2 * len(s.cross), 3.2), squeeze=False)
+        fig = Figure(figsize=(3.2 * len(s.cross), 3.2))
+        axes = fig.subplots(1, len(s.cross), squeeze=False)
         for ax, (task, m) in zip(axes[0], s.cross.items(), strict=True):
             _heat(ax, [[v if v is not None else float("nan") for v in row] for row in m], s.origins, s.origins,
                   f"{task}: θ₀ⁱ + τʲ", "origin j of τ", "origin i of θ₀")
         save(fig, "cross_origin")
     sims = [(n, sim) for n, sim in (("tpv", s.cosine_tpv), ("prompt", s.cosine_prompt)) if sim.get("tasks")]
     if sims:
-        fig, axes = plt.subplots(1, len(sims), figsize=(4.2 * len(sims), 3.6), squeeze=False)
+        fig = Figure(figsize=(4.2 * len(sims), 3.6))
+        axes = fig.subplots(1, len(sims), squeeze=False)
         for ax, (name, sim) in zip(axes[0], sims, strict=True):
             values = [[x.mean if x.mean is not None else float("nan") for x in row] for row in sim["matrix"]]
             _heat(ax, values, sim["tasks"], sim["tasks"], f"cosine of {name}s (origins i ≠ j)", "", "", digits=2)
         save(fig, "cosine")
     for target, starts in s.few_shot.items():
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
         for start, by in starts.items():
             shots = sorted(by)
             means = [by[k].mean for k in shots]
