@@ -18,7 +18,16 @@ from peftbench.pscp import pscp
 from peftbench.report import build_report, write_report
 from peftbench.report.aggregate import PAPER_REFERENCE, aggregate, task_order, with_reference
 from peftbench.report.html import render_html
-from peftbench.report.plots import _cost_bars, _quality_vs_costs, _reference, write_plots
+from peftbench.report.plots import (
+    DPI,
+    STYLE,
+    _cost_bars,
+    _heatmap,
+    _quality_vs_costs,
+    _reference,
+    save_cropped,
+    write_plots,
+)
 from peftbench.report.tables import ci_texts, flops_text, markdown, rich_tables
 
 T_975_DF2 = 4.302652730  # Student t quantile 0.975, 2 degrees of freedom
@@ -215,6 +224,29 @@ def test_plots_keep_the_reference_apart_and_name_methods_in_a_legend(tmp_path):
     bars = _cost_bars(summary)
     assert [t.get_text() for t in bars.axes[0].get_xticklabels()] == ["lora", "bitfit"]
     assert _reference(aggregate(hand_store(tmp_path / "plain", rows).records())) is None
+
+
+def test_figures_are_cropped_as_matplotlibs_own_tight_box_crops_them(tmp_path):
+    """`save_cropped` measures the box once for both files; matplotlib's `bbox_inches="tight"`,
+    which measures it again for every file, is the reference: the same PNG pixel for pixel, legend
+    outside the axes included, and an SVG of the same size in inches."""
+    import matplotlib
+    import numpy as np
+    from matplotlib.image import imread
+
+    rows = [(m, t, 0, "done", s) for m, s in (("lora", 60.0), ("bitfit", 50.0)) for t in ("a", "b")]
+    summary = aggregate(hand_store(tmp_path, rows, {"lora": (1000, 0.0, 2.0), "bitfit": (100, 0.0, 1.0)}).records())
+    with matplotlib.rc_context(STYLE):
+        for draw in (_quality_vs_costs, _heatmap, _cost_bars):
+            ours, theirs = tmp_path / f"{draw.__name__}", tmp_path / f"{draw.__name__}_tight"
+            save_cropped(draw(summary), ours.with_suffix(".png"), ours.with_suffix(".svg"))
+            reference = draw(summary)
+            reference.savefig(theirs.with_suffix(".png"), dpi=DPI, bbox_inches="tight")
+            reference.savefig(theirs.with_suffix(".svg"), bbox_inches="tight")
+            assert np.array_equal(imread(ours.with_suffix(".png")), imread(theirs.with_suffix(".png")))
+            sizes = [[float(v) for v in re.search(r'width="([\d.]+)pt" height="([\d.]+)pt"', p.read_text()).groups()]
+                     for p in (ours.with_suffix(".svg"), theirs.with_suffix(".svg"))]
+            assert sizes[0] == pytest.approx(sizes[1], abs=3.0)  # points; the reference measures text at 72 dpi
 
 
 def test_seed_spread_only_with_two_seeds_or_more(tmp_path):
