@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -79,6 +80,28 @@ def test_a_worker_killed_mid_run_is_retried_and_the_grid_completes(small_grid, t
     assert len(records) == 6 and {r.status for r in records.values()} == {"done"}
     assert records[killed].attempts == 2
     assert results(out) == expected  # the retried run starts afresh: same result as uninterrupted
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="waits on a process it did not start through a pidfd")
+def test_workers_end_when_their_driver_is_killed(small_grid, tmp_path):
+    """SIGKILL reaches the driver alone, mid-training in a worker: no pool shutdown is sent, yet
+    the workers end (before, they trained on and then waited on the pool's queue for ever)."""
+    config, _ = small_grid
+    trace = tmp_path / "trace"
+    proc = start_traced(config, tmp_path / "out", trace, "--workers", "2")
+    worker = wait_for_mark(proc, trace, lambda t: t["phase"] == "train" and t["step"] >= 5)["pid"]
+    assert worker != proc.pid
+    watch = os.pidfd_open(worker)  # readable once the worker has ended, even if nobody reaps it
+    ended: list[int] = []
+    try:
+        proc.kill()
+        proc.wait()
+        ended, _, _ = select.select([watch], [], [], 120)
+        assert ended, f"worker {worker} still alive 120 s after its driver was killed"
+    finally:
+        if not ended:
+            signal.pidfd_send_signal(watch, signal.SIGKILL)
+        os.close(watch)
 
 
 def test_a_grid_started_on_ray_finishes_locally(small_grid, tmp_path):

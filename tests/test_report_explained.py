@@ -6,12 +6,15 @@ from __future__ import annotations
 import html
 import io
 import math
+import os
 import re
 import statistics
+import subprocess
+import sys
 
 import pytest
 import yaml
-from conftest import hand_store
+from conftest import hand_store, run_cli
 from rich.console import Console
 
 from peftbench.pscp import pscp
@@ -258,6 +261,20 @@ def test_seed_spread_only_with_two_seeds_or_more(tmp_path):
     assert not (out / "seed_spread.png").exists() and not (out / "reference_quality_vs_costs.png").exists()
     two = aggregate(hand_store(tmp_path / "two", [("lora", "a", s, "done", 50.0 + s) for s in (0, 1)]).records())
     assert set(write_plots(two, out)) == {"quality_vs_costs", "heatmap", "seed_spread", "cost_bars"}
+
+
+def test_a_redirected_table_is_as_wide_as_it_needs_not_80_columns(tmp_path):
+    """`peftbench report > log` (a pipe here, a Slurm job's output file in practice): rich would
+    wrap the tables to 80 columns and split 1,234,567 across lines; each value stays on one line."""
+    tasks = [f"qs_{t}" for t in ("sentiment", "topic", "arith", "feedback")]
+    hand_store(tmp_path, [("lora", t, 0, "done", 50.0) for t in tasks], {"lora": (1_234_567, 0.0, 2.0)})
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    printed = subprocess.run([sys.executable, "-m", "peftbench.cli", "report", "--out", str(tmp_path)], env=env,
+                             capture_output=True, text=True, timeout=600, check=True).stdout
+    assert max(len(line) for line in printed.splitlines()) > 80
+    assert "1,234,567" in printed and "…" not in printed
+    narrow = run_cli("report", "--out", str(tmp_path), env={"COLUMNS": "80"}).stdout  # a width asked for is kept
+    assert max(len(line) for line in narrow.splitlines()) <= 80
 
 
 def test_the_terminal_table_stays_readable_with_24_tasks_and_labels_reference_rows(tmp_path):

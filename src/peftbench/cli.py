@@ -7,6 +7,7 @@ and resumes when the same command runs again.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
 
 from peftbench.errors import PeftbenchError
 from peftbench.jsonsafe import dumps_json
@@ -36,6 +37,22 @@ app = typer.Typer(
 )
 out_console = Console()
 err_console = Console(stderr=True)
+
+
+def print_table(table: RenderableType) -> None:
+    """On a terminal, as wide as the terminal; redirected (a log file, a pipe, a Slurm job's
+    output) and without COLUMNS, as wide as the table needs: rich would wrap it to 80 columns and
+    split numbers such as 12,288 across two lines."""
+    if out_console.is_terminal or "COLUMNS" in os.environ:
+        out_console.print(table)
+        return
+    needed = out_console.measure(table, options=out_console.options.update(width=10_000)).maximum
+    width = out_console.width
+    out_console.width = max(width, needed)
+    try:
+        out_console.print(table)
+    finally:
+        out_console.width = width
 
 
 def _show_version(value: bool) -> None:
@@ -252,7 +269,7 @@ def _print_plan(cfg: BenchConfig, out: Path, tflops: float | None = None) -> Non
         table.add_row(r.method, str(r.runs), str(r.done), str(r.failed), str(r.pending),
                       f"{r.mean_run_s / 60:.1f} min" if r.mean_run_s else "–",
                       f"{r.peak_train_mem_gb:.2f} GB" if r.peak_train_mem_gb else "–")
-    out_console.print(table)
+    print_table(table)
     pending = sum(r.pending for r in rows)
     known = [r for r in rows if r.pending and r.mean_run_s]
     seconds = sum(r.pending * r.mean_run_s for r in known)
@@ -322,7 +339,7 @@ def _print_report(out: Path, format: ReportFormat, reference: str | None = None,
         from peftbench.report import tpv
 
         if result.summary.methods or result.tpv is None:
-            out_console.print(rich_tables(result.summary))
+            print_table(rich_tables(result.summary))
         if result.tpv is not None:
             out_console.print(Markdown(tpv.markdown(result.tpv)))
     else:
@@ -358,7 +375,7 @@ def compare(
     for r in rows:
         table.add_row(r.method, r.task, fmt(r.mean_a), fmt(r.mean_b), fmt(r.diff, 2), f"{r.n_a}/{r.n_b}",
                       fmt(r.p_value, 3), verdict[r.exceeds_noise])
-    out_console.print(table)
+    print_table(table)
 
 
 @app.command()
@@ -534,7 +551,7 @@ def cost(
         for entry, label in [(row, row["method"]), *((v, f"  ↳ {v['description']}") for v in row["variants"])]:
             table.add_row(label, f"{entry['trainable_params']:,}", f"{entry['base_tflops']:.3f}",
                           f"{entry['extra_tflops']:.4f}", f"{entry['extra_tflops_unmerged']:.4f}")
-    out_console.print(table)
+    print_table(table)
 
 
 @app.command(name="list")
@@ -580,7 +597,7 @@ def list_(
         table.add_column(key)
     for row in rows:
         table.add_row(*(dumps_json(v) if isinstance(v, (dict, list)) else str(v) for v in row.values()))
-    out_console.print(table)
+    print_table(table)
 
 
 tpv_app = typer.Typer(help="Task prompt vectors kept by origin-initialised prompt-tuning runs (docs/tpv.md).",
@@ -609,7 +626,7 @@ def tpv_list(out: ResultsDirOption, format: Annotated[ListFormat, typer.Option("
     for r in rows:
         table.add_row(r["run"], r["method"], r["task"], str(r["origin"]), str(r["seed"]),
                       "–" if r["score"] is None else f"{r['score']:.1f}", f"{r['norm']:.3f}", str(r["tokens"]))
-    out_console.print(table)
+    print_table(table)
 
 
 @tpv_app.command(name="combine")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing as mp
+import multiprocessing.connection
+import os
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -55,8 +57,23 @@ class InlineBackend:
 _MESSAGES: dict[str, Any] = {}
 
 
+def worker_pool(workers: int, messages: Any) -> ProcessPoolExecutor:
+    """`workers` spawned processes that send run phases to `messages` and end with their driver."""
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                               initargs=(messages,))
+
+
 def _init_worker(messages: Any) -> None:
     _MESSAGES["queue"] = messages
+    threading.Thread(target=_exit_with_driver, name="peftbench-driver-watch", daemon=True).start()
+
+
+def _exit_with_driver() -> None:
+    """A driver killed outright (SIGKILL, the OOM killer) never shuts its pool down: its workers
+    would finish their run, then wait forever on the pool's queue, each holding a model in memory.
+    The driver's end of this pipe closes when it dies, however it dies; then the worker ends too."""
+    multiprocessing.connection.wait([mp.parent_process().sentinel])
+    os._exit(1)
 
 
 def _pool_job(cfg: BenchConfig, source: ModelSource, out_dir: Any, spec: RunSpec) -> Results:
@@ -80,16 +97,11 @@ class PoolBackend:
 
     def __init__(self, ctx: RunContext, progress: GridProgress, workers: int) -> None:
         self.ctx, self.capacity = ctx, workers
-        self.spawn = mp.get_context("spawn")
-        self.messages = self.spawn.Queue()
+        self.messages = mp.get_context("spawn").Queue()
         self.stop = threading.Event()
         self.pump = threading.Thread(target=progress.pump, args=(self.messages, self.stop), daemon=True)
         self.pump.start()
-        self.pool = self._new_pool()
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.capacity, mp_context=self.spawn, initializer=_init_worker,
-                                   initargs=(self.messages,))
+        self.pool = worker_pool(workers, self.messages)
 
     def submit(self, batches: list[list[RunSpec]]) -> list[Future]:
         ctx, futures = self.ctx, []
@@ -98,7 +110,7 @@ class PoolBackend:
                 future = self.pool.submit(_pool_job, ctx.cfg, ctx.source, ctx.out_dir, spec)
             except BrokenProcessPool:  # a worker died: its runs come back through collect; go on in a new pool
                 self.pool.shutdown(wait=False, cancel_futures=True)
-                self.pool = self._new_pool()
+                self.pool = worker_pool(self.capacity, self.messages)
                 future = self.pool.submit(_pool_job, ctx.cfg, ctx.source, ctx.out_dir, spec)
             futures.append(future)
         return futures
