@@ -72,8 +72,10 @@ def _exit_with_driver() -> None:
     """A driver killed outright (SIGKILL, the OOM killer) never shuts its pool down: its workers
     would finish their run, then wait forever on the pool's queue, each holding a model in memory.
     The driver's end of this pipe closes when it dies, however it dies; then the worker ends too."""
-    multiprocessing.connection.wait([mp.parent_process().sentinel])
-    os._exit(1)
+    driver = mp.parent_process()
+    if driver is not None:
+        multiprocessing.connection.wait([driver.sentinel])
+        os._exit(1)
 
 
 def _pool_job(cfg: BenchConfig, source: ModelSource, out_dir: Any, spec: RunSpec) -> Results:
