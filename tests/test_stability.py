@@ -255,6 +255,9 @@ def test_a_stability_section_is_the_hand_written_grid():
     ({"training": {"fixed_seeds": {"init": 1}}}, "'stability.vary'"),
     ({"stability": {"strategies": ["deni", "deni"]}}, "'stability.strategies': strategies must be unique"),
     ({"stability": {"strategies": ["dnei"]}}, r"'stability.strategies\[0\]'"),
+    # a method's own error names it as written (index 1), not as written out (index 3 of lora × 3, pt × 3)
+    ({"methods": ["lora", {"name": "bitfit", "learning_rate": -1}]},
+     r"'methods\[1\]\.learning_rate': Input should be greater than 0 \(got -1\)$"),
 ])
 def test_a_stability_section_rejects_what_it_cannot_write_out(change, message):
     with pytest.raises(PeftbenchError, match=message):

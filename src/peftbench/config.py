@@ -438,8 +438,10 @@ class BenchConfig(StrictModel):
             return value
         try:
             study = StabilityConfig.model_validate(value["stability"])
+            for method in value.get("methods") or []:
+                MethodConfig.model_validate({"name": method} if isinstance(method, str) else method)
         except ValidationError:
-            return value  # the field's own validation reports it, under its key
+            return value  # the fields' own validation reports it, under the keys as written, not as expanded
         return expand_stability(value, study)
 
     @model_validator(mode="after")
