@@ -376,6 +376,11 @@ class StabilityConfig(StrictModel):
         return value
 
 
+def as_entry(item: Any) -> Any:
+    """A method or task given by name alone (`lora`) as the mapping it stands for (`{name: lora}`)."""
+    return {"name": item} if isinstance(item, str) else item
+
+
 def expand_stability(data: dict[str, Any], study: StabilityConfig) -> dict[str, Any]:
     """The config with its `stability:` section written out as method labels and fixed seeds — the
     same runs (and run ids) as the hand-written grid. Raw data in, raw data out (the section emptied),
@@ -383,7 +388,7 @@ def expand_stability(data: dict[str, Any], study: StabilityConfig) -> dict[str, 
     raw = data.get("methods") or []
     if not isinstance(raw, list) or not all(isinstance(m, (str, dict)) for m in raw):
         return data  # the methods' own validation reports what is wrong with them
-    methods = [{"name": m} if isinstance(m, str) else m for m in raw]
+    methods = [as_entry(m) for m in raw]
     own = [i for i, m in enumerate(methods) if m.get("mitigation") is not None]
     if own:
         raise ValueError(f"key 'methods[{own[0]}].mitigation': the stability section gives every method its "
@@ -439,7 +444,7 @@ class BenchConfig(StrictModel):
         try:
             study = StabilityConfig.model_validate(value["stability"])
             for method in value.get("methods") or []:
-                MethodConfig.model_validate({"name": method} if isinstance(method, str) else method)
+                MethodConfig.model_validate(as_entry(method))
         except ValidationError:
             return value  # the fields' own validation reports it, under the keys as written, not as expanded
         return expand_stability(value, study)
@@ -463,7 +468,7 @@ class BenchConfig(StrictModel):
     @classmethod
     def _names_to_entries(cls, value: Any) -> Any:
         if isinstance(value, list):
-            return [{"name": v} if isinstance(v, str) else v for v in value]
+            return [as_entry(v) for v in value]
         return value
 
     @field_validator("methods")
@@ -479,7 +484,7 @@ class BenchConfig(StrictModel):
     @classmethod
     def _task_names_to_entries(cls, value: Any) -> Any:
         if isinstance(value, list):
-            return [{"name": v} if isinstance(v, str) else v for v in value]
+            return [as_entry(v) for v in value]
         return value
 
     @field_validator("tasks")
