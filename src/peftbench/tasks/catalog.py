@@ -209,8 +209,9 @@ def _package_folder() -> Path:
     return Path(str(resources.files("peftbench.tasks") / "files"))
 
 
-def _package_files() -> list[Path]:
-    return sorted(p for p in _package_folder().glob("*.yaml") if not p.name.startswith("_"))
+def _task_files(folder: Path) -> list[Path]:
+    """A folder's task files: `*.yaml` but `_*.yaml`, which are only included by others."""
+    return sorted(p for p in folder.glob("*.yaml") if not p.name.startswith("_"))
 
 
 @cache
@@ -218,7 +219,7 @@ def _package_tasks() -> tuple[tuple[Path, TaskSpec], ...]:
     """The package's task files, read once per process: they do not change while it runs, and
     reading all of them (YAML and validation) costs about 0.1 s, which `catalog` used to pay on
     every call (three times before a grid's first run)."""
-    return tuple((path, read_task_file(path)) for path in _package_files())
+    return tuple((path, read_task_file(path)) for path in _task_files(_package_folder()))
 
 
 def _register(registry: Registry[TaskSpec], tasks: Iterable[tuple[Path, TaskSpec]], where: dict[str, Path]) -> None:
@@ -239,8 +240,7 @@ def catalog(tasks_dirs: Iterable[Path] = ()) -> Registry[TaskSpec]:
         folder = Path(folder)
         if not folder.is_dir():
             raise PeftbenchError(f"tasks_dir: {folder} is not a directory")
-        files = sorted(p for p in folder.glob("*.yaml") if not p.name.startswith("_"))
-        _register(registry, ((path, read_task_file(path)) for path in files), where)
+        _register(registry, ((path, read_task_file(path)) for path in _task_files(folder)), where)
     return registry
 
 
