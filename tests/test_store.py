@@ -105,3 +105,32 @@ def test_release_and_failed_runs_are_retried(tmp_path):
     store.finish("b", "failed", error="boom")
     assert store.get("b").error == "boom"
     assert store.claim("b"), "a failed run is retried by the next invocation"
+
+
+def test_the_database_appears_only_with_its_tables_and_a_racing_creator_uses_the_first(tmp_path, monkeypatch):
+    """A reader watching an output directory (a report, a test polling a running grid) found the file
+    before its tables and failed with "no such table: runs". The database is now linked into place
+    complete; a second creator racing the first keeps the first one's database and rows."""
+    import os
+    import sqlite3
+    from contextlib import closing
+
+    from peftbench.store import DB_NAME
+
+    real_link = os.link
+    seen = []
+
+    def link(src, dst):
+        seen.append(dst)
+        with closing(sqlite3.connect(src)) as db:
+            tables = {t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert tables == {"meta", "runs"} and not os.path.exists(dst), "linked before it was complete"
+        if len(seen) == 1:  # another process creates the store between our check and our link
+            make(tmp_path)
+        real_link(src, dst)
+
+    monkeypatch.setattr(os, "link", link)
+    store = Store.create(tmp_path)
+    assert len(seen) == 2 and sorted(r.run_id for r in store.records()) == ["a", "b"]
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(f"{DB_NAME}-")] == [DB_NAME]
+    assert Store.create(tmp_path).records() == store.records(), "an existing store is opened, not replaced"

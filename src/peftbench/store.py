@@ -15,9 +15,10 @@ import json
 import os
 import socket
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,16 +108,30 @@ class Store:
 
     @classmethod
     def create(cls, out_dir: Path) -> Store:
+        """Open the store, creating its database if there is none.
+
+        The database is built in a private file and hard-linked into place, so a reader (a report, a
+        test watching a running grid) never finds a database without its tables; of two processes
+        creating the same store, the first link wins and the other uses it."""
         store = cls(out_dir)
         store.out_dir.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(store.path, timeout=60)
+        if store.path.is_file():
+            return store
+        fd, name = tempfile.mkstemp(prefix=f".{DB_NAME}.", dir=store.out_dir)
+        os.close(fd)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)  # idempotent DDL; executescript manages its own transaction
+            db = sqlite3.connect(name)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")  # stored in the file: every later connection uses it
+                db.executescript(_SCHEMA)
+                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                db.commit()
+            finally:
+                db.close()  # the last connection checkpoints and removes the private file's WAL
+            with suppress(FileExistsError):
+                os.link(name, store.path)
         finally:
-            db.close()
-        with store._connect() as db:
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            os.unlink(name)
         return store
 
     @classmethod
