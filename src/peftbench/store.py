@@ -15,16 +15,16 @@ import json
 import os
 import socket
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from peftbench.config import ExecutorConfig
 from peftbench.jsonsafe import dumps_json
+from peftbench.utils import create_once
 
 SCHEMA_VERSION = 1
 DB_NAME = "peftbench.db"
@@ -37,8 +37,8 @@ IDENTITY_VERSION = 3
 TPV_PLAN = "tpv_plan"  # meta key: the runs of the config's TPV study (both stages)
 
 _SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE runs (
     run_id      TEXT PRIMARY KEY,
     method      TEXT NOT NULL,
     task        TEXT NOT NULL,
@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS runs (
     created_at  REAL NOT NULL,
     updated_at  REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
+CREATE INDEX runs_status ON runs (status);
 """
 
 _JSON_COLUMNS = ("config", "metrics", "costs", "timings", "training", "provenance")
@@ -110,28 +110,12 @@ class Store:
     def create(cls, out_dir: Path) -> Store:
         """Open the store, creating its database if there is none.
 
-        The database is built in a private file and hard-linked into place, so a reader (a report, a
-        test watching a running grid) never finds a database without its tables; of two processes
-        creating the same store, the first link wins and the other uses it."""
+        The database is built complete in a private file and linked into place (`create_once`), so a
+        reader (a report, a test watching a starting grid) never finds a database without its
+        tables; of two processes creating the same store, the first one's database is kept."""
         store = cls(out_dir)
-        store.out_dir.mkdir(parents=True, exist_ok=True)
-        if store.path.is_file():
-            return store
-        fd, name = tempfile.mkstemp(prefix=f".{DB_NAME}.", dir=store.out_dir)
-        os.close(fd)
-        try:
-            db = sqlite3.connect(name)
-            try:
-                db.execute("PRAGMA journal_mode=WAL")  # stored in the file: every later connection uses it
-                db.executescript(_SCHEMA)
-                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-                db.commit()
-            finally:
-                db.close()  # the last connection checkpoints and removes the private file's WAL
-            with suppress(FileExistsError):
-                os.link(name, store.path)
-        finally:
-            os.unlink(name)
+        if not store.path.is_file():
+            create_once(store.path, _new_database)
         return store
 
     @classmethod
@@ -269,6 +253,17 @@ class Store:
 
     def adapter_path(self, run_id: str) -> Path:
         return self.adapters_dir / run_id
+
+
+def _new_database(path: Path) -> None:
+    db = sqlite3.connect(path)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")  # stored in the file: every later connection uses it
+        db.executescript(_SCHEMA)
+        db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        db.commit()
+    finally:
+        db.close()  # the last connection checkpoints and removes the file's WAL before it is linked
 
 
 def _record(row: sqlite3.Row) -> RunRecord:

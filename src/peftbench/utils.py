@@ -7,13 +7,10 @@ import os
 import random
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
 
 from peftbench.jsonsafe import dumps_json
 
@@ -21,6 +18,8 @@ from peftbench.jsonsafe import dumps_json
 @contextmanager
 def pinned_threads(n: int) -> Iterator[None]:
     """Run with exactly `n` intra-op threads: results on CPU depend on the thread count."""
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -51,6 +50,9 @@ def quiet_libraries() -> None:
 
 
 def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -75,24 +77,29 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def write_once(path: Path, text: str) -> None:
-    """Write `path` unless another process already has: a complete temporary file hard-linked into
-    place, which fails when the name exists (readers never see half a file, and the first writer
-    wins where `atomic_write_text` would let the last one replace it)."""
+def create_once(path: Path, fill: Callable[[Path], None]) -> None:
+    """Create `path` unless another process already has: `fill` writes a private temporary file that
+    is then hard-linked into place, which fails when the name exists (readers never see half a file,
+    and the first writer wins where `atomic_write_text` would let the last one replace it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.link(tmp, path)
-    except FileExistsError:
-        pass
+        fill(Path(tmp))
+        with suppress(FileExistsError):
+            os.link(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
 
+def write_once(path: Path, text: str) -> None:
+    create_once(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
 def atomic_torch_save(path: Path, obj: Any) -> None:
     """`torch.save` that never leaves a half-written file (tensors, checkpoint state)."""
+    import torch
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
