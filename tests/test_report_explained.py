@@ -295,3 +295,32 @@ def test_the_terminal_table_stays_readable_with_24_tasks_and_labels_reference_ro
     assert [c.strip() for c in sst2.split("│")[1:-1]] == ["sst2", "glue", "f1", *["53.5 ± 0.7"] * 3]
     assert "│ —    │ lora [peftbench-paper]" in text  # the reference rows keep their label
     assert "published figures measured on Llama-3-8B-Instruct" in text
+
+
+def test_every_figure_draws_a_label_as_the_text_it_is(tmp_path):
+    """A method or task name is a user's string: drawn as mathtext, `$\\frac{a}$` raised while the
+    report was written (the stability and TPV figures did not use the report's style) and `$x$`
+    would have turned italic. Every figure writes PNG and SVG with the label verbatim."""
+    import matplotlib
+
+    from peftbench.report.aggregate import Spread
+    from peftbench.report.stability import StrategyRow, write_plot
+    from peftbench.report.tpv import Stat, TPVSummary
+    from peftbench.report.tpv import write_plots as tpv_plots
+
+    label = "lora $\\frac{a}$ & <b>"  # not valid mathtext; XML-escaped in the SVG
+    summary = aggregate(hand_store(tmp_path / "s", [(label, "t", s, "done", 50.0 + s) for s in (0, 1)]).records())
+    strategy = StrategyRow("lora", label, "ensemble", "t", Spread(2, 50.5, 0.7, 50.0, 51.0, None), (50.0, 51.0),
+                           None, None, None, None, None)
+    study = TPVSummary(metric="accuracy", single={}, combinations=[], origins=[0, 1],
+                       cross={label: [[50.0, None], [None, 51.0]]},
+                       few_shot={"t": {label: {0: Stat(50.0, None, 1), 5: Stat(60.0, 1.0, 2)}}})
+    out = tmp_path / "plots"
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # text as <text> elements, to read it back
+        pngs = [paths[0] for paths in write_plots(summary, out).values()]
+        pngs += [write_plot([strategy], out), *tpv_plots(study, out).values()]
+    assert [p.stem for p in pngs] == ["quality_vs_costs", "heatmap", "seed_spread", "cost_bars",
+                                      "stability_strategies", "tpv_cross_origin", "tpv_few_shot_t"]
+    for png in pngs:
+        svg = png.with_suffix(".svg").read_text()
+        assert png.stat().st_size > 1000 and html.escape(label, quote=False) in svg, png.name

@@ -195,5 +195,6 @@ def write_report(report: Report) -> list[Path]:
     html = render_html(report.summary, report.records, plots, predictions, title=report.title, notes=report.notes,
                        extra=extra)
     atomic_write_text(out / "leaderboard.html", html)
-    return [*texts, *(p for paths in plots.values() for p in paths), *tpv_plots.values(),
-            *([strategy_plot] if strategy_plot else []), out / "leaderboard.html"]
+    pngs = [*tpv_plots.values(), *([strategy_plot] if strategy_plot else [])]
+    return [*texts, *(p for paths in plots.values() for p in paths),
+            *(p for png in pngs for p in (png, png.with_suffix(".svg"))), out / "leaderboard.html"]

@@ -112,27 +112,30 @@ def to_json(rows: Sequence[StrategyRow]) -> list[dict[str, Any]]:
 
 
 def write_plot(rows: Sequence[StrategyRow], out_dir: Path) -> Path | None:
-    """Box plots with the seeds' scores as points: one box per method label, one panel per task."""
+    """Box plots with the seeds' scores as points: one box per method label, one panel per task; PNG
+    (returned, for the page) and SVG, in the report's style (labels are text, never math)."""
     if not rows:
         return None
+    import matplotlib
     from matplotlib.figure import Figure
 
-    from peftbench.report.plots import DPI
+    from peftbench.report.plots import STYLE, save_cropped
 
     tasks = list(dict.fromkeys(r.task for r in rows))
-    fig = Figure(figsize=(max(5.0, 1.1 * len(rows) / len(tasks) + 2) * len(tasks), 4))
-    axes = fig.subplots(1, len(tasks), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
-        mine = [r for r in rows if r.task == task]
-        ax.boxplot([list(r.scores) for r in mine], showfliers=False)
-        for i, r in enumerate(mine, start=1):
-            ax.scatter([i] * len(r.scores), r.scores, s=10, alpha=0.6)
-        ax.set_xticks(range(1, len(mine) + 1), [r.label for r in mine], rotation=35, ha="right", fontsize=7)
-        ax.set(title=f"{task}: score over seeds", ylabel="score")
-    fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "stability_strategies.png"
-    fig.savefig(path, dpi=DPI)
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(max(5.0, 1.1 * len(rows) / len(tasks) + 2) * len(tasks), 4))
+        axes = fig.subplots(1, len(tasks), squeeze=False)
+        for ax, task in zip(axes[0], tasks, strict=True):
+            mine = [r for r in rows if r.task == task]
+            ax.boxplot([list(r.scores) for r in mine], showfliers=False)
+            for i, r in enumerate(mine, start=1):
+                ax.scatter([i] * len(r.scores), r.scores, s=10, alpha=0.6)
+            ax.set_xticks(range(1, len(mine) + 1), [r.label for r in mine], rotation=35, ha="right", fontsize=7)
+            ax.set(title=f"{task}: score over seeds", ylabel="score")
+        fig.tight_layout()
+        save_cropped(fig, path, path.with_suffix(".svg"))
     return path
 
 

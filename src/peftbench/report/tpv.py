@@ -219,10 +219,12 @@ def _pm(stat: Stat) -> str:
 
 
 def write_plots(s: TPVSummary, out_dir: Path) -> dict[str, Path]:
-    """λ curves, cross-origin heatmaps, cosine heatmaps, few-shot curves (PNG)."""
+    """λ curves, cross-origin heatmaps, cosine heatmaps, few-shot curves: PNG (returned, for the page)
+    and SVG, in the report's style (task names and origins are text, never math)."""
+    import matplotlib
     from matplotlib.figure import Figure
 
-    from peftbench.report.plots import DPI
+    from peftbench.report.plots import STYLE, save_cropped
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
@@ -230,47 +232,49 @@ def write_plots(s: TPVSummary, out_dir: Path) -> dict[str, Path]:
     def save(fig: Figure, name: str) -> None:
         path = out_dir / f"tpv_{name}.png"
         fig.tight_layout()
-        fig.savefig(path, dpi=DPI)
+        save_cropped(fig, path, path.with_suffix(".svg"))
         written[name] = path
 
-    if s.combinations:
-        fig = Figure(figsize=(6, 4))
-        ax = fig.subplots()
-        for c in s.combinations:
-            means = [p.mean for p in c.val_curve]
-            sds = [p.sd or 0.0 for p in c.val_curve]
-            ax.plot(c.lambdas, means, marker="o", ms=3, label=" + ".join(c.tasks))
-            ax.fill_between(c.lambdas, [m - d for m, d in zip(means, sds, strict=True)],
-                            [m + d for m, d in zip(means, sds, strict=True)], alpha=0.15)
-        ax.set(xlabel="λ", ylabel="mean validation score", title="TPV sums: validation score vs λ")
-        ax.legend(fontsize=7)
-        save(fig, "lambda_curves")
-    if s.cross:
-        fig = Figure(figsize=(3.2 * len(s.cross), 3.2))
-        axes = fig.subplots(1, len(s.cross), squeeze=False)
-        for ax, (task, m) in zip(axes[0], s.cross.items(), strict=True):
-            _heat(ax, [[v if v is not None else float("nan") for v in row] for row in m], s.origins, s.origins,
-                  f"{task}: θ₀ⁱ + τʲ", "origin j of τ", "origin i of θ₀")
-        save(fig, "cross_origin")
-    sims = [(n, sim) for n, sim in (("tpv", s.cosine_tpv), ("prompt", s.cosine_prompt)) if sim.get("tasks")]
-    if sims:
-        fig = Figure(figsize=(4.2 * len(sims), 3.6))
-        axes = fig.subplots(1, len(sims), squeeze=False)
-        for ax, (name, sim) in zip(axes[0], sims, strict=True):
-            values = [[x.mean if x.mean is not None else float("nan") for x in row] for row in sim["matrix"]]
-            _heat(ax, values, sim["tasks"], sim["tasks"], f"cosine of {name}s (origins i ≠ j)", "", "", digits=2)
-        save(fig, "cosine")
-    for target, starts in s.few_shot.items():
-        fig = Figure(figsize=(6, 4))
-        ax = fig.subplots()
-        for start, by in starts.items():
-            shots = sorted(by)
-            means = [by[k].mean for k in shots]
-            ax.errorbar(shots, means, yerr=[by[k].sd or 0.0 for k in shots], marker="o", ms=3, capsize=2, label=start)
-        ax.set(xlabel="shots", ylabel="score", title=f"few-shot prompt tuning on {target}")
-        ax.set_xscale("symlog", linthresh=5)
-        ax.legend(fontsize=7)
-        save(fig, f"few_shot_{target}")
+    with matplotlib.rc_context(STYLE):
+        if s.combinations:
+            fig = Figure(figsize=(6, 4))
+            ax = fig.subplots()
+            for c in s.combinations:
+                means = [p.mean for p in c.val_curve]
+                sds = [p.sd or 0.0 for p in c.val_curve]
+                ax.plot(c.lambdas, means, marker="o", ms=3, label=" + ".join(c.tasks))
+                ax.fill_between(c.lambdas, [m - d for m, d in zip(means, sds, strict=True)],
+                                [m + d for m, d in zip(means, sds, strict=True)], alpha=0.15)
+            ax.set(xlabel="λ", ylabel="mean validation score", title="TPV sums: validation score vs λ")
+            ax.legend(fontsize=7)
+            save(fig, "lambda_curves")
+        if s.cross:
+            fig = Figure(figsize=(3.2 * len(s.cross), 3.2))
+            axes = fig.subplots(1, len(s.cross), squeeze=False)
+            for ax, (task, m) in zip(axes[0], s.cross.items(), strict=True):
+                _heat(ax, [[v if v is not None else float("nan") for v in row] for row in m], s.origins, s.origins,
+                      f"{task}: θ₀ⁱ + τʲ", "origin j of τ", "origin i of θ₀")
+            save(fig, "cross_origin")
+        sims = [(n, sim) for n, sim in (("tpv", s.cosine_tpv), ("prompt", s.cosine_prompt)) if sim.get("tasks")]
+        if sims:
+            fig = Figure(figsize=(4.2 * len(sims), 3.6))
+            axes = fig.subplots(1, len(sims), squeeze=False)
+            for ax, (name, sim) in zip(axes[0], sims, strict=True):
+                values = [[x.mean if x.mean is not None else float("nan") for x in row] for row in sim["matrix"]]
+                _heat(ax, values, sim["tasks"], sim["tasks"], f"cosine of {name}s (origins i ≠ j)", "", "", digits=2)
+            save(fig, "cosine")
+        for target, starts in s.few_shot.items():
+            fig = Figure(figsize=(6, 4))
+            ax = fig.subplots()
+            for start, by in starts.items():
+                shots = sorted(by)
+                means = [by[k].mean for k in shots]
+                ax.errorbar(shots, means, yerr=[by[k].sd or 0.0 for k in shots], marker="o", ms=3, capsize=2,
+                            label=start)
+            ax.set(xlabel="shots", ylabel="score", title=f"few-shot prompt tuning on {target}")
+            ax.set_xscale("symlog", linthresh=5)
+            ax.legend(fontsize=7)
+            save(fig, f"few_shot_{target}")
     return written
 
 
