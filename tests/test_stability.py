@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from conftest import run_cli
 
 from peftbench.config import MitigationConfig, validate_config
@@ -397,3 +398,25 @@ def test_fixed_seeds_take_each_source_of_randomness_off_the_run_seed(tmp_path):
             by_seed[s].training["train_loss"] for s in (0, 1)]
     assert results["all"][0] == results["all"][1] and results["all"][2] == results["all"][3]
     assert results["data"][2] != results["data"][3]
+
+
+def test_each_ensemble_member_logs_beside_its_run(tmp_path, monkeypatch):
+    """The members an ensemble trains after its main model had no log directory: with
+    `report_to: [tensorboard]` their curves went to the Trainer's temporary directory, deleted with it."""
+    from peftbench.runner import run as module
+    from peftbench.runner.grid import run_grid
+
+    real, log_dirs = module.train, []
+
+    def train(*args, **kwargs):
+        log_dirs.append(kwargs["log_dir"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "train", train)
+    cfg = yaml.safe_load(CONFIG.replace("max_steps: 30", "max_steps: 4"))
+    cfg["methods"] = cfg["methods"][:1]
+    cfg["training"]["mitigation"] = {"strategy": "ensemble", "members": 3}
+    run_grid(validate_config(cfg), tmp_path / "out", verbosity=0)
+    (record,) = Store.open(tmp_path / "out").records()
+    run_dir = tmp_path / "out" / "logs" / "tensorboard" / record.run_id
+    assert record.training["members"] == 3 and log_dirs == [run_dir, run_dir / "member-1", run_dir / "member-2"]

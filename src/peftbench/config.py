@@ -188,8 +188,8 @@ class TrainingConfig(StrictModel):
                                          "(DENI and its ablations); a run with one keeps its final weights")
     report_to: list[Literal["tensorboard", "wandb"]] = Field(
         default_factory=list, description="the Trainer's loggers, off by default: tensorboard writes under "
-        "<output>/logs/tensorboard/<run>; wandb runs offline unless WANDB_MODE says otherwise. Not part of a "
-        "run's identity")
+        "<output>/logs/tensorboard/<run> (an ensemble's other members in <run>/member-<k>); wandb runs offline "
+        "unless WANDB_MODE says otherwise. Not part of a run's identity")
 
 
 class EvaluationConfig(StrictModel):

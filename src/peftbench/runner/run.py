@@ -373,7 +373,8 @@ def train_ensemble(spec: RunSpec, ctx: RunContext, training: Any, train_ex: list
         seed_everything(seed)
         other = spec.method.apply(ctx.fresh_model())
         done = train(other, ctx.tokenizer, train_ex, val_ex, training, learning_rate=spec.learning_rate, seed=seed,
-                     device=ctx.device, workdir=workdir / f"member-{k}")
+                     device=ctx.device, workdir=workdir / f"member-{k}",
+                     log_dir=ctx.out_dir / "logs" / "tensorboard" / spec.run_id / f"member-{k}")
         result.model_steps += done.steps
         members.append({n: p.detach().to("cpu", copy=True) for n, p in other.named_parameters() if p.requires_grad})
     result.members = training.mitigation.members
