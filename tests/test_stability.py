@@ -265,6 +265,21 @@ def test_a_stability_section_rejects_what_it_cannot_write_out(change, message):
         validate_config({**STUDY, **change})
 
 
+def test_a_method_the_registry_or_the_model_rejects_is_named_as_written():
+    """The registry and the model check a method after the section is written out (lora, lora-deni,
+    lora-ensemble, then the second method's copies): their errors name methods[1], not methods[3]."""
+    from peftbench.modeling import resolve_model
+    from peftbench.runner.grid import check_methods
+
+    with pytest.raises(PeftbenchError, match=r"^methods\[1\]: unknown method 'lorra' \(did you mean 'lora'\?\)"):
+        plan_runs(validate_config({**STUDY, "methods": ["lora", "lorra"]}))
+    cfg = validate_config({**STUDY, "methods": ["lora", {"name": "lora", "label": "x", "args": {
+        "target_modules": ["nope"]}}]})
+    with pytest.raises(PeftbenchError, match=r"^methods\[1\] \(x\): method 'lora': target_modules 'nope' matches"):
+        check_methods(cfg, resolve_model(cfg.model), plan_runs(cfg))
+    assert [validate_config({**STUDY, "stability": None}).method_key(i) for i in (0, 1)] == ["methods[0]", "methods[1]"]
+
+
 def test_noise_lands_on_the_trainable_tensors_or_on_the_head_under_full_fine_tuning():
     from transformers import AutoModelForCausalLM
 

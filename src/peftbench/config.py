@@ -17,10 +17,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -435,19 +437,27 @@ class BenchConfig(StrictModel):
     tpv: TPVConfig | None = None
     stability: StabilityConfig | None = Field(default=None, description="every method once per mitigation "
                                               "strategy (docs/stability.md); written out into methods")
+    _written_methods: list[int] | None = PrivateAttr(default=None)  # methods[i] → its index as written
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _stability_section(cls, value: Any) -> Any:
+    def _stability_section(cls, value: Any, handler: ModelWrapValidatorHandler[BenchConfig]) -> BenchConfig:
         if not isinstance(value, dict) or value.get("stability") is None:
-            return value
+            return handler(value)
         try:
             study = StabilityConfig.model_validate(value["stability"])
             for method in value.get("methods") or []:
                 MethodConfig.model_validate(as_entry(method))
         except ValidationError:
-            return value  # the fields' own validation reports it, under the keys as written, not as expanded
-        return expand_stability(value, study)
+            return handler(value)  # the fields' own validation reports it, under the keys as written
+        cfg = handler(expand_stability(value, study))
+        cfg._written_methods = [i for i in range(len(value["methods"])) for _ in study.strategies]
+        return cfg
+
+    def method_key(self, i: int) -> str:
+        """The config key of `methods[i]` as the user wrote it: a stability section writes each method
+        out once per strategy, and an error about a copy names the method written."""
+        return f"methods[{self._written_methods[i] if self._written_methods else i}]"
 
     @model_validator(mode="after")
     def _something_to_run(self) -> BenchConfig:

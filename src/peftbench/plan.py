@@ -80,7 +80,7 @@ def resolve(cfg: BenchConfig) -> Resolved:
         try:
             method = resolve_method(m.name, m.args)
         except PeftbenchError as exc:
-            raise PeftbenchError(f"methods[{i}]: {exc}") from None
+            raise PeftbenchError(f"{cfg.method_key(i)}: {exc}") from None
         methods[m.id] = (method, m.learning_rate if m.learning_rate is not None else method.default_lr)
         training[m.id] = cfg.training.model_copy(update={"mitigation": m.mitigation}) if m.mitigation else cfg.training
     try:

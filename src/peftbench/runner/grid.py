@@ -59,12 +59,13 @@ def check_methods(cfg: BenchConfig, source: ModelSource, plan: list[RunSpec]) ->
         error = PeftbenchError if source.is_local else ModelUnavailable  # the hub refused (gated, no token, offline)
         raise error(f"model.name: cannot load the configuration of {cfg.model.name!r}: "
                     f"{str(exc).strip().splitlines()[0]}") from None
-    methods = {r.method_id: r.method for r in plan}
-    for i, (method_id, method) in enumerate(methods.items()):
+    written = [m.id for m in cfg.methods]
+    for method_id, method in {r.method_id: r.method for r in plan}.items():
         try:
             method.check(skeleton)
         except PeftbenchError as exc:
-            raise PeftbenchError(f"methods[{i}] ({method_id}): {exc}") from None
+            where = cfg.method_key(written.index(method_id)) if method_id in written else "tpv"
+            raise PeftbenchError(f"{where} ({method_id}): {exc}") from None
 
 
 def check_executor(cfg: BenchConfig) -> None:
