@@ -132,6 +132,52 @@ def test_llama3_8b_reconciles_with_the_paper():
         assert rows[name]["extra_tflops"] == 0.0, name
 
 
+def test_counts_from_shallow_copies_are_the_full_models(tmp_path, monkeypatch):
+    """`by_depth` counts a deep model from copies of 1, 2 and 3 layers where its layers are built
+    alike: on a 4-layer Llama, every paper method and variant gets the full model's own forward
+    counts, merged and unmerged (and a training step's, for two of them), and the copies were what it
+    counted. Where the layers differ (an adapter on one layer, two layer types) it counts the full
+    model. (P-tuning's LSTM variant is left out for time, 5 s a count: its encoder sits outside the
+    layers as the MLP encoder checked here does.)"""
+    import json as _json
+
+    from peftbench.costs import from_config
+    from peftbench.costs.from_config import VARIANTS, by_depth, skeleton
+    from peftbench.methods import paper_methods, resolve_method
+
+    dims = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "vocab_size": 1000, "tie_word_embeddings": False}
+    path = tmp_path / "config.json"
+    path.write_text(_json.dumps({"model_type": "llama", **dims}))
+    config = load_model_config(str(path))
+    depths: list[int] = []
+    shallow = from_config._with_depth
+    monkeypatch.setattr(from_config, "_with_depth", lambda c, n: depths.append(n) or shallow(c, n))
+
+    def check(method, config, shortcut: bool, step: bool = False) -> None:
+        def build(shape):
+            return method.apply(skeleton(shape))
+
+        def counts(model):
+            forward = [forward_flops(model, batch_size=1, seq_len=16, vocab_size=1000)]
+            if method.mergeable:
+                with method.merged(model):
+                    forward.append(forward_flops(model, batch_size=1, seq_len=16, vocab_size=1000))
+            return (*forward, *([train_step_flops(model, batch_size=2, seq_len=8, vocab_size=1000)] if step else []))
+
+        depths.clear()
+        assert by_depth(build(config), config, build, counts) == counts(build(config)), method.name
+        assert depths == ([1, 2, 3] if shortcut else []), method.name
+
+    for name in paper_methods():
+        for args in [{}, *(args for _, args in VARIANTS.get(name, []) if name != "p_tuning")]:
+            check(resolve_method(name, args), config, shortcut=True, step=name in ("lora", "prefix_tuning"))
+    check(resolve_method("lora", {"layers_to_transform": [3]}), config, shortcut=False)
+    path.write_text(_json.dumps({"model_type": "qwen2", **dims, "use_sliding_window": True, "sliding_window": 8,
+                                 "layer_types": ["full_attention", "sliding_attention"] * 2}))
+    check(resolve_method("lora"), load_model_config(str(path)), shortcut=False)
+
+
 # --- training FLOPs, memory ------------------------------------------------------------------------------
 
 from peftbench.costs.flops import flops_per_generated_token, train_step_flops  # noqa: E402

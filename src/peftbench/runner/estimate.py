@@ -60,7 +60,6 @@ def cpu_tflops(threads: int, size: int = 768, repeats: int = 6) -> float:
 
 def estimate_training(cfg: BenchConfig, pending: list[RunSpec], tflops: float | None = None) -> Estimate | None:
     """Training hours of `pending` runs, or None where the model's configuration is not available here."""
-    from peftbench.costs.flops import train_step_flops
     from peftbench.modeling import ModelUnavailable, load_tokenizer, resolve_model
 
     try:
@@ -99,12 +98,27 @@ def estimate_training(cfg: BenchConfig, pending: list[RunSpec], tflops: float | 
         batch = training.batch_size * training.gradient_accumulation_steps
         key = (spec.method_id, length, batch)
         if key not in step_flops:
-            model = _on_meta(spec.method, config)
-            step_flops[key] = train_step_flops(model, batch_size=batch, seq_len=length, vocab_size=config.vocab_size)
+            step_flops[key] = _step_flops(spec.method, config, batch, length)
         models = training_cost(training.mitigation, n_steps)
         result.hours += n_steps * models * step_flops[key] / (rate * 1e12) / 3600
         result.runs += 1
     return result
+
+
+def _step_flops(method: Any, config: Any, batch: int, length: int) -> int:
+    """FLOPs of one training step of the method on the weightless model (from shallow copies where its
+    layers are built alike: `by_depth`)."""
+    from peftbench.costs.flops import train_step_flops
+    from peftbench.costs.from_config import by_depth
+
+    def build(shape: Any) -> torch.nn.Module:
+        return _on_meta(method, shape)
+
+    def count(model: torch.nn.Module) -> tuple[int]:
+        return (train_step_flops(model, batch_size=batch, seq_len=length, vocab_size=config.vocab_size),)
+
+    (flops,) = by_depth(build(config), config, build, count)
+    return flops
 
 
 def _on_meta(method: Any, config: Any) -> torch.nn.Module:
