@@ -77,6 +77,39 @@ def test_peak_memory_sees_tensor_allocations():
     assert large.peak_bytes - small.peak_bytes > 48 * 1024 * 1024
 
 
+def test_energy_is_the_runs_gpus_counter_found_by_uuid(monkeypatch):
+    """A Slurm job sees its GPU as cuda:0 (CUDA_VISIBLE_DEVICES=3); NVML numbers every GPU of the
+    node, so reading NVML's device 0 reported another job's energy. The meter asks NVML for the GPU
+    with torch's UUID and reports the counter's difference in joules; no counter, no figure."""
+    import sys
+    from types import SimpleNamespace
+
+    from peftbench.costs.energy import EnergyMeter
+
+    millijoules = iter([1_000, 2_000, 5_500, 9_000])
+    opened: list[str] = []
+    nvml = SimpleNamespace(nvmlInit=lambda: None, nvmlDeviceGetHandleByUUID=lambda uuid: opened.append(uuid) or uuid,
+                           nvmlDeviceGetTotalEnergyConsumption=lambda handle: next(millijoules))
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(uuid=f"uuid-of-visible-{i}"))
+    with EnergyMeter(torch.device("cuda")) as meter:  # the current device: visible index 1
+        pass
+    assert opened == ["GPU-uuid-of-visible-1"] and meter.joules == 3.5
+    assert EnergyMeter(torch.device("cuda", 0))._handle == "GPU-uuid-of-visible-0"  # index 0 is not "unset"
+
+    def no_counter(handle):
+        raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
+
+    monkeypatch.setattr(nvml, "nvmlDeviceGetTotalEnergyConsumption", no_counter)
+    with EnergyMeter(torch.device("cuda", 0)) as meter:
+        pass
+    assert meter.joules is None
+    with EnergyMeter(torch.device("cpu")) as meter:
+        pass
+    assert meter.joules is None
+
+
 # --- costing from a config ------------------------------------------------------------------------------
 
 from peftbench.costs.from_config import cost_from_config, load_model_config  # noqa: E402

@@ -8,7 +8,11 @@ import torch
 
 
 class EnergyMeter:
-    """Total energy counter difference (millijoules → joules) over a `with` block; None if unsupported."""
+    """Total energy counter difference (millijoules → joules) over a `with` block; None if unsupported.
+
+    The counter is the whole GPU's (every process on it). The GPU is found by its UUID: NVML numbers
+    all GPUs of the machine, torch only the visible ones, so under `CUDA_VISIBLE_DEVICES=3` (a Slurm
+    job's GPU) torch's cuda:0 is NVML's device 3, and an index would read another job's GPU."""
 
     def __init__(self, device: torch.device) -> None:
         self.joules: float | None = None
@@ -20,9 +24,10 @@ class EnergyMeter:
             import pynvml
 
             pynvml.nvmlInit()
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or torch.cuda.current_device())
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            self._handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{torch.cuda.get_device_properties(index).uuid}")
             pynvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
-        except Exception:  # no pynvml, no driver library, or a GPU without the counter
+        except Exception:  # no pynvml, no driver library, a GPU without the counter, a MIG slice
             self._handle = None
 
     def __enter__(self) -> EnergyMeter:
