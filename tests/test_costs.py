@@ -86,7 +86,7 @@ def test_energy_is_the_runs_gpus_counter_found_by_uuid(monkeypatch):
 
     from peftbench.costs.energy import EnergyMeter
 
-    millijoules = iter([1_000, 2_000, 5_500, 9_000])
+    millijoules = iter([1_000, 2_000, 5_500, 9_000, 9_500])
     opened: list[str] = []
     nvml = SimpleNamespace(nvmlInit=lambda: None, nvmlDeviceGetHandleByUUID=lambda uuid: opened.append(uuid) or uuid,
                            nvmlDeviceGetTotalEnergyConsumption=lambda handle: next(millijoules))
@@ -97,6 +97,8 @@ def test_energy_is_the_runs_gpus_counter_found_by_uuid(monkeypatch):
         pass
     assert opened == ["GPU-uuid-of-visible-1"] and meter.joules == 3.5
     assert EnergyMeter(torch.device("cuda", 0))._handle == "GPU-uuid-of-visible-0"  # index 0 is not "unset"
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(uuid="GPU-prefixed"))
+    assert EnergyMeter(torch.device("cuda", 0))._handle == "GPU-prefixed"  # whichever form torch gives
 
     def no_counter(handle):
         raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")

@@ -25,7 +25,8 @@ class EnergyMeter:
 
             pynvml.nvmlInit()
             index = device.index if device.index is not None else torch.cuda.current_device()
-            self._handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{torch.cuda.get_device_properties(index).uuid}")
+            uuid = str(torch.cuda.get_device_properties(index).uuid).removeprefix("GPU-")  # NVML writes "GPU-<uuid>"
+            self._handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
             pynvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
         except Exception:  # no pynvml, no driver library, a GPU without the counter, a MIG slice
             self._handle = None
