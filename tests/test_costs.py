@@ -112,6 +112,28 @@ def test_energy_is_the_runs_gpus_counter_found_by_uuid(monkeypatch):
     assert meter.joules is None
 
 
+def test_latency_is_a_hand_computation_on_a_clock_the_forwards_move(tokenizer, monkeypatch):
+    """Latency is timed, so a test cannot know its value unless it owns the clock: here each forward
+    of the model moves a fake clock by 0.25 s for a prompt and 0.0625 s for one decoded token, so
+    prefill_s must be 0.25 and per_token_s 0.0625, through the same decoder evaluation uses. The
+    prefill's warm-up and first repeat take 1 s more: the warm-up is dropped, the median taken."""
+    from types import SimpleNamespace
+
+    from peftbench.costs import latency
+
+    now, calls = [0.0], [0]
+    monkeypatch.setattr(latency, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    model = llama(tokenizer)
+
+    def tick(module, args, kwargs):
+        calls[0] += 1
+        now[0] += (0.25 if kwargs["input_ids"].shape[1] > 1 else 0.0625) + (1.0 if calls[0] <= 2 else 0.0)
+
+    model.register_forward_pre_hook(tick, with_kwargs=True)
+    timed = latency.measure_latency(model, prefill_len=12, new_tokens=4, repeats=3, vocab_size=len(tokenizer))
+    assert timed == {"prefill_s": 0.25, "per_token_s": 0.0625}
+
+
 # --- costing from a config ------------------------------------------------------------------------------
 
 from peftbench.costs.from_config import cost_from_config, load_model_config  # noqa: E402
