@@ -134,6 +134,40 @@ def test_latency_is_a_hand_computation_on_a_clock_the_forwards_move(tokenizer, m
     assert timed == {"prefill_s": 0.25, "per_token_s": 0.0625}
 
 
+def test_adapter_bytes_are_the_saved_tensors_and_config_by_hand(tokenizer, tmp_path):
+    """Each paper method's adapter_bytes: a safetensors file of exactly the hand-counted float32
+    values (8-byte length, JSON header, 4 bytes a value) plus its config, and not peft's model card,
+    which is kept on disk. The tiny Llama: hidden 64, feed-forward 128, 2 layers, key/value width 32,
+    every bias present."""
+    import json as _json
+    import struct
+
+    from conftest import FF, KV, adapted
+
+    from peftbench.runner.run import MODEL_CARD, _save_adapter
+
+    values = {
+        "lora": L * 16 * ((H + KV) * 2 + (FF + H)),  # r 16 on k_proj, v_proj (in H, out KV), down_proj
+        "ia3": L * (KV + KV + FF),  # k_proj and v_proj outputs, down_proj inputs
+        "prompt_tuning": 100 * H,
+        "prefix_tuning": 32 * L * 2 * KV,  # the prefix itself: peft saves the projection's output
+        "p_tuning": 100 * H,  # likewise the encoder's output
+        "ln_tuning": (2 * L + 1) * H,
+        "bitfit": L * (H + KV + KV + H + FF + FF + H),  # q, k, v, o, gate, up, down biases
+    }
+    for name, count in values.items():
+        saved = tmp_path / name
+        size = _save_adapter(resolve_method(name), adapted(tokenizer, name, {}), saved, keep=True)
+        (weights,) = saved.glob("*.safetensors")
+        raw = weights.read_bytes()
+        header = struct.unpack("<Q", raw[:8])[0]
+        dtypes = {v["dtype"] for k, v in _json.loads(raw[8:8 + header]).items() if k != "__metadata__"}
+        assert dtypes == {"F32"} and len(raw) == 8 + header + 4 * count, name
+        configs = [p for p in saved.iterdir() if p.suffix == ".json"]
+        assert size == len(raw) + sum(p.stat().st_size for p in configs), name
+        assert {p.name for p in saved.iterdir()} - {weights.name, *(p.name for p in configs)} <= {MODEL_CARD}, name
+
+
 # --- costing from a config ------------------------------------------------------------------------------
 
 from peftbench.costs.from_config import cost_from_config, load_model_config  # noqa: E402

@@ -109,5 +109,3 @@ def atomic_write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(dumps_json(r, ensure_ascii=False) + "\n" for r in records))
 
 
-def dir_size_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

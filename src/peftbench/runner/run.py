@@ -41,7 +41,7 @@ from peftbench.tasks.data import load_splits, split_rows
 from peftbench.tasks.prompts import encode_example, encode_prompt, render_prompt
 from peftbench.tpv.runs import keep_task_vector
 from peftbench.training import train
-from peftbench.utils import atomic_torch_save, cache_root, dir_size_bytes, pinned_threads, seed_everything, write_once
+from peftbench.utils import atomic_torch_save, cache_root, pinned_threads, seed_everything, write_once
 
 
 class PhaseFn(Protocol):
@@ -458,12 +458,18 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256((body + json.dumps(extra, default=str)).encode()).hexdigest()[:16]
 
 
+MODEL_CARD = "README.md"
+
+
 def _save_adapter(method: Any, model: torch.nn.Module, target: Path, keep: bool) -> int:
-    """Save what was trained (its size on disk is a cost); keep it under adapters/ if configured."""
+    """Save what was trained and return its size, a cost: the files loading it reads (weights and
+    config), not the model card peft writes beside them (about 5 KB of text, more than IA3's whole
+    adapter on a small model, and absent for methods peft does not save). Kept under adapters/ if
+    configured, card included."""
     with tempfile.TemporaryDirectory(prefix="peftbench-adapter-") as tmp:
         path = Path(tmp) / "adapter"
         method.save(model, path)
-        size = dir_size_bytes(path)
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.name != MODEL_CARD)
         if keep:
             if target.exists():
                 shutil.rmtree(target)
