@@ -107,5 +107,3 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
 
 def atomic_write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(dumps_json(r, ensure_ascii=False) + "\n" for r in records))
-
-

@@ -107,10 +107,13 @@ def _alike_layers(model: nn.Module, config: Any, depth: int) -> bool:
         return False
 
     def signature(layer: nn.Module) -> list[Any]:
-        return [(name, type(m), [(n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in
-                                 m.named_parameters(recurse=False)], [(n, tuple(b.shape)) for n, b in
-                                                                       m.named_buffers(recurse=False)])
-                for name, m in layer.named_modules()]
+        """Every submodule: its name and type, its own parameters (shape, dtype, trainable), its buffers."""
+        out = []
+        for name, m in layer.named_modules():
+            params = [(n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in m.named_parameters(recurse=False)]
+            buffers = [(n, tuple(b.shape)) for n, b in m.named_buffers(recurse=False)]
+            out.append((name, type(m), params, buffers))
+        return out
 
     first = signature(stacks[0][0])
     return all(signature(layer) == first for layer in stacks[0][1:])

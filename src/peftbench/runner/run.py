@@ -259,7 +259,7 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
                     data_seed=spec.seed if fixed.data_order is None else fixed.data_order,
                     workdir=checkpoints or Path(workdir),
                     progress=lambda done, total_, loss: phase("train", done, total_, loss), voters=voters,
-                    log_dir=ctx.out_dir / "logs" / "tensorboard" / spec.run_id,
+                    log_dir=tensorboard_dir(ctx.out_dir, spec.run_id),
                 )
                 if training.mitigation.strategy == "ensemble":
                     voters += train_ensemble(spec, ctx, training, train_ex, val_ex, Path(workdir), result)
@@ -312,6 +312,11 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
         if not math.isfinite(scores.primary):
             outcome.status, outcome.error = "failed", f"the primary metric {task.primary_metric} is not a number"
         return outcome
+
+
+def tensorboard_dir(out_dir: Path, run_id: str) -> Path:
+    """Where a run's TensorBoard logs go (`training.report_to`); an ensemble's other members below it."""
+    return out_dir / "logs" / "tensorboard" / run_id
 
 
 def checkpoint_dir(out_dir: Path, run_id: str) -> Path:
@@ -374,7 +379,7 @@ def train_ensemble(spec: RunSpec, ctx: RunContext, training: Any, train_ex: list
         other = spec.method.apply(ctx.fresh_model())
         done = train(other, ctx.tokenizer, train_ex, val_ex, training, learning_rate=spec.learning_rate, seed=seed,
                      device=ctx.device, workdir=workdir / f"member-{k}",
-                     log_dir=ctx.out_dir / "logs" / "tensorboard" / spec.run_id / f"member-{k}")
+                     log_dir=tensorboard_dir(ctx.out_dir, spec.run_id) / f"member-{k}")
         result.model_steps += done.steps
         members.append({n: p.detach().to("cpu", copy=True) for n, p in other.named_parameters() if p.requires_grad})
     result.members = training.mitigation.members
