@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import HEADS, H, L, llama
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from peftbench.costs import count_parameters, forward_flops, peak_memory
 from peftbench.methods import resolve_method
@@ -49,6 +50,70 @@ def test_prompt_methods_cost_extra_flops(tokenizer):
     for name in ("prompt_tuning", "prefix_tuning", "p_tuning"):
         model = resolve_method(name).apply(llama(tokenizer))
         assert forward_flops(model, batch_size=1, seq_len=64, vocab_size=len(tokenizer)) > base, name
+
+
+def _counted(step) -> tuple[int, set[str]]:
+    """FLOPs of `step()` and the ops that carried them."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return counter.get_total_flops(), {str(op) for op in counter.get_flop_counts()["Global"]}
+
+
+def test_fused_lstm_kernels_count_as_their_per_step_products():
+    """float32 LSTMs on CPU run in one oneDNN kernel, which torch's counter has no formula for: they
+    counted 0 FLOPs, while bfloat16 ones, decomposed into per-step `addmm`s, were counted. Both
+    must give the hand count; cuDNN's formula, fed the same weights, too."""
+    from torch.utils.flop_counter import flop_registry
+
+    steps, batch, inp, hid, proj = 5, 3, 8, 16, 4
+    # 2 layers × 2 directions, each token: x·W_ihᵀ (4·hid × in) + h·W_hhᵀ (4·hid × hid); layer 2 reads 2·hid
+    hand = 2 * steps * batch * 4 * hid * ((inp + hid) * 2 + (2 * hid + hid) * 2)
+
+    def forward_and_backward(dtype: torch.dtype) -> tuple[int, int, set[str]]:
+        torch.manual_seed(0)
+        lstm = nn.LSTM(inp, hid, num_layers=2, bidirectional=True, batch_first=True).to(dtype)
+        x = torch.randn(batch, steps, inp, dtype=dtype, requires_grad=True)
+        out = []
+        forward, ops = _counted(lambda: out.append(lstm(x)[0]))
+        backward, _ = _counted(lambda: out[0].sum().backward())
+        return forward, backward, ops
+
+    f32, f32_back, f32_ops = forward_and_backward(torch.float32)
+    bf16, bf16_back, bf16_ops = forward_and_backward(torch.bfloat16)
+    assert f32_ops == {"aten.mkldnn_rnn_layer"} and bf16_ops == {"aten.addmm", "aten.mm"}  # the two paths ran
+    assert f32 == bf16 == hand
+    # backward: input and weight gradients, 2× forward; oneDNN also computes the initial state's
+    # gradient, which autograd skips for the decomposition's zero h₀ (one h·W_hhᵀ per layer and direction)
+    assert f32_back == 2 * hand == bf16_back + 4 * 2 * batch * 4 * hid * hid
+
+    lstm = nn.LSTM(inp, hid, num_layers=2, bidirectional=True, proj_size=proj)  # oneDNN has no projection
+    x = torch.randn(steps, batch, inp)
+    forward, ops = _counted(lambda: lstm(x))
+    assert "aten.mkldnn_rnn_layer" not in ops
+    assert forward == 2 * steps * batch * 2 * (4 * hid * (inp + proj) + 4 * hid * (2 * proj + proj) + 2 * proj * hid)
+    cudnn, cudnn_back = flop_registry[torch.ops.aten._cudnn_rnn], flop_registry[torch.ops.aten._cudnn_rnn_backward]
+    w = lstm._flat_weights
+    assert cudnn(x, w, 5, None, None, None, 2, hid, proj, 2, False, 0.0, False, True, [], None) == forward
+    backward_args = (x, w, 5, None, None, None, None, None, None, None, 2, hid, proj, 2, False, 0.0, True, True, [],
+                     None, None)
+    assert cudnn_back(*backward_args, [True, False, False, True]) == 2 * forward  # weights' gradients too
+    assert cudnn_back(*backward_args, output_mask=[True, True, False, False]) == forward
+
+
+def test_p_tuning_lstm_encoder_costs_the_same_in_float32_as_from_the_config(tokenizer):
+    """The run path counts real float32 tensors (oneDNN's LSTM); costing from the config counts fake
+    ones (decomposed): P-tuning with the paper's LSTM encoder must get one figure from both."""
+    from transformers import LlamaForCausalLM
+
+    args = {"num_virtual_tokens": 10, "encoder_hidden_size": 32, "encoder_reparameterization_type": "LSTM"}
+    real = resolve_method("p_tuning", args).apply(llama(tokenizer))
+    with torch.device("meta"):
+        fake = resolve_method("p_tuning", args).apply(LlamaForCausalLM(llama(tokenizer).config).eval())
+    counts = [forward_flops(m, batch_size=1, seq_len=32, vocab_size=len(tokenizer)) for m in (real, fake)]
+    mlp = forward_flops(resolve_method("p_tuning", {**args, "encoder_reparameterization_type": "MLP"})
+                        .apply(llama(tokenizer)), batch_size=1, seq_len=32, vocab_size=len(tokenizer))
+    assert counts[0] == counts[1] > mlp
 
 
 def test_bitfit_and_ia3_cost_no_counted_flops(tokenizer):

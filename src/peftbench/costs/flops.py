@@ -5,12 +5,16 @@ FLOPs follow PEFT-Bench's protocol: one forward pass of batch 1 × 512 tokens, c
 matrix products (mm, bmm, addmm, baddbmm, convolutions) and attention kernels; element-wise ops
 (norms, activations, bias adds, scaling) are not counted, so IA3's rescaling and BitFit's biases
 cost 0 extra FLOPs by this protocol. torch has no formula for the CPU SDPA kernel, so one is
-registered here with the same count as the GPU kernels: CPU and GPU figures agree.
+registered here with the same count as the GPU kernels: CPU and GPU figures agree. Nor for the
+fused recurrent kernels (oneDNN on CPU, cuDNN and MIOpen on GPU) that run an `nn.LSTM`, such as
+P-tuning's LSTM prompt encoder: uncounted, its matrix products vanished from float32 counts while
+bfloat16 (which torch decomposes into `addmm`s) counted them. Formulas are registered for them too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +41,43 @@ if aten._scaled_dot_product_flash_attention_for_cpu not in flop_registry:
                                 **kwargs) -> int:
         return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
+
+def rnn_flops(input_shape: tuple[int, ...], weight_shapes: list[tuple[int, ...]]) -> int:
+    """FLOPs of a recurrent kernel's forward: every token (time step × batch row) is multiplied once
+    by each 2-D weight of each layer and direction (input, recurrent and projection matrices), as
+    the per-step `addmm`s torch decomposes an LSTM or GRU into are; gates are element-wise."""
+    tokens = math.prod(input_shape) // input_shape[-1]  # (T, B, I), (B, T, I) or packed (ΣT, I)
+    return 2 * tokens * sum(math.prod(w) for w in weight_shapes if len(w) == 2)
+
+
+def _fused_rnn_forward(input, weight, *args, out_shape=None, **kwargs) -> int:
+    """cuDNN's and MIOpen's kernels: `weight` lists every layer's and direction's tensors."""
+    return rnn_flops(input, weight)
+
+
+def _fused_rnn_backward(input, weight, *args, out_shape=None, **kwargs) -> int:
+    """The gradients of the input and initial state (one forward's worth of products, computed in
+    every case: the recurrence needs them) and, when `output_mask[3]` asks, of the weights."""
+    weights_too = kwargs.get("output_mask", args[-1])[3]
+    return (1 + int(weights_too)) * rnn_flops(input, weight)
+
+
+def _onednn_rnn_forward(input, w_ih, w_hh, *args, out_shape=None, **kwargs) -> int:
+    """oneDNN's kernel (float32 LSTMs on CPU): one layer and direction per call."""
+    return rnn_flops(input, [w_ih, w_hh])
+
+
+def _onednn_rnn_backward(input, w_ih, w_hh, *args, out_shape=None, **kwargs) -> int:
+    """oneDNN's backward always computes the input, initial-state and weight gradients."""
+    return 2 * rnn_flops(input, [w_ih, w_hh])
+
+
+for _op, _formula in [(aten._cudnn_rnn, _fused_rnn_forward), (aten._cudnn_rnn_backward, _fused_rnn_backward),
+                      (aten.miopen_rnn, _fused_rnn_forward), (aten.miopen_rnn_backward, _fused_rnn_backward),
+                      (aten.mkldnn_rnn_layer, _onednn_rnn_forward),
+                      (aten.mkldnn_rnn_layer_backward, _onednn_rnn_backward)]:
+    if _op not in flop_registry:
+        register_flop_formula(_op)(_formula)
 
 GB = 1e9
 
