@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import HEADS, H, L, llama
+from conftest import HEADS, KV_HEADS, H, L, llama
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -50,6 +50,30 @@ def test_prompt_methods_cost_extra_flops(tokenizer):
     for name in ("prompt_tuning", "prefix_tuning", "p_tuning"):
         model = resolve_method(name).apply(llama(tokenizer))
         assert forward_flops(model, batch_size=1, seq_len=64, vocab_size=len(tokenizer)) > base, name
+
+
+def test_prompt_methods_extra_flops_by_hand(tokenizer):
+    """What each prompt method adds to a forward of s tokens, by hand. Prompt tuning and P-tuning:
+    n more tokens through every linear layer (the LM head included) and a (s + n)² attention;
+    P-tuning's MLP encoder once over the n virtual tokens. Prefix tuning: the s queries attend
+    n more keys; its MLP maps n embeddings of the key/value width to every layer's key/values."""
+    s, n, d, vocab = 32, 5, H // HEADS, len(tokenizer)
+    base_model = llama(tokenizer)
+    linear = sum(m.in_features * m.out_features for m in base_model.modules() if isinstance(m, nn.Linear))
+    kv = KV_HEADS * d
+
+    def attention(queries: int, keys: int) -> int:
+        return L * 2 * (2 * HEADS * queries * keys * d)  # QKᵀ and AV in every layer
+
+    base = forward_flops(base_model, batch_size=1, seq_len=s, vocab_size=vocab)
+    assert base == 2 * s * linear + attention(s, s)
+    longer = 2 * (s + n) * linear + attention(s + n, s + n) - base
+    p_tuning_mlp = 2 * n * (H * 768 + 768 * 768 + 768 * H)
+    prefix_mlp = 2 * n * (kv * 512 + 512 * 2 * L * kv)
+    for name, extra in [("prompt_tuning", longer), ("p_tuning", longer + p_tuning_mlp),
+                        ("prefix_tuning", attention(s, s + n) - attention(s, s) + prefix_mlp)]:
+        model = resolve_method(name, {"num_virtual_tokens": n}).apply(llama(tokenizer))
+        assert forward_flops(model, batch_size=1, seq_len=s, vocab_size=vocab) - base == extra, name
 
 
 def _counted(step) -> tuple[int, set[str]]:
