@@ -141,7 +141,12 @@ def test_show_task(cli):
     assert_user_error(cli("show-task", "copa", "--data-dir", str(SHARED_DATA), "--index", "9999"), "--index")
 
 
-def test_cost_from_a_config_file(cli, tmp_path):
+def test_cost_from_a_config_file(cli, tmp_path, monkeypatch):
+    """Counted once, the rows come from the cache: the same output without counting; another shape
+    (or architecture) is counted anew."""
+    from peftbench.costs import from_config
+
+    monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path / "cache"))
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"model_type": "llama", "hidden_size": 128, "intermediate_size": 256,
                                   "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
@@ -152,5 +157,11 @@ def test_cost_from_a_config_file(cli, tmp_path):
     assert set(rows["lora"]) >= {"method", "trainable_params", "base_tflops", "extra_tflops"}
     assert rows["lora"]["trainable_params"] == 2 * 16 * ((128 + 128) * 2 + (256 + 128))
     assert rows["prompt_tuning"]["extra_tflops"] > 0
+    counted = []
+    monkeypatch.setattr(from_config, "forward_flops", lambda *a, **k: counted.append(1) or 0)
+    again = cli("cost", "--model-config", str(config), "--methods", "lora,prompt_tuning", "--format", "json")
+    assert again.stdout == result.stdout and not counted
+    other = cli("cost", "--model-config", str(config), "--methods", "lora", "--format", "json", "--seq-len", "64")
+    assert other.returncode == 0 and counted
     assert_user_error(cli("cost", "--model-config", "no-such-config"), "--model-config")
     assert_user_error(cli("cost", "--model-config", str(config), "--methods", "lorax"), "unknown method")

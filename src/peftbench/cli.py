@@ -527,11 +527,12 @@ def cost(
     seq_len: Annotated[int | None, typer.Option(help="Tokens in the costed forward pass (default: the cost "
                                                      "protocol's costs.flops_seq_len).", min=1)] = None,
 ) -> None:
-    """Parameters and forward FLOPs of each method from a model's configuration alone (no weights)."""
+    """Parameters and forward FLOPs of each method from a model's configuration alone (no weights);
+    counts are kept in ~/.cache/peftbench/counts/ for the next call."""
     from rich.table import Table
 
     from peftbench.config import CostsConfig
-    from peftbench.costs.from_config import cost_from_config, load_model_config
+    from peftbench.costs.from_config import config_counts, cost_from_config, load_model_config
     from peftbench.methods import paper_methods, resolve_method
     from peftbench.utils import quiet_libraries
 
@@ -540,7 +541,10 @@ def cost(
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods else paper_methods()
     for name in names:
         resolve_method(name)  # unknown names fail before any costing
-    rows = cost_from_config(load_model_config(model_config), names, seq_len=seq_len)
+    config = load_model_config(model_config)
+    counts = config_counts(config, seq_len=seq_len)
+    rows = cost_from_config(config, names, seq_len=seq_len, count=counts)
+    counts.save()
     if format is ListFormat.json:
         print(dumps_json(rows, indent=2))
         return

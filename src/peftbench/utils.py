@@ -36,6 +36,22 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "peftbench"
 
 
+LIBRARIES = ("peftbench", "torch", "transformers", "peft", "datasets", "accelerate", "tokenizers")
+
+
+def library_versions() -> dict[str, str | None]:
+    """The installed version of each library a result depends on (None: not installed)."""
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {}
+    for pkg in LIBRARIES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return versions
+
+
 def quiet_libraries() -> None:
     """Silence per-file progress bars and advice warnings from the HF libraries."""
     import datasets

@@ -10,6 +10,7 @@ LSTM prompt encoder of the paper's FLOPs-profiling config.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -19,10 +20,13 @@ import torch
 from torch import nn
 
 from peftbench.config import CostsConfig
+from peftbench.costs import flops as flops_module
 from peftbench.costs.flops import count_parameters, forward_flops
+from peftbench.costs.run import Count, CountCache, count_now
 from peftbench.errors import PeftbenchError
 from peftbench.hub import hub_reachable
 from peftbench.methods import resolve_method
+from peftbench.utils import cache_root, library_versions
 
 NAMED_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama3-8b": ("llama", {
@@ -36,6 +40,9 @@ VARIANTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "ia3": [("paper's count: down_proj outputs scaled", {"feedforward_modules": []})],
     "p_tuning": [("paper's count: LSTM encoder", {"encoder_reparameterization_type": "LSTM"})],
 }
+
+
+ROW = ("method", "trainable_params", "total_params", "base_tflops", "extra_tflops", "extra_tflops_unmerged")
 
 
 def load_model_config(name_or_path: str, *, trust_remote_code: bool = False) -> Any:
@@ -120,9 +127,10 @@ def _alike_layers(model: nn.Module, config: Any, depth: int) -> bool:
 
 
 def cost_from_config(config: Any, methods: list[str], *, batch_size: int | None = None,
-                     seq_len: int | None = None) -> list[dict]:
+                     seq_len: int | None = None, count: Count = count_now) -> list[dict]:
     """Per method: trainable/total parameters and base/extra forward TFLOPs (merged where mergeable),
-    for a forward of batch_size × seq_len tokens (default: the cost protocol's, `CostsConfig`)."""
+    for a forward of batch_size × seq_len tokens (default: the cost protocol's, `CostsConfig`).
+    `count` may answer a method's row (or the base count) from a cache (`config_counts`)."""
     protocol = CostsConfig()
     batch_size, seq_len = batch_size or protocol.flops_batch_size, seq_len or protocol.flops_seq_len
     vocab = config.vocab_size
@@ -130,20 +138,39 @@ def cost_from_config(config: Any, methods: list[str], *, batch_size: int | None 
     def forward(model: nn.Module) -> int:
         return forward_flops(model, batch_size=batch_size, seq_len=seq_len, vocab_size=vocab)
 
-    (base,) = by_depth(skeleton(config), config, skeleton, lambda model: (forward(model),))
-    rows = []
-    for name in methods:
-        entry = _cost_one(name, {}, config, forward, base)
-        entry["variants"] = [{"description": text, "args": args, **_cost_one(name, args, config, forward, base)}
-                             for text, args in VARIANTS.get(name, [])]
-        rows.append(entry)
-    return rows
+    def base_count() -> int:
+        return by_depth(skeleton(config), config, skeleton, lambda model: (forward(model),))[0]
+
+    base = int(count("base", base_count))
+
+    def row(name: str, args: dict[str, Any]) -> dict[str, Any]:
+        method = resolve_method(name, args)
+        key = f"{name} {json.dumps(method.args, sort_keys=True, default=str)}"
+        counted = count(key, lambda: _cost_one(method, config, forward, base))
+        return {k: counted[k] for k in ROW}  # in this order, whichever order a cache kept
+
+    return [{**row(name, {}), "variants": [{"description": text, "args": args, **row(name, args)}
+                                           for text, args in VARIANTS.get(name, [])]}
+            for name in methods]
 
 
-def _cost_one(name: str, args: dict[str, Any], config: Any, forward: Callable[[nn.Module], int],
-              base: int) -> dict[str, Any]:
-    method = resolve_method(name, args)
+def config_counts(config: Any, *, batch_size: int | None = None, seq_len: int | None = None) -> CountCache:
+    """The cache of `cost_from_config`'s counts for this configuration and forward shape, in
+    `<cache>/counts/`, keyed by everything a count depends on besides the method: the architecture,
+    the shape, the library versions and the code that builds and counts (this module, `flops.py`
+    and the methods package)."""
+    import peftbench.methods as methods_package
 
+    protocol = CostsConfig()
+    code = [Path(flops_module.__file__), Path(__file__), *sorted(Path(methods_package.__file__).parent.glob("*.py"))]
+    what = {"architecture": config.to_json_string(use_diff=False),
+            "shape": [batch_size or protocol.flops_batch_size, seq_len or protocol.flops_seq_len],
+            "versions": library_versions(), "code": [hashlib.sha256(p.read_bytes()).hexdigest() for p in code]}
+    key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
+    return CountCache(cache_root() / "counts" / f"config-{key}.json")
+
+
+def _cost_one(method: Any, config: Any, forward: Callable[[nn.Module], int], base: int) -> dict[str, Any]:
     def build(config: Any) -> nn.Module:
         return method.apply(skeleton(config))
 
@@ -157,5 +184,5 @@ def _cost_one(name: str, args: dict[str, Any], config: Any, forward: Callable[[n
     model = build(config)
     trainable, total = count_parameters(model)
     adapted, merged = by_depth(model, config, build, counts)
-    return {"method": name, "trainable_params": trainable, "total_params": total, "base_tflops": base / 1e12,
-            "extra_tflops": (merged - base) / 1e12, "extra_tflops_unmerged": (adapted - base) / 1e12}
+    return dict(zip(ROW, (method.name, trainable, total, base / 1e12, (merged - base) / 1e12, (adapted - base) / 1e12),
+                    strict=True))

@@ -24,25 +24,26 @@ from peftbench.costs.latency import measure_latency
 from peftbench.costs.memory import MemoryPeak, analytic_training_memory, measure_training_memory
 from peftbench.utils import atomic_write_text
 
-Count = Callable[[str, Callable[[], float]], float]
+Count = Callable[[str, Callable[[], Any]], Any]
 """(name, count) → the count's value: `count()` itself, or what a cache holds under that name."""
 
 
-def count_now(name: str, count: Callable[[], float]) -> float:
+def count_now(name: str, count: Callable[[], Any]) -> Any:
     return count()
 
 
 class CountCache:
     """Deterministic counts (FLOPs) kept in a JSON file whose name is a digest of everything they
     depend on: counting runs a forward pass under FlopCounterMode for each figure, and the same
-    model architecture, method, protocol and library versions always give the same count."""
+    model architecture, method, protocol and library versions always give the same count. A value
+    is anything JSON holds (a number, or a method's row of counts)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.known: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
+        self.known: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
         self.counted = False
 
-    def __call__(self, name: str, count: Callable[[], float]) -> float:
+    def __call__(self, name: str, count: Callable[[], Any]) -> Any:
         if name not in self.known:
             self.known[name] = count()
             self.counted = True

@@ -18,7 +18,6 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,7 +40,7 @@ from peftbench.tasks.data import load_splits, split_rows
 from peftbench.tasks.prompts import encode_example, encode_prompt, render_prompt
 from peftbench.tpv.runs import keep_task_vector
 from peftbench.training import train
-from peftbench.utils import atomic_torch_save, cache_root, pinned_threads, seed_everything, write_once
+from peftbench.utils import atomic_torch_save, cache_root, library_versions, pinned_threads, seed_everything, write_once
 
 
 class PhaseFn(Protocol):
@@ -50,7 +49,6 @@ class PhaseFn(Protocol):
     def __call__(self, name: str, done: int, total: int, loss: float | None = None) -> None: ...
 
 
-PACKAGES = ("peftbench", "torch", "transformers", "peft", "datasets", "accelerate", "tokenizers")
 DATA_SPLIT_SEED = 0
 
 
@@ -199,15 +197,9 @@ class RunContext:
 
     @cached_property
     def provenance(self) -> dict[str, Any]:
-        versions = {}
-        for pkg in PACKAGES:
-            try:
-                versions[pkg] = metadata.version(pkg)
-            except metadata.PackageNotFoundError:
-                versions[pkg] = None
         device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor()
         return {
-            "versions": versions,
+            "versions": library_versions(),
             "python": platform.python_version(),
             "platform": platform.platform(),
             "git_commit": _git_commit(),
