@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import HEADS, KV_HEADS, H, L, llama
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from peftbench.costs import count_parameters, forward_flops, peak_memory
+from peftbench.costs.flops import flop_counter, train_step_flops
 from peftbench.methods import resolve_method
 
 
@@ -78,7 +78,7 @@ def test_prompt_methods_extra_flops_by_hand(tokenizer):
 
 def _counted(step) -> tuple[int, set[str]]:
     """FLOPs of `step()` and the ops that carried them."""
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()
     with counter:
         step()
     return counter.get_total_flops(), {str(op) for op in counter.get_flop_counts()["Global"]}
@@ -123,6 +123,69 @@ def test_fused_lstm_kernels_count_as_their_per_step_products():
                      None, None)
     assert cudnn_back(*backward_args, [True, False, False, True]) == 2 * forward  # weights' gradients too
     assert cudnn_back(*backward_args, output_mask=[True, True, False, False]) == forward
+
+
+def test_grouped_products_count_as_the_per_group_products_they_replace():
+    """`_grouped_mm` (and transformers' looping stand-in, an opaque op) had no formula: a mixture of
+    experts' expert products counted 0. Forward and backward must count as a loop of `mm`s over
+    the groups, counted by torch's own `mm` formula."""
+    import transformers.integrations.moe  # noqa: F401 (registers transformers' stand-in op)
+
+    torch.manual_seed(0)
+    rows, k, n, offs = 12, 16, 8, [3, 3, 7, 12]  # 4 experts, the second gets no rows
+    weight = torch.randn(len(offs), k, n, requires_grad=True)
+    x = torch.randn(rows, k, requires_grad=True)
+    offsets = torch.tensor(offs, dtype=torch.int32)
+
+    def looped() -> torch.Tensor:
+        return torch.cat([x[a:b] @ weight[g] for g, (a, b) in enumerate(zip([0, *offs[:-1]], offs, strict=True))])
+
+    candidates = {"_grouped_mm": lambda: torch._grouped_mm(x, weight, offs=offsets),
+                  "transformers' fallback": lambda: torch.ops.transformers.grouped_mm_fallback(x, weight, offsets)}
+    (reference, _), (reference_back, _) = _forward_backward(looped)
+    assert reference == 2 * rows * k * n and reference_back == 2 * reference
+    for name, grouped in candidates.items():
+        (forward, ops), (backward, _) = _forward_backward(grouped)
+        assert "aten.mm" not in ops, name  # the grouped op itself was counted, not a decomposition
+        assert (forward, backward) == (reference, reference_back), name
+    batched = torch.randn(len(offs), 5, k)  # 3-D × 3-D: a batch of products
+    forward, _ = _counted(lambda: torch._grouped_mm(batched, weight))
+    assert forward == _counted(lambda: torch.bmm(batched, weight))[0]
+
+
+def _forward_backward(product) -> tuple[tuple[int, set[str]], tuple[int, set[str]]]:
+    """Counts of `product()`'s forward and of its backward (gradients of every input that has one)."""
+    out = []
+    forward = _counted(lambda: out.append(product()))
+    backward = _counted(lambda: (out[0] * out[0].detach()).sum().backward())  # a grad_output with strides
+    return forward, backward
+
+
+def test_mixture_of_experts_layers_count_their_experts():
+    """A tiny Mixtral (4 experts, top 2) in transformers' default grouped experts and in its eager
+    loop, and from its config on the meta device: one count, the hand count's."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    from peftbench.costs.from_config import cost_from_config
+
+    s, experts, top, ff, vocab = 32, 4, 2, 128, 512
+    config = MixtralConfig(hidden_size=H, intermediate_size=ff, num_hidden_layers=L, num_attention_heads=HEADS,
+                           num_key_value_heads=KV_HEADS, vocab_size=vocab, num_local_experts=experts,
+                           num_experts_per_tok=top)
+    d = H // HEADS
+    per_token = L * (H * H * 2 + H * KV_HEADS * d * 2 + H * experts + top * 3 * H * ff) + H * vocab
+    hand = 2 * s * per_token + L * 2 * (2 * HEADS * s * s * d)
+    counts = {}
+    for implementation in ("grouped_mm", "eager"):
+        torch.manual_seed(0)
+        model = MixtralForCausalLM._from_config(config, experts_implementation=implementation).eval()
+        assert model.config._experts_implementation == implementation
+        counts[implementation] = (forward_flops(model, batch_size=1, seq_len=s, vocab_size=vocab),
+                                  train_step_flops(model, batch_size=1, seq_len=s, vocab_size=vocab))
+    assert counts["grouped_mm"] == counts["eager"] and counts["eager"][0] == hand
+    config._experts_implementation = None  # the default, as a config read from disk has it
+    (row,) = cost_from_config(config, ["bitfit"], seq_len=s)
+    assert row["base_tflops"] * 1e12 == hand
 
 
 def test_p_tuning_lstm_encoder_costs_the_same_in_float32_as_from_the_config(tokenizer):
@@ -360,7 +423,7 @@ def test_counts_from_shallow_copies_are_the_full_models(tmp_path, monkeypatch):
 
 # --- training FLOPs, memory ------------------------------------------------------------------------------
 
-from peftbench.costs.flops import flops_per_generated_token, train_step_flops  # noqa: E402
+from peftbench.costs.flops import flops_per_generated_token  # noqa: E402
 from peftbench.costs.memory import analytic_training_memory, measure_training_memory  # noqa: E402
 
 

@@ -8,13 +8,17 @@ cost 0 extra FLOPs by this protocol. torch has no formula for the CPU SDPA kerne
 registered here with the same count as the GPU kernels: CPU and GPU figures agree. Nor for the
 fused recurrent kernels (oneDNN on CPU, cuDNN and MIOpen on GPU) that run an `nn.LSTM`, such as
 P-tuning's LSTM prompt encoder: uncounted, its matrix products vanished from float32 counts while
-bfloat16 (which torch decomposes into `addmm`s) counted them. Formulas are registered for them too.
+bfloat16 (which torch decomposes into `addmm`s) counted them. Nor for grouped matrix products,
+which transformers 5 runs mixture-of-experts layers through by default (`_grouped_mm`, or its own
+looping fallback op on older torch and GPUs): the experts, most of such a model's compute, counted 0.
+Formulas are registered for all of them, each tested against the products it stands for.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -72,7 +76,44 @@ def _onednn_rnn_backward(input, w_ih, w_hh, *args, out_shape=None, **kwargs) -> 
     return 2 * rnn_flops(input, [w_ih, w_hh])
 
 
-for _op, _formula in [(aten._cudnn_rnn, _fused_rnn_forward), (aten._cudnn_rnn_backward, _fused_rnn_backward),
+def grouped_mm_flops(a_shape: tuple[int, ...], b_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
+    """FLOPs of a grouped matrix product, as of the per-group `mm`s it replaces. The groups split
+    the rows of a 2-D `a` against a 3-D `b` (experts: (ΣM, K) × (G, K, N)), the columns of a 3-D `a`
+    against a 2-D `b`, or are a batch (3-D × 3-D): each output element is a K-long dot product. Two
+    2-D operands split the contraction instead ((M, ΣK) × (ΣK, N) → (G, M, N), a weight gradient)."""
+    if len(a_shape) == 2 and len(b_shape) == 2:
+        return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+    return 2 * math.prod(out_shape) * a_shape[-1]
+
+
+def _grouped_mm_formula(a, b, *args, out_shape=None, **kwargs) -> int:
+    return grouped_mm_flops(a, b, out_shape)
+
+
+def _grouped_mm_fallback_backward(input, weight, offs, grad_output, out_shape=None, **kwargs) -> int:
+    """The input's and the experts' gradients, each one forward's worth of products."""
+    return 2 * grouped_mm_flops(input, weight, grad_output)
+
+
+def _register_transformers_ops() -> None:
+    """transformers' looping stand-in for `_grouped_mm` is an opaque custom op (the counter sees
+    none of its `mm`s); it exists once transformers' MoE integration is imported."""
+    ops = getattr(torch.ops, "transformers", None)
+    for name, formula in [("grouped_mm_fallback", _grouped_mm_formula), ("grouped_mm_fallback_backward",
+                                                                  _grouped_mm_fallback_backward)]:
+        op = getattr(ops, name, None) if "transformers.integrations.moe" in sys.modules else None
+        if op is not None and op not in flop_registry:
+            register_flop_formula(op)(formula)
+
+
+def flop_counter() -> FlopCounterMode:
+    """A FLOP counter that knows every kernel registered here."""
+    _register_transformers_ops()
+    return FlopCounterMode(display=False)
+
+
+for _op, _formula in [(aten._grouped_mm, _grouped_mm_formula), (aten._scaled_grouped_mm, _grouped_mm_formula),
+                      (aten._cudnn_rnn, _fused_rnn_forward), (aten._cudnn_rnn_backward, _fused_rnn_backward),
                       (aten.miopen_rnn, _fused_rnn_forward), (aten.miopen_rnn_backward, _fused_rnn_backward),
                       (aten.mkldnn_rnn_layer, _onednn_rnn_forward),
                       (aten.mkldnn_rnn_layer_backward, _onednn_rnn_backward)]:
@@ -110,7 +151,7 @@ def _count(model: nn.Module, ids: torch.Tensor, training: bool, step: Callable[[
 
     was_training = model.training
     model.train(training)
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()
     fake = FakeTensorMode(allow_non_fake_inputs=True) if ids.device.type == "meta" else contextlib.nullcontext()
     with fake, counter:
         step()
@@ -139,7 +180,7 @@ def flops_per_generated_token(model: nn.Module, *, context_len: int, new_tokens:
     ids = _token_ids(model, 1, context_len, vocab_size)[0].tolist()
 
     def count(n: int) -> int:
-        counter = FlopCounterMode(display=False)
+        counter = flop_counter()
         with counter:
             decode(model, [ids], max_new_tokens=n, eos=(), pad_id=0)
         return int(counter.get_total_flops())
