@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
-from conftest import HEADS, KV_HEADS, H, L, llama
+from conftest import HEADS, KV_HEADS, METHOD_CASES, H, L, gpt2, llama
 from torch import nn
 
 from peftbench.costs import count_parameters, forward_flops, peak_memory
-from peftbench.costs.flops import flop_counter, train_step_flops
+from peftbench.costs.flops import (
+    UncountedFlopsWarning,
+    flop_counter,
+    flops_per_generated_token,
+    multiplies_matrices,
+    train_step_flops,
+)
 from peftbench.methods import resolve_method
 
 
@@ -186,6 +194,36 @@ def test_mixture_of_experts_layers_count_their_experts():
     config._experts_implementation = None  # the default, as a config read from disk has it
     (row,) = cost_from_config(config, ["bitfit"], seq_len=s)
     assert row["base_tflops"] * 1e12 == hand
+
+
+@torch.library.custom_op("peftbench_test::fused_mm", mutates_args=())
+def _fused_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """A matrix product in a kernel the counter has no formula for, as a new fused kernel would be."""
+    return a @ b
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_no_op_that_multiplies_matrices_runs_uncounted(tokenizer, architecture):
+    """Every method (and peft's plain prompt tuners) through the forward, the training step and the
+    decoder the costs count: no op whose name says it multiplies matrices runs without a formula.
+    A library release that moves a model onto a new fused kernel fails here instead of counting 0;
+    the guard itself must see such an op."""
+    build = {"llama": llama, "gpt2": gpt2}[architecture]
+    vocab = len(tokenizer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UncountedFlopsWarning)
+        for name, args in METHOD_CASES:
+            model = resolve_method(name, args).apply(build(tokenizer))
+            forward_flops(model, batch_size=1, seq_len=8, vocab_size=vocab)
+            if any(p.requires_grad for p in model.parameters()):  # as the costs count it
+                train_step_flops(model, batch_size=1, seq_len=8, vocab_size=vocab)
+            flops_per_generated_token(model, context_len=8, new_tokens=1, vocab_size=vocab)
+    with pytest.warns(UncountedFlopsWarning, match="peftbench_test.fused_mm"), flop_counter():
+        torch.ops.peftbench_test.fused_mm(torch.ones(2, 3), torch.ones(3, 4))
+    names = ["aten._grouped_mm", "aten.mkldnn_rnn_layer", "aten._addmm_activation", "aten._weight_int4pack_mm",
+             "bitsandbytes.int8_linear_matmul", "flash_attn._flash_attn_forward", "aten.cudnn_convolution",
+             "aten.cummax", "aten.cumsum", "aten.mul", "aten._convert_indices_from_coo_to_csr", "c10d.comm_split"]
+    assert [multiplies_matrices(n) for n in names] == [True] * 7 + [False] * 5
 
 
 def test_p_tuning_lstm_encoder_costs_the_same_in_float32_as_from_the_config(tokenizer):
@@ -423,7 +461,6 @@ def test_counts_from_shallow_copies_are_the_full_models(tmp_path, monkeypatch):
 
 # --- training FLOPs, memory ------------------------------------------------------------------------------
 
-from peftbench.costs.flops import flops_per_generated_token  # noqa: E402
 from peftbench.costs.memory import analytic_training_memory, measure_training_memory  # noqa: E402
 
 

@@ -11,14 +11,18 @@ P-tuning's LSTM prompt encoder: uncounted, its matrix products vanished from flo
 bfloat16 (which torch decomposes into `addmm`s) counted them. Nor for grouped matrix products,
 which transformers 5 runs mixture-of-experts layers through by default (`_grouped_mm`, or its own
 looping fallback op on older torch and GPUs): the experts, most of such a model's compute, counted 0.
-Formulas are registered for all of them, each tested against the products it stands for.
+Formulas are registered for all of them, each tested against the products it stands for, and the
+counter warns (`UncountedFlopsWarning`) when an op whose name says it multiplies matrices runs
+without one, so that the next such kernel does not count 0 in silence.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import re
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -98,18 +102,55 @@ def _grouped_mm_fallback_backward(input, weight, offs, grad_output, out_shape=No
 def _register_transformers_ops() -> None:
     """transformers' looping stand-in for `_grouped_mm` is an opaque custom op (the counter sees
     none of its `mm`s); it exists once transformers' MoE integration is imported."""
-    ops = getattr(torch.ops, "transformers", None)
-    for name, formula in [("grouped_mm_fallback", _grouped_mm_formula), ("grouped_mm_fallback_backward",
-                                                                  _grouped_mm_fallback_backward)]:
-        op = getattr(ops, name, None) if "transformers.integrations.moe" in sys.modules else None
+    if "transformers.integrations.moe" not in sys.modules:
+        return
+    for name, formula in [("grouped_mm_fallback", _grouped_mm_formula),
+                          ("grouped_mm_fallback_backward", _grouped_mm_fallback_backward)]:
+        op = getattr(torch.ops.transformers, name, None)
         if op is not None and op not in flop_registry:
             register_flop_formula(op)(formula)
 
 
+MATRIX_WORDS = {"linear", "rnn", "lstm", "gru", "attention", "attn", "sdpa"}
+
+
+def multiplies_matrices(op_name: str) -> bool:
+    """Whether an op's name says it multiplies matrices: one of its words ends in mm, matmul or gemm
+    (not "comm"), starts with conv (not "convert"), or is linear, rnn, lstm, gru, attention, attn, sdpa."""
+    return any(w.endswith(("mm", "matmul", "gemm")) and w != "comm" or w.startswith("conv") and not
+               w.startswith("convert") or w in MATRIX_WORDS for w in re.split(r"[._]", op_name.lower()))
+
+
+class UncountedFlopsWarning(UserWarning):
+    """An op that multiplies matrices ran without a FLOP formula: the count is a lower bound."""
+
+
+class _Counter(FlopCounterMode):
+    """A FlopCounterMode that notes the ops it has no formula for whose names say they multiply
+    matrices: the fused kernels above each counted 0 without a trace, and a library release can
+    route a model through a new one at any time."""
+
+    def __init__(self) -> None:
+        super().__init__(display=False)
+        self.uncounted: set[str] = set()
+
+    def _count_flops(self, func_packet: Any, out: Any, args: Any, kwargs: Any) -> Any:
+        if func_packet not in self.flop_registry and multiplies_matrices(str(func_packet)):
+            self.uncounted.add(str(func_packet))
+        return super()._count_flops(func_packet, out, args, kwargs)
+
+    def __exit__(self, *exc: Any) -> Any:
+        suppressed = super().__exit__(*exc)
+        if self.uncounted:
+            warnings.warn(f"FLOPs of {', '.join(sorted(self.uncounted))} are not counted (no FLOP formula): this "
+                          "model's FLOP figures are lower bounds", UncountedFlopsWarning, stacklevel=2)
+        return suppressed
+
+
 def flop_counter() -> FlopCounterMode:
-    """A FLOP counter that knows every kernel registered here."""
+    """A FLOP counter that knows every kernel registered here and warns about ops it cannot count."""
     _register_transformers_ops()
-    return FlopCounterMode(display=False)
+    return _Counter()
 
 
 for _op, _formula in [(aten._grouped_mm, _grouped_mm_formula), (aten._scaled_grouped_mm, _grouped_mm_formula),
