@@ -1,0 +1,87 @@
+"""What only a CUDA GPU can check (skipped without one; `pytest -m gpu` where a GPU is lent): the
+kernels a GPU runs instead of the CPU's (cuBLAS, fused attention, cuDNN's LSTM, grouped experts)
+count what the CPU counts, and the GPU-only measures (peak memory, energy) read this process's GPU."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from conftest import METHOD_CASES, llama
+from torch import nn
+
+from peftbench.costs import forward_flops, peak_memory
+from peftbench.costs.energy import EnergyMeter
+from peftbench.costs.flops import UncountedFlopsWarning, flop_counter, flops_per_generated_token, train_step_flops
+from peftbench.methods import resolve_method
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+CUDA = torch.device("cuda")
+
+
+def test_every_method_counts_on_the_gpu_what_it_counts_on_the_cpu(tokenizer):
+    """Forward, training step and decoding of every method: the same counts on both devices (the
+    CPU SDPA formula is the GPU kernels'), and no op that multiplies matrices runs uncounted."""
+    vocab = len(tokenizer)
+
+    def counts(model: nn.Module) -> tuple[float, ...]:
+        trains = any(p.requires_grad for p in model.parameters())
+        return (forward_flops(model, batch_size=2, seq_len=16, vocab_size=vocab),
+                train_step_flops(model, batch_size=2, seq_len=16, vocab_size=vocab) if trains else 0,
+                flops_per_generated_token(model, context_len=16, new_tokens=2, vocab_size=vocab))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UncountedFlopsWarning)
+        for name, args in METHOD_CASES:
+            cpu = counts(resolve_method(name, args).apply(llama(tokenizer)))
+            gpu = counts(resolve_method(name, args).apply(llama(tokenizer)).to(CUDA))
+            assert gpu == cpu, name
+
+
+def test_cudnn_lstm_counts_its_products():
+    steps, batch, inp, hid = 5, 3, 8, 16
+    hand = 2 * steps * batch * 4 * hid * ((inp + hid) * 2 + (2 * hid + hid) * 2)
+    lstm = nn.LSTM(inp, hid, num_layers=2, bidirectional=True, batch_first=True).to(CUDA)
+    x = torch.randn(batch, steps, inp, device=CUDA, requires_grad=True)
+    out, forward, backward = [], flop_counter(), flop_counter()
+    with forward:
+        out.append(lstm(x)[0])
+    with backward:
+        (out[0] * out[0].detach()).sum().backward()
+    assert "aten._cudnn_rnn" in {str(op) for op in forward.get_flop_counts()["Global"]}
+    assert (forward.get_total_flops(), backward.get_total_flops()) == (hand, 2 * hand)
+
+
+def test_grouped_experts_count_as_the_eager_loop_on_the_gpu():
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    config = MixtralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, vocab_size=512, num_local_experts=4, num_experts_per_tok=2)
+    counts = {}
+    for implementation in ("grouped_mm", "eager"):
+        torch.manual_seed(0)
+        model = MixtralForCausalLM._from_config(config, experts_implementation=implementation,
+                                                dtype=torch.bfloat16).to(CUDA).eval()
+        counts[implementation] = forward_flops(model, batch_size=1, seq_len=32, vocab_size=512)
+    assert counts["grouped_mm"] == counts["eager"] > 0
+
+
+def test_peak_memory_on_the_gpu_is_the_allocators_peak():
+    model = nn.Linear(8, 8).to(CUDA)
+    with peak_memory(CUDA, model) as peak:
+        big = torch.ones(64 * 1024 * 1024 // 4, device=CUDA)  # 64 MiB
+        del big
+    assert peak.source == "cuda_max_allocated" and peak.peak_bytes >= 64 * 1024 * 1024
+
+
+def test_energy_is_read_from_this_processes_gpu():
+    pytest.importorskip("pynvml")
+    meter = EnergyMeter(CUDA)
+    assert meter._handle is not None, "NVML found no GPU with torch's UUID for cuda:0"
+    a = torch.randn(4096, 4096, device=CUDA)
+    with meter:
+        for _ in range(200):
+            a = a @ a / 64
+        torch.cuda.synchronize()
+    assert meter.joules is not None and meter.joules > 0
