@@ -53,6 +53,21 @@ def test_attention_is_counted_on_the_cpu_sdpa_kernel(tokenizer):
     assert n_sdpa == 2 * seq * linear_params + attention
 
 
+def test_grouped_query_attention_counts_as_with_repeated_key_values():
+    """SDPA kernels get grouped-query attention's fewer key/value heads as they are; torch before 2.13
+    rejected those shapes (counting any Llama 3 failed). Forward and backward count as the same
+    attention with the key/values repeated to every query head."""
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 8, 16, requires_grad=True)
+    k, v = (torch.randn(2, 2, 8, 16, requires_grad=True) for _ in range(2))
+    sdpa = nn.functional.scaled_dot_product_attention
+    grouped = _forward_backward(lambda: sdpa(q, k, v, is_causal=True, enable_gqa=True))
+    repeated = _forward_backward(lambda: sdpa(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), is_causal=True))
+    assert [count for count, _ in grouped] == [count for count, _ in repeated]
+    assert any("scaled_dot_product" in op for op in grouped[0][1])
+    assert grouped[0][0] == 2 * (2 * 2 * 4 * 8 * 8 * 16)  # QKᵀ and AV for 2 × 4 query heads
+
+
 def test_prompt_methods_cost_extra_flops(tokenizer):
     base = forward_flops(llama(tokenizer), batch_size=1, seq_len=64, vocab_size=len(tokenizer))
     for name in ("prompt_tuning", "prefix_tuning", "p_tuning"):
@@ -94,30 +109,34 @@ def _counted(step) -> tuple[int, set[str]]:
 
 def test_fused_lstm_kernels_count_as_their_per_step_products():
     """float32 LSTMs on CPU run in one oneDNN kernel, which torch's counter has no formula for: they
-    counted 0 FLOPs, while bfloat16 ones, decomposed into per-step `addmm`s, were counted. Both
-    must give the hand count; cuDNN's formula, fed the same weights, too."""
+    counted 0 FLOPs, while with oneDNN off (or in bfloat16 on CPUs without bf16 kernels) torch
+    decomposes them into per-step `addmm`s, which were counted. Both must give the hand count;
+    cuDNN's formula, fed the same weights, too."""
     from torch.utils.flop_counter import flop_registry
 
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN kernel to check")
     steps, batch, inp, hid, proj = 5, 3, 8, 16, 4
     # 2 layers × 2 directions, each token: x·W_ihᵀ (4·hid × in) + h·W_hhᵀ (4·hid × hid); layer 2 reads 2·hid
     hand = 2 * steps * batch * 4 * hid * ((inp + hid) * 2 + (2 * hid + hid) * 2)
 
-    def forward_and_backward(dtype: torch.dtype) -> tuple[int, int, set[str]]:
+    def forward_and_backward(fused: bool) -> tuple[int, int, set[str]]:
         torch.manual_seed(0)
-        lstm = nn.LSTM(inp, hid, num_layers=2, bidirectional=True, batch_first=True).to(dtype)
-        x = torch.randn(batch, steps, inp, dtype=dtype, requires_grad=True)
+        lstm = nn.LSTM(inp, hid, num_layers=2, bidirectional=True, batch_first=True)
+        x = torch.randn(batch, steps, inp, requires_grad=True)
         out = []
-        forward, ops = _counted(lambda: out.append(lstm(x)[0]))
-        backward, _ = _counted(lambda: out[0].sum().backward())
+        with torch.backends.mkldnn.flags(enabled=fused):
+            forward, ops = _counted(lambda: out.append(lstm(x)[0]))
+            backward, _ = _counted(lambda: out[0].sum().backward())
         return forward, backward, ops
 
-    f32, f32_back, f32_ops = forward_and_backward(torch.float32)
-    bf16, bf16_back, bf16_ops = forward_and_backward(torch.bfloat16)
-    assert f32_ops == {"aten.mkldnn_rnn_layer"} and bf16_ops == {"aten.addmm", "aten.mm"}  # the two paths ran
-    assert f32 == bf16 == hand
+    fused, fused_back, fused_ops = forward_and_backward(True)
+    decomposed, decomposed_back, decomposed_ops = forward_and_backward(False)
+    assert fused_ops == {"aten.mkldnn_rnn_layer"} and decomposed_ops == {"aten.addmm", "aten.mm"}  # both paths ran
+    assert fused == decomposed == hand
     # backward: input and weight gradients, 2× forward; oneDNN also computes the initial state's
     # gradient, which autograd skips for the decomposition's zero h₀ (one h·W_hhᵀ per layer and direction)
-    assert f32_back == 2 * hand == bf16_back + 4 * 2 * batch * 4 * hid * hid
+    assert fused_back == 2 * hand == decomposed_back + 4 * 2 * batch * 4 * hid * hid
 
     lstm = nn.LSTM(inp, hid, num_layers=2, bidirectional=True, proj_size=proj)  # oneDNN has no projection
     x = torch.randn(steps, batch, inp)

@@ -125,13 +125,38 @@ class UncountedFlopsWarning(UserWarning):
     """An op that multiplies matrices ran without a FLOP formula: the count is a lower bound."""
 
 
+# Every SDPA kernel, with where its query is among its arguments (after the gradient, backward).
+SDPA_OPS = {f"_scaled_dot_product_{kernel}{direction}": query_at
+            for kernel in ("flash_attention_for_cpu", "efficient_attention", "flash_attention", "cudnn_attention")
+            for direction, query_at in (("", 0), ("_backward", 1))}
+
+
+def _grouped_query_attention(formula: Callable[..., int], query_at: int) -> Callable[..., int]:
+    """torch's formula for an SDPA kernel, called with the key/value heads of grouped-query attention
+    (Llama 3, Qwen, Mistral: fewer key/value heads than query heads, which transformers hands the
+    kernels as they are) broadcast to the query's. Every query head still multiplies a whole key and
+    value, so this is the count of the same attention with repeated key/values (eager attention's),
+    and torch 2.13's own; earlier torch releases reject such shapes, and counting failed."""
+    def count(*shapes: Any, out_shape: Any = None, **kwargs: Any) -> int:
+        shapes = list(shapes)
+        heads = shapes[query_at][1]
+        for i in (query_at + 1, query_at + 2):
+            if len(shapes[i]) == 4 and shapes[i][1] != heads:
+                shapes[i] = torch.Size([shapes[i][0], heads, *shapes[i][2:]])
+        return formula(*shapes, out_val=out_shape, **kwargs)
+
+    return count
+
+
 class _Counter(FlopCounterMode):
     """A FlopCounterMode that notes the ops it has no formula for whose names say they multiply
     matrices: the fused kernels above each counted 0 without a trace, and a library release can
     route a model through a new one at any time."""
 
     def __init__(self) -> None:
-        super().__init__(display=False)
+        ops = {getattr(aten, name, None): at for name, at in SDPA_OPS.items()}
+        sdpa = {op: _grouped_query_attention(flop_registry[op], at) for op, at in ops.items() if op in flop_registry}
+        super().__init__(display=False, custom_mapping=sdpa)
         self.uncounted: set[str] = set()
 
     def _count_flops(self, func_packet: Any, out: Any, args: Any, kwargs: Any) -> Any:
@@ -153,12 +178,12 @@ def flop_counter() -> FlopCounterMode:
     return _Counter()
 
 
-for _op, _formula in [(aten._grouped_mm, _grouped_mm_formula), (aten._scaled_grouped_mm, _grouped_mm_formula),
-                      (aten._cudnn_rnn, _fused_rnn_forward), (aten._cudnn_rnn_backward, _fused_rnn_backward),
-                      (aten.miopen_rnn, _fused_rnn_forward), (aten.miopen_rnn_backward, _fused_rnn_backward),
-                      (aten.mkldnn_rnn_layer, _onednn_rnn_forward),
-                      (aten.mkldnn_rnn_layer_backward, _onednn_rnn_backward)]:
-    if _op not in flop_registry:
+for _name, _formula in [("_grouped_mm", _grouped_mm_formula), ("_scaled_grouped_mm", _grouped_mm_formula),
+                        ("_cudnn_rnn", _fused_rnn_forward), ("_cudnn_rnn_backward", _fused_rnn_backward),
+                        ("miopen_rnn", _fused_rnn_forward), ("miopen_rnn_backward", _fused_rnn_backward),
+                        ("mkldnn_rnn_layer", _onednn_rnn_forward), ("mkldnn_rnn_layer_backward", _onednn_rnn_backward)]:
+    _op = getattr(aten, _name, None)  # torch releases before the kernel existed lack the op
+    if _op is not None and _op not in flop_registry:
         register_flop_formula(_op)(_formula)
 
 GB = 1e9
