@@ -53,10 +53,25 @@ def test_attention_is_counted_on_the_cpu_sdpa_kernel(tokenizer):
     assert n_sdpa == 2 * seq * linear_params + attention
 
 
-def test_grouped_query_attention_counts_as_with_repeated_key_values():
+def test_grouped_query_attention_counts_as_with_repeated_key_values(monkeypatch):
     """SDPA kernels get grouped-query attention's fewer key/value heads as they are; torch before 2.13
     rejected those shapes (counting any Llama 3 failed). Forward and backward count as the same
-    attention with the key/values repeated to every query head."""
+    attention with the key/values repeated to every query head, also under formulas that accept only
+    equal heads, as those releases' did."""
+    import torch.utils.flop_counter as torch_counter
+
+    from peftbench.costs import flops
+
+    def equal_heads_only(count):
+        def strict(*shapes):
+            assert len({shape[1] for shape in shapes}) == 1, "query/key/value shapes are incompatible"
+            return count(*shapes)
+        return strict
+
+    for module in (torch_counter, flops):
+        for name in ("sdpa_flop_count", "sdpa_backward_flop_count"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, equal_heads_only(getattr(module, name)))
     torch.manual_seed(0)
     q = torch.randn(2, 4, 8, 16, requires_grad=True)
     k, v = (torch.randn(2, 2, 8, 16, requires_grad=True) for _ in range(2))
