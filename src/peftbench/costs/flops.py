@@ -115,7 +115,7 @@ def _register_transformers_ops() -> None:
 MATRIX_WORDS = {"linear", "rnn", "lstm", "gru", "attention", "attn", "sdpa"}
 
 
-@functools.lru_cache(maxsize=None)  # asked for every op a count dispatches
+@functools.cache  # asked for every op a count dispatches
 def multiplies_matrices(op_name: str) -> bool:
     """Whether an op's name says it multiplies matrices: one of its words ends in mm, matmul or gemm
     (not "comm"), starts with conv (not "convert"), or is linear, rnn, lstm, gru, attention, attn, sdpa."""
