@@ -59,24 +59,24 @@ def rnn_flops(input_shape: tuple[int, ...], weight_shapes: list[tuple[int, ...]]
     return 2 * tokens * sum(math.prod(w) for w in weight_shapes if len(w) == 2)
 
 
-def _fused_rnn_forward(input, weight, *args, out_shape=None, **kwargs) -> int:
+def _fused_rnn_forward(input: Any, weight: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
     """cuDNN's and MIOpen's kernels: `weight` lists every layer's and direction's tensors."""
     return rnn_flops(input, weight)
 
 
-def _fused_rnn_backward(input, weight, *args, out_shape=None, **kwargs) -> int:
+def _fused_rnn_backward(input: Any, weight: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
     """The gradients of the input and initial state (one forward's worth of products, computed in
     every case: the recurrence needs them) and, when `output_mask[3]` asks, of the weights."""
     weights_too = kwargs.get("output_mask", args[-1])[3]
     return (1 + int(weights_too)) * rnn_flops(input, weight)
 
 
-def _onednn_rnn_forward(input, w_ih, w_hh, *args, out_shape=None, **kwargs) -> int:
+def _onednn_rnn_forward(input: Any, w_ih: Any, w_hh: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
     """oneDNN's kernel (float32 LSTMs on CPU): one layer and direction per call."""
     return rnn_flops(input, [w_ih, w_hh])
 
 
-def _onednn_rnn_backward(input, w_ih, w_hh, *args, out_shape=None, **kwargs) -> int:
+def _onednn_rnn_backward(input: Any, w_ih: Any, w_hh: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
     """oneDNN's backward always computes the input, initial-state and weight gradients."""
     return 2 * rnn_flops(input, [w_ih, w_hh])
 
@@ -91,11 +91,12 @@ def grouped_mm_flops(a_shape: tuple[int, ...], b_shape: tuple[int, ...], out_sha
     return 2 * math.prod(out_shape) * a_shape[-1]
 
 
-def _grouped_mm_formula(a, b, *args, out_shape=None, **kwargs) -> int:
+def _grouped_mm_formula(a: Any, b: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
     return grouped_mm_flops(a, b, out_shape)
 
 
-def _grouped_mm_fallback_backward(input, weight, offs, grad_output, out_shape=None, **kwargs) -> int:
+def _grouped_mm_fallback_backward(input: Any, weight: Any, offs: Any, grad_output: Any, out_shape: Any = None,
+                                  **kwargs: Any) -> int:
     """The input's and the experts' gradients, each one forward's worth of products."""
     return 2 * grouped_mm_flops(input, weight, grad_output)
 
