@@ -36,6 +36,14 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "peftbench"
 
 
+def cache_key(what: dict[str, Any]) -> str:
+    """A short digest of everything a cached value depends on (JSON, keys sorted)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
 LIBRARIES = ("peftbench", "torch", "transformers", "peft", "datasets", "accelerate", "tokenizers")
 
 

@@ -26,7 +26,7 @@ from peftbench.costs.run import Count, CountCache, count_now
 from peftbench.errors import PeftbenchError
 from peftbench.hub import hub_reachable
 from peftbench.methods import resolve_method
-from peftbench.utils import cache_root, library_versions
+from peftbench.utils import cache_key, cache_root, library_versions
 
 NAMED_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama3-8b": ("llama", {
@@ -166,8 +166,7 @@ def config_counts(config: Any, *, batch_size: int | None = None, seq_len: int | 
     what = {"architecture": config.to_json_string(use_diff=False),
             "shape": [batch_size or protocol.flops_batch_size, seq_len or protocol.flops_seq_len],
             "versions": library_versions(), "code": [hashlib.sha256(p.read_bytes()).hexdigest() for p in code]}
-    key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
-    return CountCache(cache_root() / "counts" / f"config-{key}.json")
+    return CountCache(cache_root() / "counts" / f"config-{cache_key(what)}.json")
 
 
 def _cost_one(method: Any, config: Any, forward: Callable[[nn.Module], int], base: int) -> dict[str, Any]:

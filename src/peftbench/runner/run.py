@@ -40,7 +40,15 @@ from peftbench.tasks.data import load_splits, split_rows
 from peftbench.tasks.prompts import encode_example, encode_prompt, render_prompt
 from peftbench.tpv.runs import keep_task_vector
 from peftbench.training import train
-from peftbench.utils import atomic_torch_save, cache_root, library_versions, pinned_threads, seed_everything, write_once
+from peftbench.utils import (
+    atomic_torch_save,
+    cache_key,
+    cache_root,
+    library_versions,
+    pinned_threads,
+    seed_everything,
+    write_once,
+)
 
 
 class PhaseFn(Protocol):
@@ -159,7 +167,7 @@ class RunContext:
                 "device": [self.provenance["device"], self.provenance["device_name"]],
                 "threads": self.cfg.runtime.threads,
                 "versions": self.provenance["versions"]}
-        key = _digest(what)
+        key = cache_key(what)
         path = self.out_dir / "costs" / f"{key}.json"
         if key not in self._method_costs and not path.is_file():
             counts = self.counts({"method": method, "memory_batch_size": memory_batch_size})
@@ -178,7 +186,7 @@ class RunContext:
         through), everything a count depends on. The trained values, the task and the seed do not
         change a count."""
         model = self.fresh_model() if self._pristine is None else self._pristine
-        key = _digest({**what, "architecture": model.config.to_json_string(use_diff=False),
+        key = cache_key({**what, "architecture": model.config.to_json_string(use_diff=False),
                        "costs": self.cfg.costs.model_dump(mode="json"), "device": self.device.type,
                        "versions": self.provenance["versions"],
                        "counting": [hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest()
@@ -208,10 +216,6 @@ class RunContext:
             "threads": self.cfg.runtime.threads,
             "model_location": self.source.location,
         }
-
-
-def _digest(what: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 def _no_phase(name: str, done: int, total: int, loss: float | None = None) -> None:
