@@ -6,8 +6,10 @@ Two cases on the built-in tiny model (a LoRA adapter applied, as a run's model):
 (qs_sentiment: generation up to the task's `max_new_tokens`, stopping at EOS) and generation that runs
 to its limit (`--long` new tokens, no stop token: an instruction-tuned model answering in sentences).
 Both time `evaluation.label_logprobs` and generation over the same prompts, A/B interleaved, medians
-of `--repeats`, and print `loglik/generate: <time ratio>` per case (below 1: loglik is faster). The
-predictions of the two loglik implementations are compared by the tests, not here.
+of `--repeats`, and print `loglik/generate: <time ratio>` per case (below 1: loglik is faster),
+beside the ratio of the prompts' forward alone (one new token): no scorer that reads the prompts
+can go below that, whatever it does with the labels. The predictions of the two loglik
+implementations are compared by the tests, not here.
 """
 
 from __future__ import annotations
@@ -64,21 +66,27 @@ def main() -> None:
             decode(model, ids[start:start + args.batch], max_new_tokens=args.long, eos=(),
                    pad_id=tokenizer.pad_token_id)
 
+    def prompts_only() -> None:  # one new token: the prompts' forward and nothing else
+        for start in range(0, len(ids), args.batch):
+            decode(model, ids[start:start + args.batch], max_new_tokens=1, eos=(), pad_id=tokenizer.pad_token_id)
+
     cases = {"short labels": short, f"generation to its limit ({args.long} tokens)": long}
     with pinned_threads(args.threads):
-        loglik(), short(), long()  # warm-up
-        times: dict[str, list[float]] = {"loglik": [], **{name: [] for name in cases}}
+        loglik(), prompts_only(), short(), long()  # warm-up
+        times: dict[str, list[float]] = {"loglik": [], "prompts": [], **{name: [] for name in cases}}
         for _ in range(args.repeats):
             times["loglik"].append(timed(loglik))
+            times["prompts"].append(timed(prompts_only))
             for name, fn in cases.items():
                 times[name].append(timed(fn))
-    ll = statistics.median(times["loglik"])
+    ll, floor = statistics.median(times["loglik"]), statistics.median(times["prompts"])
     print(f"tiny model + LoRA, {args.prompts} qs_sentiment prompts, labels {', '.join(labels)}, batch {args.batch}, "
           f"{args.threads} thread(s); medians of {args.repeats}, interleaved")
-    print(f"loglik: {ll:.3f} s")
+    print(f"loglik: {ll:.3f} s; the prompts' forward alone: {floor:.3f} s (what any scorer of these prompts pays)")
     for name in cases:
         gen = statistics.median(times[name])
-        print(f"{name}: generate {gen:.3f} s — loglik/generate: {ll / gen:.2f}")
+        print(f"{name}: generate {gen:.3f} s — loglik/generate: {ll / gen:.2f} (a scorer that only reads the "
+              f"prompts: {floor / gen:.2f})")
 
 
 if __name__ == "__main__":

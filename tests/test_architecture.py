@@ -151,14 +151,14 @@ def test_a_worker_reaches_execute_run_within_six_frames_of_ours(backend, tmp_pat
     from peftbench.modeling import resolve_model
     from peftbench.plan import plan_runs
     from peftbench.runner import worker
-    from peftbench.runner.backends import local, ray, slurm
+    from peftbench.runner.backends import local, processes, ray, slurm
 
     cfg = validate_config(yaml.safe_load(GRID))
     source, out = resolve_model(cfg.model), tmp_path / "out"
     (spec,) = plan_runs(cfg)
     calls = record_execute_run(monkeypatch, worker)
     if backend == "pool":
-        monkeypatch.setitem(local._MESSAGES, "queue", queue.Queue())
+        monkeypatch.setitem(processes.MESSAGES, "queue", queue.Queue())
         local._pool_job(cfg, source, out, spec)
     elif backend == "ray":  # a task asks Ray only for its runtime context
         runtime = SimpleNamespace(get_node_id=lambda: "node", get_task_id=lambda: "task")

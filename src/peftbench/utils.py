@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 import io
 import os
 import random
@@ -71,6 +73,15 @@ def quiet_libraries() -> None:
     datasets.logging.set_verbosity_error()
     warnings.filterwarnings("ignore", message=".*[Pp]osition ids are not supported.*")
     warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def end_without_collecting() -> None:
+    """At this process's exit, leave its objects to the operating system instead of garbage-collecting
+    them one by one: with torch, transformers and peft imported, that collection takes 1.2–1.4 s of
+    a short command (or of every worker process) and frees nothing the operating system would not.
+    `gc.freeze` at exit keeps the rest of the interpreter's shutdown (atexit handlers, flushing
+    stdout and stderr); everything we write is closed explicitly before that."""
+    atexit.register(gc.freeze)
 
 
 def seed_everything(seed: int) -> None:

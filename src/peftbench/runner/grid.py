@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import sqlite3
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -25,6 +26,7 @@ from peftbench.modeling import ModelSource, ModelUnavailable, resolve_model
 from peftbench.plan import RunSpec, check_data, grid_size, plan_runs
 from peftbench.report import CONFIG_FILE
 from peftbench.runner.backends.local import InlineBackend, PoolBackend
+from peftbench.runner.backends.processes import WorkerProcesses
 from peftbench.runner.backends.ray import RayBackend
 from peftbench.runner.backends.slurm import SlurmBackend
 from peftbench.runner.driver import Backend, drive
@@ -81,66 +83,90 @@ def check_executor(cfg: BenchConfig) -> None:
 
 
 def run_grid(cfg: BenchConfig, out_dir: Path | None = None, console: Console | None = None,
-             verbosity: int = 1) -> GridResult:
+             verbosity: int = 1, processes: WorkerProcesses | None = None) -> GridResult:
     """Run every run of the grid that is not done yet into `out_dir` (default: the config's output_dir),
     then the second stage of a TPV study (runs defined by what the first stage stored). `verbosity`:
-    0 no progress, 1 runs starting and finishing, 2 every phase (`GridProgress`)."""
+    0 no progress, 1 runs starting and finishing, 2 every phase (`GridProgress`). `processes`: local
+    workers the caller started early (`processes.start_early`); the grid owns and ends them."""
     console = console or Console(stderr=True)
     quiet_libraries()
     out_dir = Path(out_dir or cfg.output_dir)
-    check_executor(cfg)
-    plan = plan_runs(cfg) if cfg.methods else []
-    study = plan_first_stage(cfg) if cfg.tpv else []
-    source = resolve_model(cfg.model)
-    check_methods(cfg, source, plan + study)
-    for note in check_data(cfg, unchecked_note=False):
-        console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
-    ctx = RunContext(cfg, source, out_dir)
-    for task in {r.task: r.task_spec for r in plan + study}.values():
-        ctx.task_data(task)
+    with ExitStack() as owned:
+        if processes is not None:
+            owned.callback(processes.close)  # a no-op once the grid's backend has shut them down
+        check_executor(cfg)
+        plan = plan_runs(cfg) if cfg.methods else []
+        study = plan_first_stage(cfg) if cfg.tpv else []
+        if processes is None:
+            processes = _start_workers(cfg, out_dir, plan + study)
+            if processes is not None:
+                owned.callback(processes.close)
+        source = resolve_model(cfg.model)
+        check_methods(cfg, source, plan + study)
+        for note in check_data(cfg, unchecked_note=False):
+            console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+        ctx = RunContext(cfg, source, out_dir)
+        for task in {r.task: r.task_spec for r in plan + study}.values():
+            ctx.task_data(task)
 
-    try:
-        store = Store.create(out_dir)
-        atomic_write_text(out_dir / CONFIG_FILE, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        store.register([(r.run_id, r.method_id, r.task, r.seed, r.identity) for r in plan + study])
-        store.set_plan([r.run_id for r in plan])
-        store.set_plan([r.run_id for r in study], key=TPV_PLAN)
-    except (OSError, sqlite3.Error) as exc:
-        raise PeftbenchError(f"output_dir: cannot write to {out_dir}: {getattr(exc, 'strerror', None) or exc}") \
-            from None
-    what = (f"{len(plan)} runs ({grid_size(cfg)})"
-            if plan else "")
-    if study:
-        what += f"{' + ' if what else ''}{len(study)} TPV study runs (stage 1 of 2)"
-    result = GridResult(out_dir=out_dir, total=0, already_done=0, counts={})
-    stage: list[RunSpec] | None = plan + study
-    second_stage_due = cfg.tpv is not None
-    while stage is not None:  # the grid, then (for a TPV study) the runs defined by what it stored
-        status = {r.run_id: r.status for r in store.records()}
-        pending = [r for r in stage if status.get(r.run_id) not in FINAL]
-        result.total += len(stage)
-        result.already_done += len(stage) - len(pending)
-        console.print(f"[bold]{escape(cfg.name)}[/bold]: {what}, {len(stage) - len(pending)} already finished, "
-                      f"{len(pending)} to run on {executor_line(cfg, len(pending))} → {escape(str(out_dir))}")
-        counts = drive(pending, store, console, cfg.executor,
-                       partial(_backend, ctx, n_runs=len(pending), console=console), verbosity) if pending else {}
-        for key, value in counts.items():
-            result.counts[key] = result.counts.get(key, 0) + value
-        stage = None
-        if second_stage_due:
-            second_stage_due = False
-            second = plan_second_stage(cfg, out_dir, study, {r.run_id: r.status for r in store.records()})
-            store.register([(r.run_id, r.method_id, r.task, r.seed, r.identity) for r in second.runs])
-            store.set_plan([r.run_id for r in study + second.runs], key=TPV_PLAN)
-            stage, what = second.runs, f"{len(second.runs)} TPV study runs (stage 2 of 2)"
-            if second.waiting:
-                console.print(f"tpv: {second.waiting} stage-2 run(s) wait for stage-1 runs that did not finish; "
-                              f"run the same command again to retry them", highlight=False)
-    return result
+        try:
+            store = Store.create(out_dir)
+            atomic_write_text(out_dir / CONFIG_FILE, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+            store.register([(r.run_id, r.method_id, r.task, r.seed, r.identity) for r in plan + study])
+            store.set_plan([r.run_id for r in plan])
+            store.set_plan([r.run_id for r in study], key=TPV_PLAN)
+        except (OSError, sqlite3.Error) as exc:
+            raise PeftbenchError(f"output_dir: cannot write to {out_dir}: {getattr(exc, 'strerror', None) or exc}") \
+                from None
+        what = (f"{len(plan)} runs ({grid_size(cfg)})"
+                if plan else "")
+        if study:
+            what += f"{' + ' if what else ''}{len(study)} TPV study runs (stage 1 of 2)"
+        result = GridResult(out_dir=out_dir, total=0, already_done=0, counts={})
+        stage: list[RunSpec] | None = plan + study
+        second_stage_due = cfg.tpv is not None
+        while stage is not None:  # the grid, then (for a TPV study) the runs defined by what it stored
+            status = {r.run_id: r.status for r in store.records()}
+            pending = [r for r in stage if status.get(r.run_id) not in FINAL]
+            result.total += len(stage)
+            result.already_done += len(stage) - len(pending)
+            console.print(f"[bold]{escape(cfg.name)}[/bold]: {what}, {len(stage) - len(pending)} already finished, "
+                          f"{len(pending)} to run on {executor_line(cfg, len(pending))} → {escape(str(out_dir))}")
+            counts = drive(pending, store, console, cfg.executor,
+                           partial(_backend, ctx, n_runs=len(pending), console=console, processes=processes),
+                           verbosity) if pending else {}
+            processes = None  # a later stage starts its own
+            for key, value in counts.items():
+                result.counts[key] = result.counts.get(key, 0) + value
+            stage = None
+            if second_stage_due:
+                second_stage_due = False
+                second = plan_second_stage(cfg, out_dir, study, {r.run_id: r.status for r in store.records()})
+                store.register([(r.run_id, r.method_id, r.task, r.seed, r.identity) for r in second.runs])
+                store.set_plan([r.run_id for r in study + second.runs], key=TPV_PLAN)
+                stage, what = second.runs, f"{len(second.runs)} TPV study runs (stage 2 of 2)"
+                if second.waiting:
+                    console.print(f"tpv: {second.waiting} stage-2 run(s) wait for stage-1 runs that did not finish; "
+                                  f"run the same command again to retry them", highlight=False)
+        return result
 
 
-def _backend(ctx: RunContext, progress: GridProgress, n_runs: int, console: Console) -> Backend:
-    """Where the runs execute: the configured executor (in this process when there is one worker)."""
+def _start_workers(cfg: BenchConfig, out_dir: Path, runs: list[RunSpec]) -> WorkerProcesses | None:
+    """The local worker processes of the grid's first stage, started now so that they import while
+    the grid is checked and the model is built or loaded; None where they are not local processes.
+    Their number comes from the runs not finished in an existing store (read, not written)."""
+    if cfg.executor.kind != "local" or cfg.runtime.workers < 2 or not runs:
+        return None
+    store = Store(out_dir)
+    status = {r.run_id: r.status for r in store.records()} if store.path.is_file() else {}
+    workers = local_workers(cfg, sum(status.get(r.run_id) not in FINAL for r in runs))
+    return WorkerProcesses(workers) if workers > 1 else None
+
+
+def _backend(ctx: RunContext, progress: GridProgress, n_runs: int, console: Console,
+             processes: WorkerProcesses | None = None) -> Backend:
+    """Where the runs execute: the configured executor (in this process when there is one worker);
+    local worker processes already started (`processes`) are used where their number fits."""
     cfg = ctx.cfg
     if cfg.executor.kind == "ray":
         return RayBackend(ctx, progress, cfg.executor.ray, n_runs)
@@ -148,7 +174,13 @@ def _backend(ctx: RunContext, progress: GridProgress, n_runs: int, console: Cons
         return SlurmBackend(ctx, progress, cfg.executor.slurm, n_runs, console)
     workers = local_workers(cfg, n_runs)
     if workers > 1:
-        return PoolBackend(ctx, progress, workers)
+        if processes is None or processes.workers != workers:
+            if processes is not None:
+                processes.close()
+            processes = WorkerProcesses(workers)
+        return PoolBackend(ctx, progress, processes)
+    if processes is not None:
+        processes.close()
     return InlineBackend(ctx, progress)
 
 

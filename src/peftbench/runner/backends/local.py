@@ -8,18 +8,16 @@ rebuilt and the runs it held are resubmitted by the driver.
 from __future__ import annotations
 
 import itertools
-import multiprocessing as mp
-import multiprocessing.connection
-import os
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from peftbench.config import BenchConfig
 from peftbench.modeling import ModelSource
 from peftbench.plan import RunSpec
+from peftbench.runner.backends.processes import MESSAGES, WorkerProcesses, worker_pool
 from peftbench.runner.progress import GridProgress
 from peftbench.runner.run import RunContext
 from peftbench.runner.worker import Results, run_batch, worker_context
@@ -54,33 +52,9 @@ class InlineBackend:
         pass
 
 
-_MESSAGES: dict[str, Any] = {}
-
-
-def worker_pool(workers: int, messages: Any) -> ProcessPoolExecutor:
-    """`workers` spawned processes that send run phases to `messages` and end with their driver."""
-    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                               initargs=(messages,))
-
-
-def _init_worker(messages: Any) -> None:
-    _MESSAGES["queue"] = messages
-    threading.Thread(target=_exit_with_driver, name="peftbench-driver-watch", daemon=True).start()
-
-
-def _exit_with_driver() -> None:
-    """A driver killed outright (SIGKILL, the OOM killer) never shuts its pool down: its workers
-    would finish their run, then wait forever on the pool's queue, each holding a model in memory.
-    The driver's end of this pipe closes when it dies, however it dies; then the worker ends too."""
-    driver = mp.parent_process()
-    if driver is not None:
-        multiprocessing.connection.wait([driver.sentinel])
-        os._exit(1)
-
-
 def _pool_job(cfg: BenchConfig, source: ModelSource, out_dir: Any, spec: RunSpec) -> Results:
     """What a pool worker runs: a batch of one run, its phases sent to the driver's display."""
-    messages = _MESSAGES["queue"]
+    messages = MESSAGES["queue"]
     last = [0.0]
 
     def phase(name: str, done: int, total: int, loss: float | None = None) -> None:
@@ -97,13 +71,13 @@ class PoolBackend:
 
     batch_size = 1
 
-    def __init__(self, ctx: RunContext, progress: GridProgress, workers: int) -> None:
-        self.ctx, self.capacity = ctx, workers
-        self.messages = mp.get_context("spawn").Queue()
+    def __init__(self, ctx: RunContext, progress: GridProgress, processes: WorkerProcesses) -> None:
+        self.ctx, self.capacity = ctx, processes.workers
+        self.messages = processes.messages
         self.stop = threading.Event()
         self.pump = threading.Thread(target=progress.pump, args=(self.messages, self.stop), daemon=True)
         self.pump.start()
-        self.pool = worker_pool(workers, self.messages)
+        self.pool = processes.pool
 
     def submit(self, batches: list[list[RunSpec]]) -> list[Future]:
         ctx, futures = self.ctx, []
@@ -131,6 +105,8 @@ class PoolBackend:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
+        """Stop the workers without waiting for their interpreters to wind down (over a second, with
+        torch loaded): the driver records and reports meanwhile, and Python waits for them at its exit."""
         self.stop.set()
         self.pump.join(timeout=2)
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,79 @@
+"""Local worker processes, started before the run path is imported where the grid is new.
+
+This module imports nothing heavy, so that the command line can start the workers as soon as the
+config is read: each worker spends seconds importing torch, transformers and peft, which it then
+does on the other cores while the driver imports them too, checks the grid and builds or loads the
+model. The processes are spawned (not forked: the driver may already hold torch's threads).
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing as mp
+import multiprocessing.connection
+import os
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from peftbench.config import BenchConfig
+from peftbench.store import DB_NAME
+from peftbench.utils import end_without_collecting
+
+MESSAGES: dict[str, Any] = {}
+"""This worker's queue to the driver's progress display (`queue`)."""
+
+
+def worker_pool(workers: int, messages: Any) -> ProcessPoolExecutor:
+    """`workers` spawned processes that send run phases to `messages` and end with their driver."""
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                               initargs=(messages,))
+
+
+def _init_worker(messages: Any) -> None:
+    MESSAGES["queue"] = messages
+    end_without_collecting()
+    threading.Thread(target=_exit_with_driver, name="peftbench-driver-watch", daemon=True).start()
+    importlib.import_module("peftbench.runner.backends.local")  # the run path, before the first run asks
+
+
+def _exit_with_driver() -> None:
+    """A driver killed outright (SIGKILL, the OOM killer) never shuts its pool down: its workers
+    would finish their run, then wait forever on the pool's queue, each holding a model in memory.
+    The driver's end of this pipe closes when it dies, however it dies; then the worker ends too."""
+    driver = mp.parent_process()
+    if driver is not None:
+        multiprocessing.connection.wait([driver.sentinel])
+        os._exit(1)
+
+
+def _started() -> None:
+    """A worker's first job: nothing (the worker imported the run path as it started)."""
+
+
+class WorkerProcesses:
+    """`workers` spawned worker processes, started before the grid needs them. A process pool
+    spawns processes only as work is submitted, so one empty job per worker starts them all."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.messages = mp.get_context("spawn").Queue()
+        self.pool = worker_pool(workers, self.messages)
+        for _ in range(workers):
+            self.pool.submit(_started)
+
+    def close(self) -> None:
+        """End the processes without waiting for them (for a grid that stops before it runs)."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def start_early(cfg: BenchConfig, out_dir: Path) -> WorkerProcesses | None:
+    """The worker processes of a new local grid (no store in `out_dir` yet: every run of the grid is
+    pending), before anything is planned or checked; None otherwise, and the grid starts its
+    workers once it knows how many runs are pending (`runner.grid`)."""
+    runs = len(cfg.methods) * len(cfg.tasks) * len(cfg.seeds)
+    if cfg.executor.kind != "local" or cfg.tpv is not None or (Path(out_dir) / DB_NAME).exists():
+        return None
+    workers = min(cfg.runtime.workers, runs)
+    return WorkerProcesses(workers) if workers > 1 else None
