@@ -100,6 +100,17 @@ def test_workers_start_before_the_checks_only_for_a_new_local_grid_and_never_mor
     assert early(out=tmp_path / "old") is None  # a resumed grid: the grid counts what is pending first
 
 
+def test_every_method_s_first_run_goes_out_before_any_method_s_second():
+    from types import SimpleNamespace
+
+    from peftbench.runner.grid import dispatch_order
+
+    runs = [SimpleNamespace(method_id=m, n=i) for i, m in enumerate("aaabbc")]
+    assert [(r.method_id, r.n) for r in dispatch_order(runs)] == [
+        ("a", 0), ("b", 3), ("c", 5), ("a", 1), ("b", 4), ("a", 2)]
+    assert dispatch_order([]) == []
+
+
 def test_flop_counts_are_reused_across_grids_and_only_they(tmp_path):
     """A second grid in another output directory takes the FLOP counts from the user cache (shown by
     planting marked values there) and measures latency and memory anew; the first grid's counts are

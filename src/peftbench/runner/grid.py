@@ -127,7 +127,7 @@ def run_grid(cfg: BenchConfig, out_dir: Path | None = None, console: Console | N
         second_stage_due = cfg.tpv is not None
         while stage is not None:  # the grid, then (for a TPV study) the runs defined by what it stored
             status = {r.run_id: r.status for r in store.records()}
-            pending = [r for r in stage if status.get(r.run_id) not in FINAL]
+            pending = dispatch_order([r for r in stage if status.get(r.run_id) not in FINAL])
             result.total += len(stage)
             result.already_done += len(stage) - len(pending)
             console.print(f"[bold]{escape(cfg.name)}[/bold]: {what}, {len(stage) - len(pending)} already finished, "
@@ -149,6 +149,20 @@ def run_grid(cfg: BenchConfig, out_dir: Path | None = None, console: Console | N
                     console.print(f"tpv: {second.waiting} stage-2 run(s) wait for stage-1 runs that did not finish; "
                                   f"run the same command again to retry them", highlight=False)
         return result
+
+
+def dispatch_order(runs: list[RunSpec]) -> list[RunSpec]:
+    """`runs` with every method's first run before any method's second, and so on (plan order
+    within each round). A method's costs are measured by its first run and read from
+    `<output>/costs/` by its later ones (`RunContext.method_costs`); two workers starting the same
+    method at once would both measure them (0.5 s each on the quickstart's model, 9 methods), one
+    for nothing. Results do not depend on the order (each run seeds itself and pins its threads)."""
+    seen: dict[str, int] = {}
+    rounds = []
+    for run in runs:
+        rounds.append(seen.get(run.method_id, 0))
+        seen[run.method_id] = rounds[-1] + 1
+    return [run for _, _, run in sorted(zip(rounds, range(len(runs)), runs, strict=True), key=lambda t: t[:2])]
 
 
 def _start_workers(cfg: BenchConfig, out_dir: Path, runs: list[RunSpec]) -> WorkerProcesses | None:
