@@ -79,38 +79,6 @@ def test_no_report_writes_none_a_finished_grid_keeps_its_files_and_one_run_start
     assert isinstance(_backend(ctx, None, n_runs=1, console=None), InlineBackend)
 
 
-def test_workers_start_before_the_checks_only_for_a_new_local_grid_and_never_more_than_its_runs(tmp_path,
-                                                                                                 monkeypatch):
-    from peftbench.config import validate_config
-    from peftbench.runner.backends import processes
-    from peftbench.store import Store
-
-    monkeypatch.setattr(processes, "WorkerProcesses", lambda workers: workers)  # the number it would start
-
-    def early(out=tmp_path / "new", **overrides):
-        grid = {"methods": ["lora", "ia3"], "tasks": ["qs_sentiment"], "seeds": [0, 1, 2], "runtime": {"workers": 4}}
-        return processes.start_early(validate_config({**grid, **overrides}), out)
-
-    assert early() == 4
-    assert early(runtime={"workers": 8}) == 6  # 2 methods x 1 task x 3 seeds
-    assert early(seeds=[0], methods=["lora"]) is None  # one run: it runs in the driver's process
-    assert early(runtime={"workers": 1}) is None
-    assert early(executor={"kind": "slurm"}) is None
-    Store.create(tmp_path / "old")
-    assert early(out=tmp_path / "old") is None  # a resumed grid: the grid counts what is pending first
-
-
-def test_every_method_s_first_run_goes_out_before_any_method_s_second():
-    from types import SimpleNamespace
-
-    from peftbench.runner.grid import dispatch_order
-
-    runs = [SimpleNamespace(method_id=m, n=i) for i, m in enumerate("aaabbc")]
-    assert [(r.method_id, r.n) for r in dispatch_order(runs)] == [
-        ("a", 0), ("b", 3), ("c", 5), ("a", 1), ("b", 4), ("a", 2)]
-    assert dispatch_order([]) == []
-
-
 def test_flop_counts_are_reused_across_grids_and_only_they(tmp_path):
     """A second grid in another output directory takes the FLOP counts from the user cache (shown by
     planting marked values there) and measures latency and memory anew; the first grid's counts are

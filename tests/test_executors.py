@@ -1,6 +1,7 @@
 """Executors: the same grid on local, Ray (a local 2-CPU cluster) and Slurm (submitit's local executor)
 gives identical stored results; a worker killed mid-run is retried; a grid started on one executor
-finishes on another; --dry-run starts nothing."""
+finishes on another; --dry-run starts nothing; local workers start early only for a new grid, and
+runs go out one per method first."""
 
 from __future__ import annotations
 
@@ -175,3 +176,57 @@ def test_the_plan_line_names_the_workers_that_really_start():
     assert "(2 worker processes, 1 thread(s) each)" in executor_line(cfg)
     assert "(1 worker process, 1 thread(s) each)" in executor_line(cfg, 1)
     assert "(2 worker processes," in executor_line(cfg, 7)
+
+
+def test_workers_start_before_the_checks_only_for_a_new_local_grid_and_never_more_than_its_runs(tmp_path,
+                                                                                                 monkeypatch):
+    from peftbench.config import validate_config
+    from peftbench.runner.backends import processes
+    from peftbench.store import Store
+
+    monkeypatch.setattr(processes, "WorkerProcesses", lambda workers: workers)  # the number it would start
+
+    def early(out=tmp_path / "new", **overrides):
+        grid = {"methods": ["lora", "ia3"], "tasks": ["qs_sentiment"], "seeds": [0, 1, 2], "runtime": {"workers": 4}}
+        return processes.start_early(validate_config({**grid, **overrides}), out)
+
+    assert early() == 4
+    assert early(runtime={"workers": 8}) == 6  # 2 methods x 1 task x 3 seeds
+    assert early(seeds=[0], methods=["lora"]) is None  # one run: it runs in the driver's process
+    assert early(runtime={"workers": 1}) is None
+    assert early(executor={"kind": "slurm"}) is None
+    Store.create(tmp_path / "old")
+    assert early(out=tmp_path / "old") is None  # a resumed grid: the grid counts what is pending first
+
+
+def test_worker_processes_nobody_took_are_terminated_at_once_and_taken_ones_are_left_to_their_taker():
+    """A grid that fails its checks ends the workers it started early without waiting for their
+    seconds of imports; a pool the backend took is the backend's to shut down."""
+    import signal
+
+    from peftbench.runner.backends.processes import WorkerProcesses
+
+    untaken = WorkerProcesses(2)
+    started = list(untaken.pool._processes.values())
+    untaken.close()
+    for process in started:
+        process.join(timeout=120)
+    assert [p.exitcode for p in started] == [-signal.SIGTERM] * 2
+    taken = WorkerProcesses(1)
+    pool = taken.take()
+    taken.close()  # nothing: the pool is the taker's
+    assert pool.submit(sum, [1, 2]).result(timeout=300) == 3
+    pool.shutdown(wait=True)
+    with pytest.raises(RuntimeError):
+        taken.take()
+
+
+def test_every_method_s_first_run_goes_out_before_any_method_s_second():
+    from types import SimpleNamespace
+
+    from peftbench.runner.grid import dispatch_order
+
+    runs = [SimpleNamespace(method_id=m, n=i) for i, m in enumerate("aaabbc")]
+    assert [(r.method_id, r.n) for r in dispatch_order(runs)] == [
+        ("a", 0), ("b", 3), ("c", 5), ("a", 1), ("b", 4), ("a", 2)]
+    assert dispatch_order([]) == []

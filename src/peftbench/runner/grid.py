@@ -93,7 +93,7 @@ def run_grid(cfg: BenchConfig, out_dir: Path | None = None, console: Console | N
     out_dir = Path(out_dir or cfg.output_dir)
     with ExitStack() as owned:
         if processes is not None:
-            owned.callback(processes.close)  # a no-op once the grid's backend has shut them down
+            owned.callback(processes.close)  # a no-op once the grid's backend took them
         check_executor(cfg)
         plan = plan_runs(cfg) if cfg.methods else []
         study = plan_first_stage(cfg) if cfg.tpv else []

@@ -77,7 +77,7 @@ class PoolBackend:
         self.stop = threading.Event()
         self.pump = threading.Thread(target=progress.pump, args=(self.messages, self.stop), daemon=True)
         self.pump.start()
-        self.pool = processes.pool
+        self.pool = processes.take()
 
     def submit(self, batches: list[list[RunSpec]]) -> list[Future]:
         ctx, futures = self.ctx, []

@@ -59,19 +59,35 @@ class WorkerProcesses:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self.messages = mp.get_context("spawn").Queue()
-        self.pool = worker_pool(workers, self.messages)
+        self.pool: ProcessPoolExecutor | None = worker_pool(workers, self.messages)
         for _ in range(workers):
             self.pool.submit(_started)
 
+    def take(self) -> ProcessPoolExecutor:
+        """The pool, from now on the caller's to shut down."""
+        pool, self.pool = self.pool, None
+        if pool is None:
+            raise RuntimeError("these worker processes were already taken or closed")
+        return pool
+
     def close(self) -> None:
-        """End the processes without waiting for them (for a grid that stops before it runs)."""
+        """End the processes if nobody took them (a grid that stopped before it ran them: a user
+        error must not wait seconds for workers still importing). They are terminated, as Python
+        3.14's `ProcessPoolExecutor.terminate_workers` does it (which reads `_processes` too)."""
+        if self.pool is None:
+            return
+        processes = list((self.pool._processes or {}).values())
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool = None
+        for process in processes:
+            process.terminate()
 
 
 def start_early(cfg: BenchConfig, out_dir: Path) -> WorkerProcesses | None:
     """The worker processes of a new local grid (no store in `out_dir` yet: every run of the grid is
     pending), before anything is planned or checked; None otherwise, and the grid starts its
-    workers once it knows how many runs are pending (`runner.grid`)."""
+    workers once it knows how many runs are pending (`runner.grid`). The price: a grid that fails
+    its checks reports that later, by the cores the importing workers took (1.5–2 s here)."""
     runs = len(cfg.methods) * len(cfg.tasks) * len(cfg.seeds)
     if cfg.executor.kind != "local" or cfg.tpv is not None or (Path(out_dir) / DB_NAME).exists():
         return None
