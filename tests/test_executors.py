@@ -202,6 +202,7 @@ def test_workers_start_before_the_checks_only_for_a_new_local_grid_and_never_mor
 def test_worker_processes_nobody_took_are_terminated_at_once_and_taken_ones_are_left_to_their_taker():
     """A grid that fails its checks ends the workers it started early without waiting for their
     seconds of imports; a pool the backend took is the backend's to shut down."""
+    import multiprocessing.connection
     import signal
 
     from peftbench.runner.backends.processes import WorkerProcesses
@@ -209,8 +210,12 @@ def test_worker_processes_nobody_took_are_terminated_at_once_and_taken_ones_are_
     untaken = WorkerProcesses(2)
     started = list(untaken.pool._processes.values())
     untaken.close()
-    for process in started:
-        process.join(timeout=120)
+    assert all(multiprocessing.connection.wait([p.sentinel], timeout=120) for p in started)
+    # The pool's own thread may reap a child first; its exit status is then set a moment later.
+    deadline = time.monotonic() + 60
+    while any(p.exitcode is None for p in started) and time.monotonic() < deadline:
+        for p in started:
+            p.join(timeout=0.05)
     assert [p.exitcode for p in started] == [-signal.SIGTERM] * 2
     taken = WorkerProcesses(1)
     pool = taken.take()
@@ -219,6 +224,37 @@ def test_worker_processes_nobody_took_are_terminated_at_once_and_taken_ones_are_
     pool.shutdown(wait=True)
     with pytest.raises(RuntimeError):
         taken.take()
+
+
+def test_the_grid_runs_on_the_workers_started_early_when_their_number_fits_and_ends_them_otherwise():
+    from types import SimpleNamespace
+
+    from peftbench.config import validate_config
+    from peftbench.runner.backends.local import InlineBackend, PoolBackend
+    from peftbench.runner.grid import _backend
+
+    class Started:  # stands for WorkerProcesses: records what the grid does with them
+        def __init__(self, workers: int) -> None:
+            self.workers, self.messages, self.taken, self.closed = workers, None, False, False
+            self.pool = SimpleNamespace(shutdown=lambda **kwargs: None)
+
+        def take(self):
+            self.taken = True
+            return self.pool
+
+        def close(self) -> None:
+            self.closed = True
+
+    ctx = SimpleNamespace(cfg=validate_config({"methods": ["lora"], "tasks": ["qs_sentiment"], "seeds": [0, 1, 2],
+                                               "runtime": {"workers": 2}}))
+    progress = SimpleNamespace(pump=lambda messages, stop: None)
+    early = Started(2)
+    backend = _backend(ctx, progress, n_runs=3, console=None, processes=early)
+    assert isinstance(backend, PoolBackend) and backend.pool is early.pool and early.taken and not early.closed
+    backend.close()
+    early = Started(2)
+    assert isinstance(_backend(ctx, progress, n_runs=1, console=None, processes=early), InlineBackend)
+    assert early.closed and not early.taken
 
 
 def test_every_method_s_first_run_goes_out_before_any_method_s_second():

@@ -198,17 +198,24 @@ def _prepare_grid(cfg: BenchConfig, out: Path | None, report: bool) -> WorkerPro
     from peftbench.runner.backends.processes import start_early
 
     processes = start_early(cfg, Path(out or cfg.output_dir))
-    importlib.import_module("peftbench.runner.grid")
+    try:
+        importlib.import_module("peftbench.runner.grid")
+    except BaseException:  # Ctrl-C in these seconds: do not leave the workers to finish their imports
+        if processes is not None:
+            processes.close()
+        raise
     _import_plotting(report)
     return processes
 
 
 def _import_plotting(report: bool) -> None:
-    """Import what drawing the report needs (matplotlib: 0.3–0.5 s) while the grid runs rather than
-    after its last run: the grid leaves a core idle while it waits for its workers, and training
-    releases the GIL in its backward passes. Started after the run path is imported, so that the
-    two threads never import the same modules; not a daemon, so that the interpreter never ends
-    in the middle of an import (a failing grid waits for it, well under a second)."""
+    """Import what drawing the report needs (matplotlib: 0.3–0.5 s) while the grid is checked and
+    run rather than after its last run: the grid leaves a core idle while it waits for its workers,
+    and training releases the GIL in its backward passes. Started once the run path is imported, so
+    that what the main thread still imports is transformers' and peft's lazy modules, not
+    matplotlib's (and Python's import locks make an overlap safe). Not a daemon, so that the
+    interpreter never ends in the middle of an import: a failing grid waits for it, under a second
+    (seconds the first time, while matplotlib builds its font cache)."""
     if report:
         threading.Thread(target=importlib.import_module, args=("peftbench.report.plots",),
                          name="peftbench-import-plotting").start()

@@ -127,7 +127,9 @@ def run_grid(cfg: BenchConfig, out_dir: Path | None = None, console: Console | N
         second_stage_due = cfg.tpv is not None
         while stage is not None:  # the grid, then (for a TPV study) the runs defined by what it stored
             status = {r.run_id: r.status for r in store.records()}
-            pending = dispatch_order([r for r in stage if status.get(r.run_id) not in FINAL])
+            pending = [r for r in stage if status.get(r.run_id) not in FINAL]
+            if cfg.executor.kind != "slurm" or cfg.executor.slurm.runs_per_job == 1:
+                pending = dispatch_order(pending)  # a Slurm job of several runs keeps one method's together
             result.total += len(stage)
             result.already_done += len(stage) - len(pending)
             console.print(f"[bold]{escape(cfg.name)}[/bold]: {what}, {len(stage) - len(pending)} already finished, "
@@ -153,10 +155,11 @@ def run_grid(cfg: BenchConfig, out_dir: Path | None = None, console: Console | N
 
 def dispatch_order(runs: list[RunSpec]) -> list[RunSpec]:
     """`runs` with every method's first run before any method's second, and so on (plan order
-    within each round). A method's costs are measured by its first run and read from
-    `<output>/costs/` by its later ones (`RunContext.method_costs`); two workers starting the same
-    method at once would both measure them (0.5 s each on the quickstart's model, 9 methods), one
-    for nothing. Results do not depend on the order (each run seeds itself and pins its threads)."""
+    within each round), for executors that hand out one run at a time. A method's costs are
+    measured by its first run and read from `<output>/costs/` by its later ones
+    (`RunContext.method_costs`); two workers starting the same method at once would both measure
+    them (0.5 s each on the quickstart's model, 9 methods), one for nothing. Results do not depend
+    on the order (each run seeds itself and pins its threads)."""
     seen: dict[str, int] = {}
     rounds = []
     for run in runs:
@@ -168,11 +171,15 @@ def dispatch_order(runs: list[RunSpec]) -> list[RunSpec]:
 def _start_workers(cfg: BenchConfig, out_dir: Path, runs: list[RunSpec]) -> WorkerProcesses | None:
     """The local worker processes of the grid's first stage, started now so that they import while
     the grid is checked and the model is built or loaded; None where they are not local processes.
-    Their number comes from the runs not finished in an existing store (read, not written)."""
+    Their number comes from the runs not finished in an existing store; a store that cannot be
+    read starts none here (the grid reports it when it opens the store)."""
     if cfg.executor.kind != "local" or cfg.runtime.workers < 2 or not runs:
         return None
     store = Store(out_dir)
-    status = {r.run_id: r.status for r in store.records()} if store.path.is_file() else {}
+    try:
+        status = {r.run_id: r.status for r in store.records()} if store.path.is_file() else {}
+    except (OSError, sqlite3.Error):
+        return None
     workers = local_workers(cfg, sum(status.get(r.run_id) not in FINAL for r in runs))
     return WorkerProcesses(workers) if workers > 1 else None
 

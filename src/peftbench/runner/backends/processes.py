@@ -35,7 +35,10 @@ def _init_worker(messages: Any) -> None:
     MESSAGES["queue"] = messages
     end_without_collecting()
     threading.Thread(target=_exit_with_driver, name="peftbench-driver-watch", daemon=True).start()
-    importlib.import_module("peftbench.runner.backends.local")  # the run path, before the first run asks
+    try:
+        importlib.import_module("peftbench.runner.backends.local")  # the run path, before the first run asks
+    except KeyboardInterrupt:  # Ctrl-C reaches every worker: the driver says what happened, once
+        os._exit(130)
 
 
 def _exit_with_driver() -> None:
