@@ -26,7 +26,7 @@ from peftbench.modeling import ModelSource, ModelUnavailable, resolve_model
 from peftbench.plan import RunSpec, check_data, grid_size, plan_runs
 from peftbench.report import CONFIG_FILE
 from peftbench.runner.backends.local import InlineBackend, PoolBackend
-from peftbench.runner.backends.processes import WorkerProcesses
+from peftbench.runner.backends.processes import WorkerProcesses, local_workers
 from peftbench.runner.backends.ray import RayBackend
 from peftbench.runner.backends.slurm import SlurmBackend
 from peftbench.runner.driver import Backend, drive
@@ -194,21 +194,12 @@ def _backend(ctx: RunContext, progress: GridProgress, n_runs: int, console: Cons
     if cfg.executor.kind == "slurm":
         return SlurmBackend(ctx, progress, cfg.executor.slurm, n_runs, console)
     workers = local_workers(cfg, n_runs)
-    if workers > 1:
-        if processes is None or processes.workers != workers:
-            if processes is not None:
-                processes.close()
-            processes = WorkerProcesses(workers)
-        return PoolBackend(ctx, progress, processes)
-    if processes is not None:
+    if processes is not None and processes.workers != workers:  # one worker runs in this process
         processes.close()
+        processes = None
+    if workers > 1:
+        return PoolBackend(ctx, progress, processes or WorkerProcesses(workers))
     return InlineBackend(ctx, progress)
-
-
-def local_workers(cfg: BenchConfig, pending: int | None = None) -> int:
-    """Worker processes a local grid starts: the configured number, but (knowing the `pending` runs)
-    never more than there are runs — a worker process costs its start-up, so none stays idle."""
-    return cfg.runtime.workers if pending is None else max(1, min(cfg.runtime.workers, pending))
 
 
 def executor_line(cfg: BenchConfig, pending: int | None = None) -> str:

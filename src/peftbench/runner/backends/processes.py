@@ -86,14 +86,19 @@ class WorkerProcesses:
             process.terminate()
 
 
+def local_workers(cfg: BenchConfig, pending: int | None = None) -> int:
+    """Worker processes a local grid starts: the configured number, but (knowing the `pending` runs)
+    never more than there are runs — a worker process costs its start-up, so none stays idle."""
+    return cfg.runtime.workers if pending is None else max(1, min(cfg.runtime.workers, pending))
+
+
 def start_early(cfg: BenchConfig, out_dir: Path) -> WorkerProcesses | None:
     """The worker processes of a new local grid (no store in `out_dir` yet: every run of the grid is
     pending), before anything is planned or checked; None otherwise, and the grid starts its
     workers once it knows how many runs are pending (`runner.grid`). The price: a grid that fails
     its checks reports that later, by the cores the importing workers took (2.3–3 s here: a bad
     target module in 6.6–7.3 s against 4.1–4.3 s with one worker; `peftbench validate` is quicker)."""
-    runs = len(cfg.methods) * len(cfg.tasks) * len(cfg.seeds)
     if cfg.executor.kind != "local" or cfg.tpv is not None or (Path(out_dir) / DB_NAME).exists():
         return None
-    workers = min(cfg.runtime.workers, runs)
+    workers = local_workers(cfg, len(cfg.methods) * len(cfg.tasks) * len(cfg.seeds))
     return WorkerProcesses(workers) if workers > 1 else None
