@@ -392,6 +392,32 @@ def test_adapter_bytes_are_the_saved_tensors_and_config_by_hand(tokenizer, tmp_p
         assert {p.name for p in saved.iterdir()} - {weights.name, *(p.name for p in configs)} <= {MODEL_CARD}, name
 
 
+def test_adapter_bytes_do_not_depend_on_where_the_model_is_kept(builtin_model_dir, tmp_path):
+    """peft writes the base model's name into every adapter config. Loaded from two copies of one
+    model under paths of different lengths (a cache snapshot on two machines), the same method must
+    save the same bytes, naming the model as the config does."""
+    import json as _json
+    import shutil
+
+    from peftbench.config import ModelConfig
+    from peftbench.modeling import ModelSource, load_model
+    from peftbench.runner.run import _save_adapter
+
+    homes = [tmp_path / "a", tmp_path / "a-much-longer-home" / "snapshots" / "0123456789abcdef"]
+    for method in ("lora", "prompt_tuning"):  # peft reads the name from different objects for these two kinds
+        saved = []
+        for i, home in enumerate(homes):
+            if not home.exists():
+                shutil.copytree(builtin_model_dir, home)
+            model = load_model(ModelSource("org/model", str(home), None, True), ModelConfig(), torch.device("cpu"))
+            spec = resolve_method(method)
+            torch.manual_seed(0)
+            target = tmp_path / f"{method}-{i}"
+            size = _save_adapter(spec, spec.apply(model), target, keep=True)
+            config = _json.loads((target / "adapter_config.json").read_text())
+            assert config["base_model_name_or_path"] == "org/model", method
+            saved.append((size, (target / "adapter_config.json").read_bytes()))
+        assert saved[0] == saved[1], method
 # --- costing from a config ------------------------------------------------------------------------------
 
 from peftbench.costs.from_config import cost_from_config, load_model_config  # noqa: E402

@@ -121,6 +121,10 @@ def load_model(source: ModelSource, cfg: ModelConfig, device: torch.device) -> A
         )
     except (OSError, ValueError) as exc:
         raise PeftbenchError(f"model.name: cannot load {source.name!r}: {str(exc).splitlines()[0]}") from None
+    # Named as the config names it (a hub id, the built-in's name, the path as written), not by the
+    # directory it loaded from (a cache snapshot): peft writes this name into every adapter's config,
+    # so a saved adapter, and `adapter_bytes`, would otherwise depend on where the machine keeps it.
+    model.name_or_path = model.config.name_or_path = source.name
     return model.eval()
 
 
