@@ -250,7 +250,10 @@ class PeftMethod(Method):
                 model.unmerge_adapter()
 
     def save(self, model: nn.Module, path: Path) -> None:
-        model.save_pretrained(str(path), safe_serialization=True)
+        """What was trained, never a copy of the embedding matrix: peftbench does not resize the
+        vocabulary, and peft's "auto" would look the base model up by name (on the hub, for a hub
+        id) on every save to find out."""
+        model.save_pretrained(str(path), safe_serialization=True, save_embedding_layers=False)
 
     def load(self, base: nn.Module, path: Path) -> nn.Module:
         from peft import PeftModel
