@@ -110,7 +110,8 @@ def quickstart_dir(tmp_path_factory) -> Path:
 
 
 def hand_store(path: Path, rows, costs=None):
-    """A store built by hand: rows of (method, task, seed, status, score); costs per method."""
+    """A store built by hand: rows of (method, task, seed, status, score); costs (trainable
+    parameters, extra TFLOPs, peak memory GB) per method, or per (method, task, seed) for one run."""
     from peftbench.store import Store
     from peftbench.tasks import TASKS
 
@@ -120,7 +121,7 @@ def hand_store(path: Path, rows, costs=None):
         store.register([(run_id, method, task, seed, {"method": {"id": method}, "task": {
             "name": task, "category": TASKS.get(task).category if task in TASKS else "other"}})])
         store.claim(run_id)
-        params, tflops, mem = (costs or {}).get(method, (1000, 0.0, 1.0))
+        params, tflops, mem = (costs or {}).get((method, task, seed)) or (costs or {}).get(method, (1000, 0.0, 1.0))
         done = status == "done"
         store.finish(run_id, status,
                      metrics={"score": score, "invalid_rate": 0.0, "primary_metric": "f1"} if done else None,

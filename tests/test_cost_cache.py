@@ -4,7 +4,9 @@ cache says what they were measured on, and they equal a fresh measurement on a f
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import yaml
 from conftest import run_cli
 
 from peftbench.store import Store
@@ -113,3 +115,36 @@ def test_flop_counts_are_reused_across_grids_and_only_they(tmp_path):
         assert {k: second[method][k] for k in counts} == counts
         assert second[method]["extra_tflops"] == (counts["merged_flops"] - first[method]["base_flops"]) / 1e12
         assert second[method]["peak_train_mem_gb"] > 0  # measured again, not cached
+
+
+def test_a_count_cached_by_other_code_is_not_reused(tmp_path, monkeypatch):
+    """Both FLOP count caches are keyed by the code a count depends on: the counter, the decoder,
+    and every method module (a method's `apply` or `merged` changes what is counted). A change to
+    the bytes of any of these files must lead to another cache file."""
+    import peftbench
+    from peftbench.config import BenchConfig
+    from peftbench.costs.from_config import config_counts, load_model_config
+    from peftbench.costs.run import counting_code
+    from peftbench.modeling import resolve_model
+    from peftbench.runner.run import RunContext
+
+    package = Path(peftbench.__file__).resolve().parent
+    code = counting_code()
+    assert {"costs/flops.py", "costs/run.py", "decoding.py"} <= set(code)
+    assert {f"methods/{p.name}" for p in (package / "methods").glob("*.py")} <= set(code)
+
+    cfg = BenchConfig.model_validate(yaml.safe_load(CONFIG))
+    ctx = RunContext(cfg, resolve_model(cfg.model), tmp_path / "out")
+    config = load_model_config("llama3-8b")
+
+    def paths() -> tuple[Path, Path]:
+        return ctx.counts({"method": None}).path, config_counts(config).path
+
+    before = paths()
+    assert before == paths()
+    for name in ("methods/lora.py", "decoding.py"):
+        changed, read = package / name, Path.read_bytes
+        with monkeypatch.context() as patch:
+            patch.setattr(Path, "read_bytes", lambda p, c=changed, r=read: r(p) + (b"#" if p == c else b""))
+            after = paths()
+        assert after[0] != before[0] and after[1] != before[1], name

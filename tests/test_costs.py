@@ -359,8 +359,9 @@ def test_latency_is_a_hand_computation_on_a_clock_the_forwards_move(tokenizer, m
 
 
 def test_adapter_bytes_are_the_saved_tensors_and_config_by_hand(tokenizer, tmp_path):
-    """Each paper method's adapter_bytes: a safetensors file of exactly the hand-counted float32
-    values (8-byte length, JSON header, 4 bytes a value) plus its config, and not peft's model card,
+    """Each paper method's and full fine-tuning's adapter_bytes: a safetensors file of exactly the
+    hand-counted float32 values (8-byte length, JSON header, 4 bytes a value) plus its config files
+    (full: config.json and generation_config.json), and not peft's model card,
     which is kept on disk. The tiny Llama: hidden 64, feed-forward 128, 2 layers, key/value width 32,
     every bias present."""
     import json as _json
@@ -378,6 +379,7 @@ def test_adapter_bytes_are_the_saved_tensors_and_config_by_hand(tokenizer, tmp_p
         "p_tuning": 100 * H,  # likewise the encoder's output
         "ln_tuning": (2 * L + 1) * H,
         "bitfit": L * (H + KV + KV + H + FF + FF + H),  # q, k, v, o, gate, up, down biases
+        "full": sum(p.numel() for p in llama(tokenizer).parameters()),  # every weight, with its config files
     }
     for name, count in values.items():
         saved = tmp_path / name
@@ -390,6 +392,8 @@ def test_adapter_bytes_are_the_saved_tensors_and_config_by_hand(tokenizer, tmp_p
         configs = [p for p in saved.iterdir() if p.suffix == ".json"]
         assert size == len(raw) + sum(p.stat().st_size for p in configs), name
         assert {p.name for p in saved.iterdir()} - {weights.name, *(p.name for p in configs)} <= {MODEL_CARD}, name
+    base = resolve_method("base")  # nothing trained: a one-line record of the method, nothing else
+    assert _save_adapter(base, base.apply(llama(tokenizer)), tmp_path / "base", keep=False) == len('{"method": "base"}')
 
 
 def test_adapter_bytes_do_not_depend_on_where_the_model_is_kept(builtin_model_dir, tmp_path, monkeypatch):
@@ -411,7 +415,7 @@ def test_adapter_bytes_do_not_depend_on_where_the_model_is_kept(builtin_model_di
 
     monkeypatch.setattr(peft.utils.save_and_load, "check_file_exists_on_hf_hub", no_hub)
     homes = [tmp_path / "a", tmp_path / "a-much-longer-home" / "snapshots" / "0123456789abcdef"]
-    for method in ("lora", "prompt_tuning"):  # peft reads the name from different objects for these two kinds
+    for method in ("lora", "prompt_tuning", "full"):  # peft reads the name from different objects for the first two
         saved = []
         for i, home in enumerate(homes):
             if not home.exists():
@@ -421,10 +425,13 @@ def test_adapter_bytes_do_not_depend_on_where_the_model_is_kept(builtin_model_di
             torch.manual_seed(0)
             target = tmp_path / f"{method}-{i}"
             size = _save_adapter(spec, spec.apply(model), target, keep=True)
-            config = _json.loads((target / "adapter_config.json").read_text())
-            assert config["base_model_name_or_path"] == "org/model", method
-            saved.append((size, (target / "adapter_config.json").read_bytes()))
+            if method != "full":
+                config = _json.loads((target / "adapter_config.json").read_text())
+                assert config["base_model_name_or_path"] == "org/model", method
+            saved.append((size, {p.name: p.read_bytes() for p in target.glob("*.json")}))
         assert saved[0] == saved[1], method
+
+
 # --- costing from a config ------------------------------------------------------------------------------
 
 from peftbench.costs.from_config import cost_from_config, load_model_config  # noqa: E402
@@ -553,6 +560,25 @@ def test_train_step_flops_by_hand():
     assert train_step_flops(model, batch_size=2, seq_len=8, vocab_size=50) == 3 * forward
     model.head.weight.requires_grad_(False)  # a frozen head still passes gradients through
     assert train_step_flops(model, batch_size=2, seq_len=8, vocab_size=50) == 3 * forward - 2 * tokens * 32 * 50
+
+
+def test_analytic_training_memory_by_hand():
+    """The estimate's parts on the linear stack, batch 2 × 8 = 16 tokens, counted by hand. Saved for
+    backward, each storage once and weights excluded: the int64 ids (the embedding's indices and the
+    loss's targets are one tensor), the embedding's output (the hidden layer's input), the ReLU's
+    output (its own backward and the head's input), the log-softmax output and the loss's 4-byte
+    total weight."""
+    model = LMStack()
+    weights = 4 * (50 * 16 + 16 * 32 + 32 * 50)
+    activations = 16 * 8 + 4 * 16 * 16 + 4 * 16 * 32 + 4 * 16 * 50 + 4
+    assert analytic_training_memory(model, batch_size=2, seq_len=8, vocab_size=50) == {
+        "weights": weights, "gradients": weights, "optimizer": 2 * weights, "activations": activations,
+        "total": 4 * weights + activations}
+    model.embed.weight.requires_grad_(False)  # frozen: no gradient, no AdamW state
+    trainable = 4 * (16 * 32 + 32 * 50)
+    estimate = analytic_training_memory(model, batch_size=2, seq_len=8, vocab_size=50)
+    assert (estimate["gradients"], estimate["optimizer"]) == (trainable, 2 * trainable)
+    assert estimate["total"] == weights + 3 * trainable + estimate["activations"]
 
 
 def test_flops_per_generated_token(tokenizer):

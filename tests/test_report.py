@@ -50,6 +50,19 @@ def test_cells_and_method_summaries(store):
     assert by["bitfit"].p_by_category == {"glue": 90.0, "superglue": None}
 
 
+def test_pscp_averages_each_cost_over_the_methods_finished_runs(tmp_path):
+    """M_p, M_f and M_m are means over a method's finished runs, each run's extra FLOPs counted from
+    0 (no method earns a bonus for a negative count); a failed run's costs do not count."""
+    rows = [("m", "a", 0, "done", 70.0), ("m", "a", 1, "done", 90.0), ("m", "b", 0, "done", 50.0),
+            ("m", "b", 1, "failed", None)]
+    costs = {("m", "a", 0): (1000, 0.3, 1.0), ("m", "a", 1): (2000, -0.1, 3.0), ("m", "b", 0): (6000, 0.0, 5.0)}
+    (summary,) = aggregate(hand_store(tmp_path, rows, costs).records()).summaries
+    assert (summary.trainable_params, summary.extra_tflops, summary.peak_mem_gb) == (
+        pytest.approx(3000), pytest.approx(0.1), pytest.approx(3.0))
+    assert summary.p_avg == pytest.approx((80 + 50) / 2)
+    assert summary.pscp == pytest.approx(pscp(65.0, 3000, 0.1, 3.0, PSCPConfig()))
+
+
 def test_mean_rank_with_ties(tmp_path):
     rows = [(m, t, 0, "done", s) for m, t, s in [("x", "a", 90), ("y", "a", 80), ("z", "a", 80),
                                                  ("x", "b", 10), ("y", "b", 30), ("z", "b", 20)]]

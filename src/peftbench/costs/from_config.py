@@ -10,7 +10,6 @@ LSTM prompt encoder of the paper's FLOPs-profiling config.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -20,9 +19,8 @@ import torch
 from torch import nn
 
 from peftbench.config import CostsConfig
-from peftbench.costs import flops as flops_module
 from peftbench.costs.flops import count_parameters, forward_flops
-from peftbench.costs.run import Count, CountCache, count_now
+from peftbench.costs.run import Count, CountCache, count_now, counting_code
 from peftbench.errors import PeftbenchError
 from peftbench.hub import hub_reachable
 from peftbench.methods import resolve_method
@@ -159,13 +157,10 @@ def config_counts(config: Any, *, batch_size: int | None = None, seq_len: int | 
     `<cache>/counts/`, keyed by everything a count depends on besides the method: the architecture,
     the shape, the library versions and the code that builds and counts (this module, `flops.py`
     and the methods package)."""
-    import peftbench.methods as methods_package
-
     protocol = CostsConfig()
-    code = [Path(flops_module.__file__), Path(__file__), *sorted(Path(methods_package.__file__).parent.glob("*.py"))]
     what = {"architecture": config.to_json_string(use_diff=False),
             "shape": [batch_size or protocol.flops_batch_size, seq_len or protocol.flops_seq_len],
-            "versions": library_versions(), "code": [hashlib.sha256(p.read_bytes()).hexdigest() for p in code]}
+            "versions": library_versions(), "code": counting_code("costs/from_config.py")}
     return CountCache(cache_root() / "counts" / f"config-{cache_key(what)}.json")
 
 

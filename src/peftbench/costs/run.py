@@ -32,6 +32,19 @@ def count_now(name: str, count: Callable[[], Any]) -> Any:
     return count()
 
 
+def counting_code(*more: str) -> dict[str, str]:
+    """Digests of the code a FLOP count depends on, by path in the package: the counter, what asks
+    it for which passes (this module), the decoder it counts through, and every method module (how
+    an adapter is built and merged), plus `more`. Part of every count cache's key, so that a count
+    cached by another checkout is never reused once that code has changed."""
+    import hashlib
+
+    package = Path(__file__).resolve().parents[1]
+    names = ["costs/flops.py", "costs/run.py", "decoding.py",
+             *sorted(p.relative_to(package).as_posix() for p in (package / "methods").glob("*.py")), *more]
+    return {name: hashlib.sha256((package / name).read_bytes()).hexdigest() for name in names}
+
+
 class CountCache:
     """Deterministic counts (FLOPs) kept in a JSON file whose name is a digest of everything they
     depend on: counting runs a forward pass under FlopCounterMode for each figure, and the same

@@ -23,13 +23,11 @@ from typing import Any, Protocol
 
 import torch
 
-from peftbench import decoding as decoding_module
 from peftbench.config import BenchConfig
-from peftbench.costs import flops as flops_module
 from peftbench.costs import peak_memory
 from peftbench.costs.energy import EnergyMeter
 from peftbench.costs.flops import GB
-from peftbench.costs.run import BaseFigures, CountCache, measure_base, measure_method_costs, run_costs
+from peftbench.costs.run import BaseFigures, CountCache, counting_code, measure_base, measure_method_costs, run_costs
 from peftbench.decoding import Sampling, check_decoding, decoder_name, default_tolerance, scorer_name
 from peftbench.evaluation import check_label_logprobs, generate, label_logprobs, stop_tokens
 from peftbench.modeling import ModelSource, load_model, load_tokenizer, model_revision, pick_device
@@ -182,15 +180,13 @@ class RunContext:
     def counts(self, what: dict[str, Any]) -> CountCache:
         """FLOP counts of the base model, or with `what` of a method on it, kept across grids in
         `<cache>/counts/`: keyed by the model's architecture, the cost protocol, the device type, the
-        library versions and the counting code itself (`costs/flops.py` and the decoder it counts
-        through), everything a count depends on. The trained values, the task and the seed do not
+        library versions and the code a count depends on (`counting_code`: the counter, the decoder
+        it counts through, the methods). The trained values, the task and the seed do not
         change a count."""
         model = self.fresh_model() if self._pristine is None else self._pristine
         key = cache_key({**what, "architecture": model.config.to_json_string(use_diff=False),
                        "costs": self.cfg.costs.model_dump(mode="json"), "device": self.device.type,
-                       "versions": self.provenance["versions"],
-                       "counting": [hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest()
-                                    for m in (flops_module, decoding_module)]})
+                       "versions": self.provenance["versions"], "counting": counting_code()})
         return CountCache(cache_root() / "counts" / f"{key}.json")
 
     def base_figures(self) -> BaseFigures:
