@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -611,6 +612,87 @@ def medium_llama(tokenizer):
     return LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=384, intermediate_size=1024,
                                         num_hidden_layers=4, num_attention_heads=6, num_key_value_heads=2,
                                         tie_word_embeddings=False))
+
+
+def test_live_tensor_peak_by_hand():
+    """The CPU protocol's counter: a storage counts from the op that creates it until it is freed;
+    views, in-place results and outputs that share an input's storage (aten._unsafe_view declares
+    no alias) allocate nothing. Plus the model's weights, resident before."""
+    from peftbench.costs.memory import live_tensor_peak
+
+    model = nn.Linear(10, 10, bias=False)  # 400 bytes
+    with live_tensor_peak(model) as peak:
+        a = torch.ones(1000)  # 4000 live
+        b = torch.ones(500)  # 6000
+        del a  # 2000
+        c = b.view(10, 50)
+        b.add_(1)
+        d = torch.ops.aten._unsafe_view(c, [500])
+        e = torch.ones(2000)  # 10000: the peak
+        del b, c, d, e  # 0
+        f = torch.ones(100) * 2  # 400 + 400, then 400
+    assert peak.peak_bytes == 10000 + 400 and f.sum() == 200
+    assert peak.source.startswith("cpu_live_tensor_peak")
+
+
+def test_measured_training_memory_is_the_heaps_and_does_not_depend_on_what_ran_before(tokenizer):
+    """The fixed protocol's CPU figure is the same after the process allocated and freed 256 MiB
+    (the resident-set high-water mark it replaced gave 28-61 MiB for one method, by history). The
+    C library's own count of bytes in use (glibc's mallinfo2, sampled after every op) is a second
+    reference: tensors are nearly all a training step allocates."""
+    import ctypes
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from peftbench.costs import memory
+
+    model = resolve_method("lora").apply(medium_llama(tokenizer))
+
+    def measure() -> int:
+        return measure_training_memory(model, batch_size=2, seq_len=64, steps=2, vocab_size=len(tokenizer),
+                                       device=torch.device("cpu")).peak_bytes
+
+    first = measure()
+    big = torch.ones(64 * 1024 * 1024)
+    big.add_(1)
+    del big
+    assert measure() == first
+
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "mallinfo2"):
+        pytest.skip("not glibc: no mallinfo2")
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                    "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    libc.mallinfo2.restype = MallInfo2
+
+    def in_use() -> int:
+        info = libc.mallinfo2()
+        return info.uordblks + info.hblkhd  # heap chunks in use + mmapped chunks
+
+    class Sampled(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.start, self.peak = in_use(), 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.peak = max(self.peak, in_use() - self.start)
+            return out
+
+    @contextmanager
+    def heap_peak(model):
+        result, sampled = memory.MemoryPeak(), Sampled()
+        with sampled:
+            yield result
+        result.peak_bytes = sampled.peak + memory.resident_bytes(model)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(memory, "live_tensor_peak", heap_peak)
+        heap = measure()
+    assert heap == pytest.approx(first, rel=0.03)
 
 
 def test_memory_is_positive_and_full_fine_tuning_costs_more_than_lora(tokenizer):
