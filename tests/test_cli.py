@@ -165,3 +165,22 @@ def test_cost_from_a_config_file(cli, tmp_path, monkeypatch):
     assert other.returncode == 0 and counted
     assert_user_error(cli("cost", "--model-config", "no-such-config"), "--model-config")
     assert_user_error(cli("cost", "--model-config", str(config), "--methods", "lorax"), "unknown method")
+
+
+def test_cost_gives_a_row_to_each_method_that_applies(cli, tmp_path, monkeypatch):
+    """A Mixtral's experts are fused parameters, not linear modules: LoRA's down_proj finds nothing
+    to adapt. Its row says why, the other methods are costed; with no method that applies, the
+    command fails with that reason."""
+    monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path / "cache"))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_type": "mixtral", "hidden_size": 64, "intermediate_size": 128,
+                                  "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                  "num_local_experts": 4, "num_experts_per_tok": 2, "vocab_size": 300}))
+    result = cli("cost", "--model-config", str(config), "--methods", "lora,bitfit", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    rows = {r["method"]: r for r in json.loads(result.stdout)}
+    assert "down_proj" in rows["lora"]["error"] and "trainable_params" not in rows["lora"]
+    assert rows["bitfit"]["trainable_params"] == 2 * (64 + 32)  # zero biases added to q_proj and v_proj
+    table = cli("cost", "--model-config", str(config), "--methods", "lora,bitfit")
+    assert table.returncode == 0 and "not applicable: method 'lora'" in table.stdout
+    assert_user_error(cli("cost", "--model-config", str(config), "--methods", "lora"), "down_proj", "mixtral")

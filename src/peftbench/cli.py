@@ -583,6 +583,8 @@ def cost(
     counts = config_counts(config, seq_len=seq_len)
     rows = cost_from_config(config, names, seq_len=seq_len, count=counts)
     counts.save()
+    if all("error" in row for row in rows):
+        raise PeftbenchError(rows[0]["error"])
     if format is ListFormat.json:
         print(dumps_json(rows, indent=2))
         return
@@ -591,9 +593,14 @@ def cost(
         table.add_column(col, justify="left" if col == "method" else "right")
     for row in rows:
         for entry, label in [(row, row["method"]), *((v, f"  ↳ {v['description']}") for v in row["variants"])]:
+            if "error" in entry:
+                table.add_row(label, "not applicable", "", "", "")
+                continue
             table.add_row(label, f"{entry['trainable_params']:,}", f"{entry['base_tflops']:.3f}",
                           f"{entry['extra_tflops']:.4f}", f"{entry['extra_tflops_unmerged']:.4f}")
     print_table(table)
+    for error in dict.fromkeys(e["error"] for row in rows for e in (row, *row["variants"]) if "error" in e):
+        print(f"not applicable: {error}")
 
 
 @app.command(name="list")

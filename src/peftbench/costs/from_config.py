@@ -127,7 +127,8 @@ def _alike_layers(model: nn.Module, config: Any, depth: int) -> bool:
 def cost_from_config(config: Any, methods: list[str], *, batch_size: int | None = None,
                      seq_len: int | None = None, count: Count = count_now) -> list[dict]:
     """Per method: trainable/total parameters and base/extra forward TFLOPs (merged where mergeable),
-    for a forward of batch_size × seq_len tokens (default: the cost protocol's, `CostsConfig`).
+    for a forward of batch_size × seq_len tokens (default: the cost protocol's, `CostsConfig`); a
+    method that cannot be applied to this architecture gets a row with its `error` instead.
     `count` may answer a method's row (or the base count) from a cache (`config_counts`)."""
     protocol = CostsConfig()
     batch_size, seq_len = batch_size or protocol.flops_batch_size, seq_len or protocol.flops_seq_len
@@ -144,7 +145,10 @@ def cost_from_config(config: Any, methods: list[str], *, batch_size: int | None 
     def row(name: str, args: dict[str, Any]) -> dict[str, Any]:
         method = resolve_method(name, args)
         key = f"{name} {json.dumps(method.args, sort_keys=True, default=str)}"
-        counted = count(key, lambda: _cost_one(method, config, forward, base))
+        try:
+            counted = count(key, lambda: _cost_one(method, config, forward, base))
+        except PeftbenchError as exc:  # not applicable to this architecture: the other methods still cost
+            return {"method": method.name, "error": str(exc)}
         return {k: counted[k] for k in ROW}  # in this order, whichever order a cache kept
 
     return [{**row(name, {}), "variants": [{"description": text, "args": args, **row(name, args)}
