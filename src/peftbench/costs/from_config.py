@@ -159,8 +159,8 @@ def cost_from_config(config: Any, methods: list[str], *, batch_size: int | None 
 def config_counts(config: Any, *, batch_size: int | None = None, seq_len: int | None = None) -> CountCache:
     """The cache of `cost_from_config`'s counts for this configuration and forward shape, in
     `<cache>/counts/`, keyed by everything a count depends on besides the method: the architecture,
-    the shape, the library versions and the code that builds and counts (this module, `flops.py`
-    and the methods package)."""
+    the shape, the library versions and the code that builds and counts (`counting_code` and this
+    module)."""
     protocol = CostsConfig()
     what = {"architecture": config.to_json_string(use_diff=False),
             "shape": [batch_size or protocol.flops_batch_size, seq_len or protocol.flops_seq_len],
