@@ -23,7 +23,7 @@ runtime: {threads: 1, workers: 1}
 """
 PER_RUN = {"adapter_bytes", "train_run_peak_mem_gb", "train_run_peak_mem_source", "energy_j", "model_revision"}
 DETERMINISTIC = ("trainable_params", "total_params", "base_flops", "adapted_flops", "merged_flops", "flops_per_token",
-                 "train_step_flops", "est_train_mem_gb")
+                 "train_step_flops", "est_train_mem_gb", "peak_train_mem_gb")  # CPU memory: live tensors, exact
 
 
 def test_a_methods_costs_are_measured_once_and_equal_a_fresh_measurement(tmp_path):
@@ -148,3 +148,16 @@ def test_a_count_cached_by_other_code_is_not_reused(tmp_path, monkeypatch):
             patch.setattr(Path, "read_bytes", lambda p, c=changed, r=read: r(p) + (b"#" if p == c else b""))
             after = paths()
         assert after[0] != before[0] and after[1] != before[1], name
+
+    # the grid's own cache of a method's measured costs: measured again after the memory code changed
+    from peftbench.plan import plan_runs
+    from peftbench.runner import run as runner
+
+    measured: list[int] = []
+    monkeypatch.setattr(runner, "measure_method_costs", lambda *a, **k: {"n": measured.append(1) or len(measured)})
+    spec = plan_runs(cfg)[0]
+    assert ctx.method_costs(spec, None, 4) == {"n": 1}
+    assert RunContext(cfg, ctx.source, ctx.out_dir).method_costs(spec, None, 4) == {"n": 1}  # a resumed grid
+    changed, read = package / "costs" / "memory.py", Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda p: read(p) + (b"#" if p == changed else b""))
+    assert RunContext(cfg, ctx.source, ctx.out_dir).method_costs(spec, None, 4) == {"n": 2}

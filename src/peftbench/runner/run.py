@@ -157,14 +157,16 @@ class RunContext:
         """What the run's method costs on this model under the cost protocol, measured once per grid:
         kept in memory and in `<output>/costs/<key>.json` (a cache keyed by everything the measures
         depend on — the model, the method and its arguments, the protocol, the device and threads —
-        so a resumed grid or another worker reuses it; the store itself stays the driver's). Its FLOP
-        counts come from the user cache when another grid counted them (`counts`)."""
+        so a resumed grid or another worker reuses it, unless the measuring code changed meanwhile;
+        the store itself stays the driver's). Its FLOP counts come from the user cache when another
+        grid counted them (`counts`)."""
         method = {k: v for k, v in spec.identity["method"].items() if k in ("name", "args")}
         what = {"model": spec.identity["model"], "method": method,
                 "costs": spec.identity["costs"], "memory_batch_size": memory_batch_size,
                 "device": [self.provenance["device"], self.provenance["device_name"]],
                 "threads": self.cfg.runtime.threads,
-                "versions": self.provenance["versions"]}
+                "versions": self.provenance["versions"],
+                "code": counting_code("costs/memory.py", "costs/latency.py")}
         key = cache_key(what)
         path = self.out_dir / "costs" / f"{key}.json"
         if key not in self._method_costs and not path.is_file():
