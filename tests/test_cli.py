@@ -165,6 +165,7 @@ def test_cost_from_a_config_file(cli, tmp_path, monkeypatch):
     assert other.returncode == 0 and counted
     assert_user_error(cli("cost", "--model-config", "no-such-config"), "--model-config")
     assert_user_error(cli("cost", "--model-config", str(config), "--methods", "lorax"), "unknown method")
+    assert_user_error(cli("cost", "--model-config", str(config), "--methods", ","), "--methods")
 
 
 def test_cost_gives_a_row_to_each_method_that_applies(cli, tmp_path, monkeypatch):

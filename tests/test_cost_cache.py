@@ -146,8 +146,12 @@ def test_a_count_cached_by_other_code_is_not_reused(tmp_path, monkeypatch):
         changed, read = package / name, Path.read_bytes
         with monkeypatch.context() as patch:
             patch.setattr(Path, "read_bytes", lambda p, c=changed, r=read: r(p) + (b"#" if p == c else b""))
+            assert paths() == before  # read once per process: the code loaded is the code that counts
+            counting_code.cache_clear()  # as a new process would
             after = paths()
+        counting_code.cache_clear()
         assert after[0] != before[0] and after[1] != before[1], name
+        assert paths() == before  # the real code's digests again
 
     # the grid's own cache of a method's measured costs: measured again after the memory code changed
     from peftbench.plan import plan_runs
@@ -160,4 +164,6 @@ def test_a_count_cached_by_other_code_is_not_reused(tmp_path, monkeypatch):
     assert RunContext(cfg, ctx.source, ctx.out_dir).method_costs(spec, None, 4) == {"n": 1}  # a resumed grid
     changed, read = package / "costs" / "memory.py", Path.read_bytes
     monkeypatch.setattr(Path, "read_bytes", lambda p: read(p) + (b"#" if p == changed else b""))
+    counting_code.cache_clear()
     assert RunContext(cfg, ctx.source, ctx.out_dir).method_costs(spec, None, 4) == {"n": 2}
+    counting_code.cache_clear()

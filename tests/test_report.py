@@ -63,6 +63,21 @@ def test_pscp_averages_each_cost_over_the_methods_finished_runs(tmp_path):
     assert summary.pscp == pytest.approx(pscp(65.0, 3000, 0.1, 3.0, PSCPConfig()))
 
 
+def test_a_method_whose_memory_was_measured_two_ways_is_noted(tmp_path):
+    from peftbench.report import measurement_notes
+
+    rows = [("m", "a", 0, "done", 70.0), ("m", "a", 1, "done", 90.0), ("n", "a", 0, "done", 50.0)]
+    records = hand_store(tmp_path, rows).records()
+    protocol = "; fixed protocol: AdamW, batch 4 x 512 tokens, 3 steps"
+    for r, source in zip(records, ("cpu_rss_hwm_delta+weights", "cpu_live_tensor_peak+weights",
+                                   "cpu_live_tensor_peak+weights"), strict=True):
+        r.costs["peak_train_mem_source"] = source + protocol
+    assert measurement_notes(records) == [
+        "m: its runs' training memory was measured in 2 ways (cpu_live_tensor_peak+weights, "
+        "cpu_rss_hwm_delta+weights); PSCP's M_m averages them"]
+    assert measurement_notes(records[1:]) == []
+
+
 def test_mean_rank_with_ties(tmp_path):
     rows = [(m, t, 0, "done", s) for m, t, s in [("x", "a", 90), ("y", "a", 80), ("z", "a", 80),
                                                  ("x", "b", 10), ("y", "b", 30), ("z", "b", 20)]]

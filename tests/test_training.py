@@ -178,3 +178,24 @@ def test_lean_steps_leave_the_states_the_full_walks_leave(tokenizer):
         assert all(p.grad is not None and not p.grad.any() for p in trainable)
         model.zero_grad()
         assert all(p.grad is None for p in model.parameters())
+
+
+def test_checkpoints_do_not_look_the_base_model_up_on_the_hub(tokenizer, tmp_path, monkeypatch):
+    """A loaded model carries the name the config gives it (a hub id, not a local folder), so peft's
+    embedding check at each save would ask the hub about it; checkpoints, like adapters, skip it
+    and hold the adapter alone."""
+    import peft.utils.save_and_load
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the hub was consulted while saving a checkpoint")
+
+    monkeypatch.setattr(peft.utils.save_and_load, "check_file_exists_on_hf_hub", no_hub)
+    base = llama(tokenizer)
+    base.name_or_path = base.config.name_or_path = "org/model"
+    model = resolve_method("lora", {}).apply(base)
+    cfg = TrainingConfig(max_steps=4, batch_size=4, eval_steps=10, warmup_ratio=0.0, checkpoint_steps=2)
+    data = examples(tokenizer, 16)
+    train(model, tokenizer, data, data[:4], cfg, learning_rate=1e-2, seed=0, device=torch.device("cpu"),
+          workdir=tmp_path)
+    saved = sorted(tmp_path.glob("checkpoint-*/adapter_model.safetensors"))
+    assert saved and "save_pretrained" not in model.__dict__  # the model's own method again

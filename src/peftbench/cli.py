@@ -576,7 +576,9 @@ def cost(
 
     quiet_libraries()
     seq_len = seq_len or CostsConfig().flops_seq_len
-    names = [m.strip() for m in methods.split(",") if m.strip()] if methods else paper_methods()
+    names = [m.strip() for m in methods.split(",") if m.strip()] if methods is not None else paper_methods()
+    if not names:
+        raise PeftbenchError("--methods: expected at least one method name (comma-separated)")
     for name in names:
         resolve_method(name)  # unknown names fail before any costing
     config = load_model_config(model_config)

@@ -268,6 +268,20 @@ class _Trainer(Trainer):
             self.members.record(inputs)
         return super().training_step(model, inputs, num_items_in_batch)
 
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """The Trainer's checkpoint, a peft model's saved as `PeftMethod.save` saves it: without the
+        embedding check that looks the base model up by name (on the hub) at every save."""
+        from peft import PeftModel
+
+        if not isinstance(self.model, PeftModel):
+            super()._save(output_dir, state_dict)
+            return
+        self.model.save_pretrained = partial(self.model.save_pretrained, save_embedding_layers=False)
+        try:
+            super()._save(output_dir, state_dict)
+        finally:
+            del self.model.save_pretrained
+
 
 def train(
     model: nn.Module,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,13 @@ def count_now(name: str, count: Callable[[], Any]) -> Any:
     return count()
 
 
+@cache
 def counting_code(*more: str) -> dict[str, str]:
     """Digests of the code a FLOP count depends on, by path in the package: the counter, what asks
     it for which passes (this module), the decoder it counts through, and every method module (how
     an adapter is built and merged), plus `more`. Part of every count cache's key, so that a count
-    cached by another checkout is never reused once that code has changed."""
+    cached by another checkout is never reused once that code has changed. Read once per process:
+    the code that counts is the code loaded, even if the checkout changes during a grid."""
     import hashlib
 
     package = Path(__file__).resolve().parents[1]

@@ -80,6 +80,17 @@ def version_notes(shown: list[RunRecord], all_records: list[RunRecord]) -> list[
     return notes
 
 
+def measurement_notes(shown: list[RunRecord]) -> list[str]:
+    """Say so when one method's runs had their training memory measured in different ways (a grid
+    resumed across a change of the measurement, or across devices): PSCP's M_m averages them."""
+    sources: dict[str, set[str]] = {}
+    for r in shown:
+        if r.status == "done" and r.costs and r.costs.get("peak_train_mem_source"):
+            sources.setdefault(r.method, set()).add(str(r.costs["peak_train_mem_source"]).split(";")[0])
+    return [f"{method}: its runs' training memory was measured in {len(ways)} ways ({', '.join(sorted(ways))}); "
+            f"PSCP's M_m averages them" for method, ways in sorted(sources.items()) if len(ways) > 1]
+
+
 def task_categories(records: list[RunRecord]) -> dict[str, str]:
     """Each task's category, as its runs recorded it (user tasks included, no registry needed)."""
     categories = {}
@@ -102,7 +113,7 @@ def build_report(out_dir: Path, *, reference: str | None = None) -> Report:
     if reference:
         summary = with_reference(summary, reference)
     return Report(store, records, other, summary, title=f"peftbench — {cfg.name if cfg else store.out_dir.name}",
-                  notes=version_notes(records, everything), tpv=study,
+                  notes=version_notes(records, everything) + measurement_notes(records), tpv=study,
                   strategies=strategy_rows(records) if any(strategy_of(r) != "default" for r in records) else [])
 
 
