@@ -57,6 +57,10 @@ def test_quickstart(quickstart_dir):
     assert len((out / "results.csv").read_text().splitlines()) == 1 + 54  # one row per run, every seed
     first = state(out)
     assert len(first) == 54 and {s for s, _, _ in first.values()} == {"done"}
+    for r in Store.open(out).records():  # throughput: the tokens of 3 epochs over the training time
+        if r.method != "base":
+            assert r.timings["train_tokens_per_s"] == pytest.approx(
+                r.training["train_tokens"] * 3 / r.timings["train_s"], rel=1e-12), r.run_id
 
     cli("quickstart", "--out", str(out))  # everything is done: nothing re-runs, scores unchanged
     assert state(out) == first
