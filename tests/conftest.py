@@ -223,14 +223,15 @@ def interruptible() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start_traced(config: Path, out: Path, trace: Path, *extra: str):
-    """`peftbench run CONFIG --out OUT` in the background, writing its phase markers to `trace`."""
+def start_traced(config: Path, out: Path, trace: Path, *extra: str, stop_at: str | None = None):
+    """`peftbench run CONFIG --out OUT` in the background, writing its phase markers to `trace`;
+    with `stop_at` ("method:phase:step"), the process that reaches that mark stops there (SIGSTOP)."""
     import subprocess
     import sys
 
+    env = {**os.environ, "PEFTBENCH_TRACE": str(trace), **({"PEFTBENCH_TRACE_STOP": stop_at} if stop_at else {})}
     return subprocess.Popen([sys.executable, "-m", "peftbench.cli", "run", str(config), "--out", str(out), *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PEFTBENCH_TRACE": str(trace)})
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def wait_for_mark(proc, trace: Path, wanted, timeout: float = 300) -> dict:

@@ -60,9 +60,9 @@ def trace_lines(path: Path) -> list[dict]:
 
 def kill_a_worker_mid_training(config: Path, out: Path, extra: list[str]) -> tuple[str, subprocess.CompletedProcess]:
     """Start the grid, SIGKILL the process that runs the first LoRA run once it is half-way through
-    training (known from the phase trace, not from timing), and let the grid finish."""
+    training (it stops itself at that mark of the phase trace), and let the grid finish."""
     trace = out.parent / f"{out.name}.trace"
-    proc = start_traced(config, out, trace, *extra)
+    proc = start_traced(config, out, trace, *extra, stop_at="lora:train:15")
     victim = wait_for_mark(proc, trace, lambda t: t["method"] == "lora" and t["phase"] == "train" and t["step"] >= 15)
     assert victim["pid"] != proc.pid  # a worker, not the driver
     os.kill(victim["pid"], signal.SIGKILL)

@@ -167,8 +167,8 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint_with_the_uninterrup
     out = tmp_path / "out"
     args = ["run", str(config), "--out", str(out), "--set", "training.checkpoint_steps=5"]
     first, second = tmp_path / "trace1", tmp_path / "trace2"
-    proc = start_traced(config, out, first, *args[4:])
-    mark = wait_for(proc, first, "train", 17)  # checkpoints at steps 5, 10 and 15 are on disk
+    proc = start_traced(config, out, first, *args[4:], stop_at="lora:train:17")
+    mark = wait_for(proc, first, "train", 17)  # stopped there: checkpoints at steps 5, 10 and 15 were saved
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     checkpoints = out / "checkpoints" / mark["run_id"]
