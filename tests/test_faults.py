@@ -35,7 +35,7 @@ def test_kill_9_at_every_phase_then_rerun_completes_with_the_same_results(small_
     out = tmp_path / "out"
     for i, (phase, step) in enumerate(PHASES):
         trace = tmp_path / f"trace{i}"
-        proc = start_traced(config, out, trace)
+        proc = start_traced(config, out, trace, stop_at=f"lora:{phase}:{step}")
         mark = wait_for(proc, trace, phase, step)
         assert mark["pid"] == proc.pid
         proc.send_signal(signal.SIGKILL)
@@ -59,9 +59,8 @@ def test_two_drivers_on_one_output_take_different_runs(small_grid, tmp_path):
     config, expected = small_grid
     out = tmp_path / "out"
     trace = tmp_path / "trace"
-    first = start_traced(config, out, trace)
+    first = start_traced(config, out, trace, stop_at="lora:train:5")  # A stops itself there
     held = wait_for(first, trace, "train", 5)
-    first.send_signal(signal.SIGSTOP)
     try:
         run_cli("run", str(config), "--out", str(out))
     finally:

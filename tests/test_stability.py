@@ -358,7 +358,7 @@ def test_kill_9_mid_deni_then_rerun_gives_the_uninterrupted_results(deni_grid, t
 
     config, reference = deni_grid
     out, trace = tmp_path / "out", tmp_path / "trace"
-    proc = start_traced(config, out, trace, "--set", "training.checkpoint_steps=5")
+    proc = start_traced(config, out, trace, "--set", "training.checkpoint_steps=5", stop_at="lora:train:12")
     mark = wait_for_mark(proc, trace, lambda m: m["method"] == "lora" and m["phase"] == "train" and m["step"] >= 12)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

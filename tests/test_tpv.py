@@ -347,7 +347,7 @@ def test_kill_9_mid_study_then_rerun_gives_the_same_results(tpv_study, tmp_path)
     not redone and every result equals the uninterrupted run's."""
     config, reference = tpv_study
     out, trace = tmp_path / "out", tmp_path / "trace"
-    proc = start_traced(config, out, trace)
+    proc = start_traced(config, out, trace, stop_at="tpv-cross*:eval:0")
     mark = wait_for_mark(proc, trace, lambda m: m["method"].startswith("tpv-cross") and m["phase"] == "eval", 600)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -4,6 +4,7 @@ PEFTBENCH_TRACE the phase markers of every run in a file (workers write them too
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import os
 import queue
@@ -30,10 +31,10 @@ def run_label(spec: RunSpec) -> str:
 def trace(spec: RunSpec, name: str, done: int = 0, total: int = 1) -> None:
     """With PEFTBENCH_TRACE=FILE, append where a run is (run id, phase, step, pid) to FILE as a JSON
     line: for debugging, and for fault-injection tests that must act at a known point of a run.
-    With PEFTBENCH_TRACE_STOP=METHOD:PHASE:STEP as well, the first process of the grid to write
-    such a mark (that phase of that method at STEP or later) stops itself (SIGSTOP) right after it,
-    so that a test acts exactly there, however fast the run goes on; `FILE.stopped` records that
-    it happened, and no other process stops."""
+    With PEFTBENCH_TRACE_STOP=METHOD:PHASE:STEP as well (METHOD a shell pattern), the first process
+    of the grid to write such a mark (that phase of such a method at STEP or later) stops itself
+    (SIGSTOP) right after it, so that a test acts exactly there, however fast the run goes on;
+    `FILE.stopped` records that it happened, and no other process stops."""
     path = os.environ.get("PEFTBENCH_TRACE")
     if path:
         line = {"run_id": spec.run_id, "method": spec.method_id, "seed": spec.seed, "phase": name, "step": done,
@@ -41,7 +42,7 @@ def trace(spec: RunSpec, name: str, done: int = 0, total: int = 1) -> None:
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
         method, phase, step = os.environ.get("PEFTBENCH_TRACE_STOP", "::0").rsplit(":", 2)
-        if (method, phase) == (spec.method_id, name) and done >= int(step):
+        if fnmatch.fnmatchcase(spec.method_id, method) and phase == name and done >= int(step):
             try:
                 with open(path + ".stopped", "x") as first:
                     first.write(str(os.getpid()))
