@@ -98,3 +98,26 @@ def test_the_finish_line_counts_elapsed_time_and_the_eta_by_hand(monkeypatch, ca
     assert capsys.readouterr().out.splitlines() == [
         "start lora · qs_sentiment · seed 0",
         "done lora · qs_sentiment · seed 0: score 87.2, 1:15 — grid 1/4, 1:15 elapsed, eta 3:45"]
+
+
+def test_the_trace_stops_the_first_process_at_its_mark_and_only_that_one(tmp_path):
+    """PEFTBENCH_TRACE_STOP: the first process to write a matching mark stops itself right after it
+    (what fault tests act on); a later process of the same grid writes its mark and goes on."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    trace = tmp_path / "trace"
+    code = ("from types import SimpleNamespace as S; from peftbench.runner.progress import trace; "
+            "spec = S(run_id='r', method_id='tpv-cross@o0<o1', seed=0); "
+            "trace(spec, 'train', 3); trace(spec, 'eval', 0); print('went on')")
+    env = {**os.environ, "PEFTBENCH_TRACE": str(trace), "PEFTBENCH_TRACE_STOP": "tpv-cross*:eval:0"}
+    first = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    _, status = os.waitpid(first.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status) and (tmp_path / "trace.stopped").read_text() == str(first.pid)
+    assert [line.split('"phase": ')[1][:7] for line in trace.read_text().splitlines()] == ['"train"', '"eval",']
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0 and second.stdout == "went on\n"
