@@ -88,6 +88,17 @@ def qwen2(tokenizer):
     return Qwen2ForCausalLM(config).eval()
 
 
+@pytest.fixture
+def no_hub_lookup(monkeypatch):
+    """Fail the test if peft asks the hub about the base model while saving (its embedding check)."""
+    import peft.utils.save_and_load
+
+    def lookup(*args, **kwargs):
+        raise AssertionError(f"the hub was consulted while saving: {args}")
+
+    monkeypatch.setattr(peft.utils.save_and_load, "check_file_exists_on_hf_hub", lookup)
+
+
 @pytest.fixture(scope="session")
 def builtin_model_dir() -> Path:
     """The real embedded model (pretrained in code; built once and cached)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import run_cli
 
@@ -140,12 +141,16 @@ def test_a_count_cached_by_other_code_is_not_reused(tmp_path, monkeypatch):
     def paths() -> tuple[Path, Path]:
         return ctx.counts({"method": None}).path, config_counts(config).path
 
+    def edit(patch: pytest.MonkeyPatch, name: str) -> None:
+        """The package's file `name` reads as other bytes (a changed checkout), without writing it."""
+        changed, read = package / name, Path.read_bytes
+        patch.setattr(Path, "read_bytes", lambda p: read(p) + (b"#" if p == changed else b""))
+
     before = paths()
     assert before == paths()
     for name in ("methods/lora.py", "decoding.py"):
-        changed, read = package / name, Path.read_bytes
         with monkeypatch.context() as patch:
-            patch.setattr(Path, "read_bytes", lambda p, c=changed, r=read: r(p) + (b"#" if p == c else b""))
+            edit(patch, name)
             assert paths() == before  # read once per process: the code loaded is the code that counts
             counting_code.cache_clear()  # as a new process would
             after = paths()
@@ -162,8 +167,7 @@ def test_a_count_cached_by_other_code_is_not_reused(tmp_path, monkeypatch):
     spec = plan_runs(cfg)[0]
     assert ctx.method_costs(spec, None, 4) == {"n": 1}
     assert RunContext(cfg, ctx.source, ctx.out_dir).method_costs(spec, None, 4) == {"n": 1}  # a resumed grid
-    changed, read = package / "costs" / "memory.py", Path.read_bytes
-    monkeypatch.setattr(Path, "read_bytes", lambda p: read(p) + (b"#" if p == changed else b""))
+    edit(monkeypatch, "costs/memory.py")
     counting_code.cache_clear()
     assert RunContext(cfg, ctx.source, ctx.out_dir).method_costs(spec, None, 4) == {"n": 2}
     counting_code.cache_clear()

@@ -96,7 +96,7 @@ def test_the_cpu_memory_count_is_what_the_cuda_allocator_counts(tokenizer):
     step (optimiser state and cuBLAS's workspace allocated before, in neither figure), the
     allocator's peak above the start holds every counted tensor (rounded up to 512-byte blocks) and
     exceeds them by no more than what kernels allocate for themselves (about 100 MiB counted here)."""
-    from peftbench.costs.memory import live_tensor_peak
+    from peftbench.costs.memory import live_tensor_peak, resident_bytes
 
     model = resolve_method("lora").apply(llama(tokenizer)).to(CUDA).train()
     ids = torch.randint(0, len(tokenizer), (16, 512), device=CUDA)
@@ -116,5 +116,5 @@ def test_the_cpu_memory_count_is_what_the_cuda_allocator_counts(tokenizer):
             step()
     torch.cuda.synchronize()
     allocator = torch.cuda.max_memory_allocated(CUDA) - start
-    tensors = counted.peak_bytes - sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    tensors = counted.peak_bytes - resident_bytes(model)
     assert 0 < tensors <= allocator <= 1.05 * tensors

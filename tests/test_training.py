@@ -180,16 +180,10 @@ def test_lean_steps_leave_the_states_the_full_walks_leave(tokenizer):
         assert all(p.grad is None for p in model.parameters())
 
 
-def test_checkpoints_do_not_look_the_base_model_up_on_the_hub(tokenizer, tmp_path, monkeypatch):
+def test_checkpoints_do_not_look_the_base_model_up_on_the_hub(tokenizer, tmp_path, no_hub_lookup):
     """A loaded model carries the name the config gives it (a hub id, not a local folder), so peft's
     embedding check at each save would ask the hub about it; checkpoints, like adapters, skip it
     and hold the adapter alone."""
-    import peft.utils.save_and_load
-
-    def no_hub(*args, **kwargs):
-        raise AssertionError("the hub was consulted while saving a checkpoint")
-
-    monkeypatch.setattr(peft.utils.save_and_load, "check_file_exists_on_hf_hub", no_hub)
     base = llama(tokenizer)
     base.name_or_path = base.config.name_or_path = "org/model"
     model = resolve_method("lora", {}).apply(base)
