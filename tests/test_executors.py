@@ -199,15 +199,67 @@ def test_workers_start_before_the_checks_only_for_a_new_local_grid_and_never_mor
     assert early(out=tmp_path / "old") is None  # a resumed grid: the grid counts what is pending first
 
 
-def test_worker_processes_nobody_took_are_terminated_at_once_and_taken_ones_are_left_to_their_taker():
+def _environ_and_parent(key: str) -> tuple[str | None, int]:
+    return os.environ.get(key), os.getppid()
+
+
+def test_forked_workers_start_when_runs_are_submitted_with_the_driver_s_environment_of_then():
+    """On Linux the workers fork from a server that imported the run path: making them ready starts
+    no worker, so a grid that fails its checks has none to end; a worker made later gets the
+    driver's environment as it is then, not the server's."""
+    from peftbench.runner.backends import processes
+
+    if processes.worker_context().get_start_method() != "forkserver":
+        pytest.skip("workers are spawned on this platform")
+    untaken = processes.WorkerProcesses(2)
+    assert not untaken.pool._processes
+    untaken.close()
+    os.environ["PEFTBENCH_TEST_LATER"] = "set after the server started"
+    try:
+        taken = processes.WorkerProcesses(1)
+        pool = taken.take()
+        environ, parent = pool.submit(_environ_and_parent, "PEFTBENCH_TEST_LATER").result(timeout=300)
+        pool.shutdown(wait=True)
+    finally:
+        del os.environ["PEFTBENCH_TEST_LATER"]
+    assert environ == "set after the server started"
+    assert parent != os.getpid()  # the server's child, not the driver's
+
+
+def test_the_run_path_the_workers_fork_from_touches_no_cuda():
+    """Workers fork from a server that imported the run path; a child cannot use a CUDA its parent
+    initialised, so importing it must not call into torch.cuda (a library release could start to)."""
+    probe = """
+import torch
+calls = []
+def wrapped(name, function):
+    def call(*args, **kwargs):
+        calls.append(name)
+        return function(*args, **kwargs)
+    return call
+for name in ["is_available", "device_count", "init", "_lazy_init", "current_device", "mem_get_info",
+             "get_device_properties", "synchronize", "set_device"]:
+    setattr(torch.cuda, name, wrapped(name, getattr(torch.cuda, name)))
+from peftbench.runner.backends.processes import RUN_PATH
+__import__(RUN_PATH)
+print(calls, torch.cuda.is_initialized())
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["[]", "False"]
+
+
+def test_spawned_worker_processes_nobody_took_are_terminated_at_once_and_taken_ones_are_left_to_their_taker(
+        monkeypatch):
     """A grid that fails its checks ends the workers it started early without waiting for their
     seconds of imports; a pool the backend took is the backend's to shut down."""
+    import multiprocessing
     import multiprocessing.connection
-    import signal
 
-    from peftbench.runner.backends.processes import WorkerProcesses
+    from peftbench.runner.backends import processes
 
-    untaken = WorkerProcesses(2)
+    monkeypatch.setattr(processes, "worker_context", lambda: multiprocessing.get_context("spawn"))
+    untaken = processes.WorkerProcesses(2)
     started = list(untaken.pool._processes.values())
     untaken.close()
     assert all(multiprocessing.connection.wait([p.sentinel], timeout=120) for p in started)
@@ -217,10 +269,10 @@ def test_worker_processes_nobody_took_are_terminated_at_once_and_taken_ones_are_
         for p in started:
             p.join(timeout=0.05)
     assert [p.exitcode for p in started] == [-signal.SIGTERM] * 2
-    taken = WorkerProcesses(1)
+    taken = processes.WorkerProcesses(1)
     pool = taken.take()
     taken.close()  # nothing: the pool is the taker's
-    assert pool.submit(sum, [1, 2]).result(timeout=300) == 3
+    assert pool.submit(_environ_and_parent, "PEFTBENCH_NOT_SET").result(timeout=300) == (None, os.getpid())
     pool.shutdown(wait=True)
     with pytest.raises(RuntimeError):
         taken.take()

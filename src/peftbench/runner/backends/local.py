@@ -1,4 +1,4 @@
-"""The local backends: runs in this process, or in N spawned worker processes with pinned threads.
+"""The local backends: runs in this process, or in N worker processes with pinned threads.
 
 Each run seeds itself and pins its threads, so a run's result does not depend on which process
 or in which order it ran. A worker process that dies breaks the process pool; the pool is
@@ -67,7 +67,7 @@ def _pool_job(cfg: BenchConfig, source: ModelSource, out_dir: Any, spec: RunSpec
 
 
 class PoolBackend:
-    """N spawned worker processes; each keeps its model and task data across runs."""
+    """N worker processes (`processes.worker_context`); each keeps its model and task data across runs."""
 
     batch_size = 1
 
