@@ -203,27 +203,57 @@ def _environ_and_parent(key: str) -> tuple[str | None, int]:
     return os.environ.get(key), os.getppid()
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="workers are spawned on this platform")
 def test_forked_workers_start_when_runs_are_submitted_with_the_driver_s_environment_of_then():
     """On Linux the workers fork from a server that imported the run path: making them ready starts
     no worker, so a grid that fails its checks has none to end; a worker made later gets the
     driver's environment as it is then, not the server's."""
     from peftbench.runner.backends import processes
 
-    if processes.worker_context().get_start_method() != "forkserver":
-        pytest.skip("workers are spawned on this platform")
     untaken = processes.WorkerProcesses(2)
     assert not untaken.pool._processes
     untaken.close()
     os.environ["PEFTBENCH_TEST_LATER"] = "set after the server started"
+    pool = processes.WorkerProcesses(1).take()
     try:
-        taken = processes.WorkerProcesses(1)
-        pool = taken.take()
         environ, parent = pool.submit(_environ_and_parent, "PEFTBENCH_TEST_LATER").result(timeout=300)
-        pool.shutdown(wait=True)
+        preloaded = pool.submit(eval, "'peftbench.runner.backends.preload' in __import__('sys').modules")
+        assert preloaded.result(timeout=300)  # imported by the server, never by a worker itself
     finally:
         del os.environ["PEFTBENCH_TEST_LATER"]
+        pool.shutdown(wait=True)
     assert environ == "set after the server started"
     assert parent != os.getpid()  # the server's child, not the driver's
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="workers are spawned on this platform")
+def test_the_server_does_not_import_modules_from_the_directory_the_command_started_in(tmp_path):
+    """The server runs as `python -c`, whose import path starts with the current directory; a
+    user's `datasets.py` there once replaced the library in every worker (the driver has no such
+    entry on its path)."""
+    (tmp_path / "datasets.py").write_text("SHADOW = True\n")
+    driver = """
+import sys
+del sys.path[0]  # as the console script: the current directory is not on the driver's path
+from peftbench.runner.backends.processes import WorkerProcesses
+pool = WorkerProcesses(1).take()
+print(pool.submit(eval, "__import__('sys').modules['datasets'].__file__").result(timeout=300))
+pool.shutdown()
+"""
+    done = subprocess.run([sys.executable, "-c", driver], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "site-packages" in done.stdout and str(tmp_path) not in done.stdout
+
+
+def test_ctrl_c_while_the_run_path_is_imported_ends_the_process_quietly(tmp_path):
+    """The server imports for seconds as a command starts; Ctrl-C then reaches it too, and only the
+    driver says what happened."""
+    (tmp_path / "interrupted.py").write_text("raise KeyboardInterrupt\n")
+    code = ("from peftbench.runner.backends import processes\n"
+            "processes.RUN_PATH = 'interrupted'\n"
+            "processes.import_run_path()\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert (done.returncode, done.stderr) == (130, "")
 
 
 def test_the_run_path_the_workers_fork_from_touches_no_cuda():

@@ -4,6 +4,8 @@ and the same seed gives the same weights."""
 from __future__ import annotations
 
 import math
+import os
+import sys
 
 import pytest
 import torch
@@ -193,3 +195,23 @@ def test_checkpoints_do_not_look_the_base_model_up_on_the_hub(tokenizer, tmp_pat
           workdir=tmp_path)
     saved = sorted(tmp_path.glob("checkpoint-*/adapter_model.safetensors"))
     assert saved and "save_pretrained" not in model.__dict__  # the model's own method again
+
+
+def test_each_training_ends_its_wandb_run(monkeypatch, tmp_path):
+    """transformers' W&B callback starts a run only where none is active: without `finish` a
+    worker's next run would log into this one (W&B's exit hook does not run in forked workers)."""
+    from types import SimpleNamespace
+
+    from peftbench.training import _logger_dirs
+
+    finished = []
+    wandb = SimpleNamespace(run=None, finish=lambda: finished.append(wandb.run))
+    monkeypatch.setitem(sys.modules, "wandb", wandb)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    with _logger_dirs(["wandb"], tmp_path):
+        assert os.environ["WANDB_MODE"] == "offline"
+        wandb.run = "run-1"  # what the callback's wandb.init leaves
+    assert finished == ["run-1"] and "WANDB_MODE" not in os.environ
+    with _logger_dirs(["tensorboard"], tmp_path):  # a run that does not log to W&B leaves W&B alone
+        wandb.run = "someone else's"
+    assert finished == ["run-1"]

@@ -13,6 +13,7 @@ import gc
 import math
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -136,7 +137,10 @@ def _lean_steps(model: nn.Module) -> Iterator[None]:
 @contextmanager
 def _logger_dirs(report_to: list[str], log_dir: Path | None) -> Iterator[None]:
     """TensorBoard's directory (transformers 5 reads it from the environment, else the Trainer's
-    temporary output dir, which a run deletes) and W&B offline unless the user chose a mode."""
+    temporary output dir, which a run deletes) and W&B offline unless the user chose a mode. The
+    W&B run ends with the training: transformers' callback starts one only where none is active,
+    so a worker's next run would log into this one, and W&B's own exit hook never runs in a worker
+    forked from the preloaded server (`runner.backends.processes`), which ends with `os._exit`."""
     saved = {k: os.environ.get(k) for k in ("TENSORBOARD_LOGGING_DIR", "WANDB_MODE")}
     if "tensorboard" in report_to and log_dir is not None:
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(log_dir)
@@ -145,6 +149,9 @@ def _logger_dirs(report_to: list[str], log_dir: Path | None) -> Iterator[None]:
     try:
         yield
     finally:
+        wandb = sys.modules.get("wandb")
+        if "wandb" in report_to and wandb is not None and wandb.run is not None:
+            wandb.finish()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -84,7 +84,8 @@ class PoolBackend:
         for (spec,) in batches:
             try:
                 future = self.pool.submit(_pool_job, ctx.cfg, ctx.source, ctx.out_dir, spec)
-            except BrokenProcessPool:  # a worker died: its runs come back through collect; go on in a new pool
+            except (BrokenProcessPool, EOFError):  # a worker died (its runs come back through collect), or
+                # the server that forks them died before it forked this one: go on in a new pool
                 self.pool.shutdown(wait=False, cancel_futures=True)
                 self.pool = worker_pool(self.capacity, self.messages)
                 future = self.pool.submit(_pool_job, ctx.cfg, ctx.source, ctx.out_dir, spec)

@@ -34,23 +34,36 @@ MESSAGES: dict[str, Any] = {}
 RUN_PATH = "peftbench.runner.backends.local"
 """What a worker runs; importing it imports torch, transformers and peft."""
 
+FORKSERVER_IS_PRIVATE = sys.version_info >= (3, 11, 1) or (3, 10, 9) <= sys.version_info < (3, 11)
+"""Before these releases the server's socket was open to every local user (CVE-2022-42919)."""
+
 
 def worker_context() -> BaseContext:
-    """How worker processes start: forked from a server that preloaded the run path (Linux), or
-    spawned. The server is one per driver process and lives as long as it."""
-    if sys.platform != "linux":
+    """How worker processes start: forked from a server that preloaded the run path (Linux; the
+    server is one per driver process and ends with it), or spawned."""
+    if sys.platform != "linux" or not FORKSERVER_IS_PRIVATE:
         return mp.get_context("spawn")
     context = mp.get_context("forkserver")
-    context.set_forkserver_preload([RUN_PATH])
+    context.set_forkserver_preload(["peftbench.runner.backends.preload"])
     return context
 
 
 def worker_pool(workers: int, messages: Any) -> ProcessPoolExecutor:
-    """`workers` processes that send run phases to `messages` and end with their driver. They get
-    the driver's environment as it is now: a server started for an earlier grid of this process
-    holds the environment of then."""
+    """`workers` processes that send run phases to `messages` and end with their driver. Their
+    `os.environ` is the driver's as it is now, not as it was when the server started (for an
+    earlier grid of this process); what libraries read from it as they were imported stays as the
+    server read it, as it stays in the driver."""
     return ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=_init_worker,
                                initargs=(messages, dict(os.environ)))
+
+
+def import_run_path() -> None:
+    """Import what a worker runs. Ctrl-C reaches every process of the command while they import;
+    the driver says what happened, once."""
+    try:
+        importlib.import_module(RUN_PATH)
+    except KeyboardInterrupt:
+        os._exit(130)
 
 
 def _init_worker(messages: Any, environ: dict[str, str]) -> None:
@@ -59,10 +72,7 @@ def _init_worker(messages: Any, environ: dict[str, str]) -> None:
     os.environ.update(environ)
     end_without_collecting()
     threading.Thread(target=_exit_with_driver, name="peftbench-driver-watch", daemon=True).start()
-    try:
-        importlib.import_module(RUN_PATH)  # spawned: before the first run asks; forked: already imported
-    except KeyboardInterrupt:  # Ctrl-C reaches every worker: the driver says what happened, once
-        os._exit(130)
+    import_run_path()  # spawned: before the first run asks; forked: imported already
 
 
 def _exit_with_driver() -> None:
@@ -107,7 +117,8 @@ class WorkerProcesses:
         """End the processes if nobody took them (a grid that stopped before it ran them: a user
         error must not wait seconds for spawned workers still importing). They are terminated, as
         Python 3.14's `ProcessPoolExecutor.terminate_workers` does it (which reads `_processes` too).
-        Forked ones were never started; their server ends with this process."""
+        Forked ones were never started; their server ends with this process (once it has imported
+        the run path, if it is still at it)."""
         if self.pool is None:
             return
         processes = list((self.pool._processes or {}).values())
@@ -126,9 +137,10 @@ def local_workers(cfg: BenchConfig, pending: int | None = None) -> int:
 def start_early(cfg: BenchConfig, out_dir: Path) -> WorkerProcesses | None:
     """The worker processes of a new local grid (no store in `out_dir` yet: every run of the grid is
     pending), before anything is planned or checked; None otherwise, and the grid starts its
-    workers once it knows how many runs are pending (`runner.grid`). The price: a grid that fails
-    its checks reports that later, by the cores the importing workers took (2.3–3 s here: a bad
-    target module in 6.6–7.3 s against 4.1–4.3 s with one worker; `peftbench validate` is quicker)."""
+    workers once it knows how many runs are pending (`runner.grid`). The price, where workers are
+    spawned: a grid that fails its checks reports that later, by the cores the importing workers
+    take (a bad target module here: 6.5–7.4 s, against 3.9 s with one worker). Forked from the
+    server, which imports on the other core: 4.2–4.4 s. `peftbench validate` is quicker."""
     if cfg.executor.kind != "local" or cfg.tpv is not None or (Path(out_dir) / DB_NAME).exists():
         return None
     workers = local_workers(cfg, len(cfg.methods) * len(cfg.tasks) * len(cfg.seeds))
