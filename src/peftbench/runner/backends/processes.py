@@ -4,8 +4,8 @@ This module imports nothing heavy, so that the command line can start the worker
 config is read. Importing torch, transformers and peft takes seconds of CPU. On Linux the workers
 are forked from a server process that imported them once (multiprocessing's forkserver with the run
 path preloaded; Python 3.14's default start method there), which it does while the driver imports
-them too and checks the grid: on the quickstart's 2 cores, the first run started 4.0 s after the
-command instead of 5.7 s, when each worker imported for itself beside the driver. Elsewhere (macOS,
+them too and checks the grid: on a 2-core machine, the first run started 4.0–4.5 s after the
+command instead of 5.6–5.9 s, when each worker imported for itself beside the driver. Elsewhere (macOS,
 where forking a process that imported torch is not safe) they are spawned, and start importing at
 once. A new worker after one died is forked from the same server, without importing again.
 """
