@@ -185,6 +185,8 @@ def test_workers_start_before_the_checks_only_for_a_new_local_grid_and_never_mor
     from peftbench.store import Store
 
     monkeypatch.setattr(processes, "WorkerProcesses", lambda workers: workers)  # the number it would start
+    servers: list[bool] = []
+    monkeypatch.setattr(processes, "start_server", lambda: servers.append(True))
 
     def early(out=tmp_path / "new", **overrides):
         grid = {"methods": ["lora", "ia3"], "tasks": ["qs_sentiment"], "seeds": [0, 1, 2], "runtime": {"workers": 4}}
@@ -196,7 +198,10 @@ def test_workers_start_before_the_checks_only_for_a_new_local_grid_and_never_mor
     assert early(runtime={"workers": 1}) is None
     assert early(executor={"kind": "slurm"}) is None
     Store.create(tmp_path / "old")
-    assert early(out=tmp_path / "old") is None  # a resumed grid: the grid counts what is pending first
+    assert not servers
+    assert early(out=tmp_path / "old") is None  # a resumed grid: the grid counts what is pending first,
+    assert servers == [True]  # but the server the workers fork from starts importing now
+    assert early(out=tmp_path / "old", runtime={"workers": 1}) is None and servers == [True]
 
 
 def _environ_and_parent(key: str) -> tuple[str | None, int]:

@@ -57,6 +57,16 @@ def worker_pool(workers: int, messages: Any) -> ProcessPoolExecutor:
                                initargs=(messages, dict(os.environ)))
 
 
+def start_server() -> bool:
+    """Start the server that workers fork from, where they fork: it imports the run path for
+    seconds, so the sooner the better, and it does not depend on how many workers there will be.
+    Returns at once; False where workers are spawned instead."""
+    if worker_context().get_start_method() != "forkserver":
+        return False
+    multiprocessing.forkserver.ensure_running()
+    return True
+
+
 def import_run_path() -> None:
     """Import what a worker runs. Ctrl-C reaches every process of the command while they import;
     the driver says what happened, once."""
@@ -97,12 +107,9 @@ class WorkerProcesses:
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
-        context = worker_context()
-        self.messages = context.Queue()
+        self.messages = worker_context().Queue()
         self.pool: ProcessPoolExecutor | None = worker_pool(workers, self.messages)
-        if context.get_start_method() == "forkserver":
-            multiprocessing.forkserver.ensure_running()  # returns at once; forking waits for its imports
-        else:
+        if not start_server():
             for _ in range(workers):
                 self.pool.submit(_started)
 
@@ -140,8 +147,12 @@ def start_early(cfg: BenchConfig, out_dir: Path) -> WorkerProcesses | None:
     workers once it knows how many runs are pending (`runner.grid`). The price, where workers are
     spawned: a grid that fails its checks reports that later, by the cores the importing workers
     take (a bad target module here: 6.5–7.4 s, against 3.9 s with one worker). Forked from the
-    server, which imports on the other core: 4.2–4.4 s. `peftbench validate` is quicker."""
-    if cfg.executor.kind != "local" or cfg.tpv is not None or (Path(out_dir) / DB_NAME).exists():
+    server, which imports on the other core: 4.2–4.4 s. `peftbench validate` is quicker. For a
+    resumed grid or a TPV study only that server starts now (`start_server`)."""
+    if cfg.executor.kind != "local" or cfg.runtime.workers < 2:
+        return None
+    if cfg.tpv is not None or (Path(out_dir) / DB_NAME).exists():
+        start_server()
         return None
     workers = local_workers(cfg, len(cfg.methods) * len(cfg.tasks) * len(cfg.seeds))
     return WorkerProcesses(workers) if workers > 1 else None
