@@ -1,6 +1,7 @@
 """What only a CUDA GPU can check (skipped without one; `pytest -m gpu` where a GPU is lent): the
 kernels a GPU runs instead of the CPU's (cuBLAS, fused attention, cuDNN's LSTM, grouped experts)
-count what the CPU counts, and the GPU-only measures (peak memory, energy) read this process's GPU."""
+count what the CPU counts, the GPU-only measures (peak memory, energy) read this process's GPU, and
+workers forked from the preloaded server can use CUDA."""
 
 from __future__ import annotations
 
@@ -118,3 +119,20 @@ def test_the_cpu_memory_count_is_what_the_cuda_allocator_counts(tokenizer):
     allocator = torch.cuda.max_memory_allocated(CUDA) - start
     tensors = counted.peak_bytes - resident_bytes(model)
     assert 0 < tensors <= allocator <= 1.05 * tensors
+
+
+def _cuda_sum() -> float:
+    return torch.ones(3, device="cuda").sum().item()
+
+
+def test_workers_forked_from_the_preloaded_server_can_use_cuda():
+    """Local workers fork from a server that imported the run path (Linux); a child cannot use a
+    CUDA its parent initialised, so this fails if importing it starts to initialise CUDA on a CUDA
+    build (`test_executors` checks the same on CPU builds, by the calls it makes)."""
+    from peftbench.runner.backends.processes import WorkerProcesses
+
+    pool = WorkerProcesses(1).take()
+    try:
+        assert pool.submit(_cuda_sum).result(timeout=600) == 3.0
+    finally:
+        pool.shutdown(wait=True)
