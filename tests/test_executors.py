@@ -209,7 +209,7 @@ def _environ_and_parent(key: str) -> tuple[str | None, int]:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="workers are spawned on this platform")
-def test_forked_workers_start_when_runs_are_submitted_with_the_driver_s_environment_of_then():
+def test_forked_workers_start_when_runs_are_submitted_with_the_driver_s_environment_of_then(monkeypatch):
     """On Linux the workers fork from a server that imported the run path: making them ready starts
     no worker, so a grid that fails its checks has none to end; a worker made later gets the
     driver's environment as it is then, not the server's."""
@@ -218,14 +218,13 @@ def test_forked_workers_start_when_runs_are_submitted_with_the_driver_s_environm
     untaken = processes.WorkerProcesses(2)
     assert not untaken.pool._processes
     untaken.close()
-    os.environ["PEFTBENCH_TEST_LATER"] = "set after the server started"
+    monkeypatch.setenv("PEFTBENCH_TEST_LATER", "set after the server started")
     pool = processes.WorkerProcesses(1).take()
     try:
         environ, parent = pool.submit(_environ_and_parent, "PEFTBENCH_TEST_LATER").result(timeout=300)
         preloaded = pool.submit(eval, "'peftbench.runner.backends.preload' in __import__('sys').modules")
         assert preloaded.result(timeout=300)  # imported by the server, never by a worker itself
     finally:
-        del os.environ["PEFTBENCH_TEST_LATER"]
         pool.shutdown(wait=True)
     assert environ == "set after the server started"
     assert parent != os.getpid()  # the server's child, not the driver's
