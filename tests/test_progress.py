@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import re
 
+import pytest
 from conftest import run_cli
 from rich.console import Console
 
@@ -121,3 +122,15 @@ def test_the_trace_stops_the_first_process_at_its_mark_and_only_that_one(tmp_pat
     first.wait()
     second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0 and second.stdout == "went on\n"
+
+
+@pytest.mark.parametrize("value", ["lora:train", "lora:train:x", "train:-1"])
+def test_a_malformed_trace_stop_is_a_one_line_error_before_anything_runs(tmp_path, value):
+    """Not a ValueError in a worker halfway through a run: the grid refuses to start, writing nothing."""
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG)
+    env = {"PEFTBENCH_TRACE": str(tmp_path / "trace"), "PEFTBENCH_TRACE_STOP": value}
+    result = run_cli("run", str(config), "--out", str(tmp_path / "out"), env=env, check=False)
+    assert result.returncode == 2 and not (tmp_path / "out").exists() and not (tmp_path / "trace").exists()
+    assert result.stderr.strip() == ("error: PEFTBENCH_TRACE_STOP: expected METHOD:PHASE:STEP (e.g. lora:train:17), "
+                                     f"got {value!r}")

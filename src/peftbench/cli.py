@@ -39,8 +39,9 @@ app = typer.Typer(
     rich_markup_mode=None,
     add_completion=False,
 )
-out_console = Console()
-err_console = Console(stderr=True)
+# No emoji codes: rich would print "lora:train:17" as "lora🚋17", and names, paths and messages are data.
+out_console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 
 
 def print_table(table: RenderableType) -> None:

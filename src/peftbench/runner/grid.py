@@ -30,7 +30,7 @@ from peftbench.runner.backends.processes import WorkerProcesses, local_workers
 from peftbench.runner.backends.ray import RayBackend
 from peftbench.runner.backends.slurm import SlurmBackend
 from peftbench.runner.driver import Backend, drive
-from peftbench.runner.progress import GridProgress
+from peftbench.runner.progress import GridProgress, trace_stop
 from peftbench.runner.run import RunContext
 from peftbench.store import FINAL, TPV_PLAN, Store
 from peftbench.tpv.study import plan_first_stage, plan_second_stage
@@ -88,13 +88,14 @@ def run_grid(cfg: BenchConfig, out_dir: Path | None = None, console: Console | N
     then the second stage of a TPV study (runs defined by what the first stage stored). `verbosity`:
     0 no progress, 1 runs starting and finishing, 2 every phase (`GridProgress`). `processes`: local
     workers the caller started early (`processes.start_early`); the grid owns and ends them."""
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, emoji=False)
     quiet_libraries()
     out_dir = Path(out_dir or cfg.output_dir)
     with ExitStack() as owned:
         if processes is not None:
             owned.callback(processes.close)  # a no-op once the grid's backend took them
         check_executor(cfg)
+        trace_stop()
         plan = plan_runs(cfg) if cfg.methods else []
         study = plan_first_stage(cfg) if cfg.tpv else []
         if processes is None:

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from peftbench.errors import PeftbenchError
 from peftbench.plan import RunSpec
 from peftbench.runner.run import PhaseFn, RunOutcome
 
@@ -41,14 +42,27 @@ def trace(spec: RunSpec, name: str, done: int = 0, total: int = 1) -> None:
                 "total": total, "pid": os.getpid()}
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
-        method, phase, step = os.environ.get("PEFTBENCH_TRACE_STOP", "::0").rsplit(":", 2)
-        if fnmatch.fnmatchcase(spec.method_id, method) and phase == name and done >= int(step):
+        stop = trace_stop()
+        if stop and fnmatch.fnmatchcase(spec.method_id, stop[0]) and stop[1] == name and done >= stop[2]:
             try:
                 with open(path + ".stopped", "x") as first:
                     first.write(str(os.getpid()))
             except FileExistsError:
                 return
             os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def trace_stop() -> tuple[str, str, int] | None:
+    """PEFTBENCH_TRACE_STOP as (method pattern, phase, step), None when it is not set. A grid reads it
+    before it starts (`run_grid`), so that a malformed value is a one-line error there, not a
+    ValueError in a worker halfway through a run."""
+    value = os.environ.get("PEFTBENCH_TRACE_STOP")
+    if not value:
+        return None
+    parts = value.rsplit(":", 2)
+    if len(parts) != 3 or not parts[2].isdigit():
+        raise PeftbenchError(f"PEFTBENCH_TRACE_STOP: expected METHOD:PHASE:STEP (e.g. lora:train:17), got {value!r}")
+    return parts[0], parts[1], int(parts[2])
 
 
 def traced(spec: RunSpec, phase: PhaseFn | None) -> PhaseFn | None:
