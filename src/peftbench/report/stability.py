@@ -91,8 +91,9 @@ def markdown(rows: Sequence[StrategyRow]) -> str:
     lines += ["", "Training cost: optimiser steps of all models / the steps of one training. Memory M: PSCP's "
               "training memory (one model's fixed AdamW measurement plus the copies or running average the "
               "strategy holds at once); run peak: the runs' own measured peak while training (CUDA peak on a GPU; on "
-              "CPU the growth of the process's resident-set high-water mark plus the weights: noisy, below the "
-              "tensors' peak where freed memory is reused, above it by library pages a worker touches first)."]
+              "CPU the growth of the process's resident-set high-water mark, free heap pages returned first, plus "
+              "the weights: noisy, above the tensors' peak by Python objects and library pages a worker touches "
+              "first)."]
     return "\n".join(lines) + "\n"
 
 
