@@ -124,6 +124,16 @@ def test_compare_flags_differences_beyond_seed_noise(tmp_path):
     assert single.exceeds_noise is None and single.p_value is None
     noisy = summary("noisy", [80, 90, 70])  # the same +20 within seed noise of sd 10: not beyond it
     assert compare(noisy, c)[0].exceeds_noise is False
+    # the p-values are Welch's test on the raw seed scores, as scipy computes it from them
+    from scipy import stats
+
+    for x, y, got in [([80, 82, 78], [81, 83, 77], same), ([80, 82, 78], [99, 100, 101], far),
+                      ([80, 90, 70], [99, 100, 101], compare(noisy, c)[0])]:
+        assert got.p_value == pytest.approx(stats.ttest_ind(y, x, equal_var=False).pvalue, rel=1e-12)
+    # no spread on either side (deterministic runs, e.g. zero-shot): a difference is real, none is not
+    fixed, other = summary("fixed", [80, 80]), summary("other", [81, 81])
+    assert (compare(fixed, other)[0].p_value, compare(fixed, other)[0].exceeds_noise) == (0.0, True)
+    assert (compare(fixed, fixed)[0].p_value, compare(fixed, fixed)[0].exceeds_noise) == (1.0, False)
 
 
 def test_latex_and_markdown(store):

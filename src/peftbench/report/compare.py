@@ -1,7 +1,9 @@
 """Comparing two result sets: differences per method × task and whether they exceed seed noise.
 
 A difference "exceeds seed noise" when Welch's t-test over the two sets of seed scores gives
-p < 0.05; with fewer than two seeds on either side there is no noise estimate and it says so.
+p < 0.05; with fewer than two seeds on either side there is no noise estimate and it says so. With
+no spread on either side (runs that do not depend on the seed, such as zero-shot), Welch's test is
+undefined: any difference exceeds the noise, reported as p = 0, and no difference gives p = 1.
 """
 
 from __future__ import annotations
