@@ -15,6 +15,7 @@ from peftbench.pscp import pscp
 from peftbench.report import build_report, current_records
 from peftbench.report.aggregate import PAPER_REFERENCE, aggregate, pscp_sensitivity, with_reference
 from peftbench.report.compare import compare
+from peftbench.report.plots import pareto_front
 from peftbench.report.tables import latex, latex_escape, markdown, runs_csv, summary_json
 
 COSTS = {"lora": (1000, 0.0, 2.0), "bitfit": (100, 0.0, 1.0)}
@@ -134,6 +135,20 @@ def test_compare_flags_differences_beyond_seed_noise(tmp_path):
     fixed, other = summary("fixed", [80, 80]), summary("other", [81, 81])
     assert (compare(fixed, other)[0].p_value, compare(fixed, other)[0].exceeds_noise) == (0.0, True)
     assert (compare(fixed, fixed)[0].p_value, compare(fixed, fixed)[0].exceeds_noise) == (1.0, False)
+
+
+def test_pareto_front_against_every_pair():
+    """The quality-vs-cost plot's front, against the definition checked pair by pair, on small
+    integer grids where equal costs, equal qualities and identical methods are common (two methods
+    with the same cost and quality were once drawn one on and one off the front)."""
+    import random
+
+    rng = random.Random(0)
+    for _ in range(3000):
+        points = [(float(rng.randint(0, 3)), float(rng.randint(0, 3)), f"m{i}") for i in range(rng.randint(1, 7))]
+        undominated = {name for cost, quality, name in points
+                       if not any(c <= cost and q >= quality and (c, q) != (cost, quality) for c, q, _ in points)}
+        assert {name for _, _, name in pareto_front(points)} == undominated, points
 
 
 def test_latex_and_markdown(store):

@@ -31,10 +31,13 @@ STYLE = {"text.parse_math": False, "svg.hashsalt": "peftbench", "font.size": 9}
 
 
 def pareto_front(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
-    """Points (cost, quality, name) that no other point beats on both (lower cost, higher quality)."""
-    front, best = [], -np.inf
+    """Points (cost, quality, name) that no other point dominates: none costs as little or less and is
+    as good or better, and strictly one of the two. Methods with the same cost and quality dominate
+    neither each other nor anything the other does not, so all of them are on the front."""
+    front: list[tuple[float, float, str]] = []
+    best = -np.inf
     for cost, quality, name in sorted(points, key=lambda p: (p[0], -p[1])):
-        if quality > best:
+        if quality > best or (front and (cost, quality) == front[-1][:2]):
             front.append((cost, quality, name))
             best = quality
     return front
