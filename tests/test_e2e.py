@@ -67,6 +67,8 @@ def test_quickstart(quickstart_dir):
         assert r.metrics["numeric_accuracy" if numeric else "accuracy"] == pytest.approx(100 * sum(hits) / len(rows))
         assert r.metrics["invalid_rate"] == pytest.approx(sum(row["parsed"] is None for row in rows) / len(rows))
         assert r.metrics["score"] == r.metrics[r.metrics["primary_metric"]], r.run_id
+        parts = r.costs["est_train_mem_parts_gb"]  # the estimate is the sum of its parts (zero for base)
+        assert r.costs["est_train_mem_gb"] == pytest.approx(sum(parts.values()), rel=1e-12, abs=0), r.run_id
         if r.method == "base":
             continue
         # throughput: the tokens of 3 epochs over the training time
@@ -74,7 +76,6 @@ def test_quickstart(quickstart_dir):
             r.training["train_tokens"] * 3 / r.timings["train_s"], rel=1e-12), r.run_id
         # a run's own peak holds at least its weights, gradients and AdamW state (it once reported less:
         # heap pages freed by the worker's earlier work hid the training's allocations from the resident set)
-        parts = r.costs["est_train_mem_parts_gb"]
         assert r.costs["train_run_peak_mem_gb"] >= parts["weights"] + parts["gradients"] + parts["optimizer"], r.run_id
 
     cli("quickstart", "--out", str(out))  # everything is done: nothing re-runs, scores unchanged

@@ -153,8 +153,9 @@ def measure_method_costs(
                   "base_prefill_s": b.latency["prefill_s"], "base_per_token_s": b.latency["per_token_s"]}
     estimate = analytic_training_memory(model, batch_size=memory_batch_size, seq_len=cfg.memory_seq_len,
                                         vocab_size=vocab)
+    # nothing trains, nothing to hold for it: the parts are zero with their total, not the weights alone
     costs["est_train_mem_gb"] = estimate["total"] / GB if trainable else 0.0
-    costs["est_train_mem_parts_gb"] = {k: v / GB for k, v in estimate.items() if k != "total"}
+    costs["est_train_mem_parts_gb"] = {k: v / GB if trainable else 0.0 for k, v in estimate.items() if k != "total"}
     if trainable and cfg.memory_steps:
         peak = measure_training_memory(model, batch_size=memory_batch_size, seq_len=cfg.memory_seq_len,
                                        steps=cfg.memory_steps, vocab_size=vocab, device=device)
