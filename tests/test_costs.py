@@ -308,22 +308,34 @@ def test_a_runs_cpu_peak_sees_memory_the_heap_had_freed_before_it():
     """A worker measures a method's costs, then trains: the training's tensors fit in heap pages freed
     earlier, which the resident set still holds, so its high-water mark did not grow and 33 of the
     quickstart's 48 trained runs reported less than weights + gradients + AdamW state (full fine-tuning:
-    the weights alone). Reproduced in a fresh process: after an 8 MiB block is freed twice (glibc raises
-    its mmap threshold after the first, so the second stays in the heap), a 6 MiB tensor kept through
-    the phase must count 6 MiB."""
+    the weights alone). Reproduced in a fresh process with glibc's default allocator settings: after an
+    8 MiB block is freed twice (glibc raises its mmap threshold after the first, so the second stays in
+    the heap), a 6 MiB tensor kept through the phase counts nothing without returning the free heap
+    first (which shows the reuse happened), and 6 MiB with it."""
+    import os
     import subprocess
     import sys
 
     code = (
-        "import torch; from torch import nn; from peftbench.costs import peak_memory\n"
+        "import sys, torch; from torch import nn; from peftbench.costs import memory\n"
+        "if sys.argv[1] == 'keep': memory._return_free_heap = lambda: False\n"
         "MB = 2 ** 20; model = nn.Linear(4, 4)\n"
         "for _ in range(2):\n    block = torch.ones(8 * MB // 4); del block\n"
-        "with peak_memory(torch.device('cpu'), model) as peak:\n    kept = torch.ones(6 * MB // 4)\n"
-        "print(peak.peak_bytes)\n"
+        "with memory.peak_memory(torch.device('cpu'), model) as peak:\n    kept = torch.ones(6 * MB // 4)\n"
+        "print(peak.peak_bytes, peak.source)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and not k.startswith(("MALLOC_", "GLIBC_"))}
+
+    def measured(heap: str) -> tuple[int, str]:
+        out = subprocess.run([sys.executable, "-c", code, heap], capture_output=True, text=True, timeout=300,
+                             check=True, env=env)
+        peak, source = out.stdout.split()
+        return int(peak), source
+
     weights = 4 * 4 * 4 + 4 * 4
-    assert 6 * 2**20 + weights <= int(out.stdout) < 7 * 2**20
+    assert measured("keep")[0] < 2**20
+    peak, source = measured("return")
+    assert 6 * 2**20 + weights <= peak < 8 * 2**20 and source == "cpu_trimmed_rss_hwm_delta+weights"
 
 
 def test_energy_is_the_runs_gpus_counter_found_by_uuid(monkeypatch):

@@ -54,11 +54,14 @@ def test_verbose_shows_every_tenth_of_training_with_its_loss_and_quiet_shows_non
 
 
 def test_phase_names_in_brackets_are_shown_not_read_as_markup():
+    """Nor as emoji codes: rich's default turns ':train:' into a train."""
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=120)
     with GridProgress(console, 1, live=True) as progress:
         progress.update("lora[r=8] · t · seed 0", "train", 1, 2)
+        progress.update("peft:train:x · t · seed 0", "eval", 1, 2)
     assert "lora[r=8] · t · seed 0 [train]" in out.getvalue()
+    assert "peft:train:x · t · seed 0 [eval]" in out.getvalue()
 
 
 def test_report_to_is_checked_before_anything_runs_and_is_not_part_of_a_run_id(tmp_path):
@@ -124,7 +127,7 @@ def test_the_trace_stops_the_first_process_at_its_mark_and_only_that_one(tmp_pat
     assert second.returncode == 0 and second.stdout == "went on\n"
 
 
-@pytest.mark.parametrize("value", ["lora:train", "lora:train:x", "train:-1"])
+@pytest.mark.parametrize("value", ["lora:train", "lora:train:x", "train:-1", "lora:train:²"])
 def test_a_malformed_trace_stop_is_a_one_line_error_before_anything_runs(tmp_path, value):
     """Not a ValueError in a worker halfway through a run: the grid refuses to start, writing nothing."""
     config = tmp_path / "c.yaml"

@@ -5,6 +5,8 @@ analytically, so the two can be cross-checked."""
 from __future__ import annotations
 
 import ctypes
+import functools
+import os
 import resource
 import sys
 import weakref
@@ -48,12 +50,29 @@ def _return_free_heap() -> bool:
     """Give the heap's free pages back to the system (glibc's `malloc_trim`), so that what the next
     phase allocates shows in the resident set: pages a process freed earlier stay resident, and a
     phase whose tensors fit in them would not raise the high-water mark at all (33 of the
-    quickstart's 48 trained runs reported less than their weights, gradients and AdamW state)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
+    quickstart's 48 trained runs reported less than their weights, gradients and AdamW state).
+    False where glibc's allocator is not the one in use (musl, a preloaded jemalloc or tcmalloc)."""
+    trim = _glibc_malloc_trim()
+    if trim is None:
         return False
+    trim(0)
     return True
+
+
+@functools.cache
+def _glibc_malloc_trim() -> Any:
+    try:
+        if not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"):
+            return None
+        libc = ctypes.CDLL("libc.so.6")
+        in_use = ctypes.cast(ctypes.CDLL(None).malloc, ctypes.c_void_p).value
+        if in_use != ctypes.cast(libc.malloc, ctypes.c_void_p).value:  # another allocator was preloaded
+            return None
+        trim = libc.malloc_trim
+    except (ValueError, OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    return trim
 
 
 def resident_bytes(model: nn.Module) -> int:

@@ -31,9 +31,9 @@ STYLE = {"text.parse_math": False, "svg.hashsalt": "peftbench", "font.size": 9}
 
 
 def pareto_front(points: list[tuple[float, float, str]]) -> list[tuple[float, float, str]]:
-    """Points (cost, quality, name) that no other point dominates: none costs as little or less and is
-    as good or better, and strictly one of the two. Methods with the same cost and quality dominate
-    neither each other nor anything the other does not, so all of them are on the front."""
+    """Points (cost, quality, name) that no other point dominates, that is, costs no more, is no worse,
+    and is strictly better in at least one of the two. Methods with the same cost and quality do not
+    dominate each other, so all of them are on the front (or none)."""
     front: list[tuple[float, float, str]] = []
     best = -np.inf
     for cost, quality, name in sorted(points, key=lambda p: (p[0], -p[1])):

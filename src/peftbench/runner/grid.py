@@ -95,7 +95,7 @@ def run_grid(cfg: BenchConfig, out_dir: Path | None = None, console: Console | N
         if processes is not None:
             owned.callback(processes.close)  # a no-op once the grid's backend took them
         check_executor(cfg)
-        trace_stop()
+        trace_stop()  # a malformed fault-test mark is refused here, before anything runs
         plan = plan_runs(cfg) if cfg.methods else []
         study = plan_first_stage(cfg) if cfg.tpv else []
         if processes is None:

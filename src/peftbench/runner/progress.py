@@ -53,14 +53,14 @@ def trace(spec: RunSpec, name: str, done: int = 0, total: int = 1) -> None:
 
 
 def trace_stop() -> tuple[str, str, int] | None:
-    """PEFTBENCH_TRACE_STOP as (method pattern, phase, step), None when it is not set. A grid reads it
-    before it starts (`run_grid`), so that a malformed value is a one-line error there, not a
-    ValueError in a worker halfway through a run."""
+    """PEFTBENCH_TRACE_STOP as (method pattern, phase, step), None when it or PEFTBENCH_TRACE is not
+    set. A grid reads it before it starts (`run_grid`), so that a malformed value is a one-line error
+    there, not a ValueError in a worker halfway through a run."""
     value = os.environ.get("PEFTBENCH_TRACE_STOP")
-    if not value:
+    if not value or not os.environ.get("PEFTBENCH_TRACE"):
         return None
     parts = value.rsplit(":", 2)
-    if len(parts) != 3 or not parts[2].isdigit():
+    if len(parts) != 3 or not parts[2].isdecimal() or not parts[2].isascii():
         raise PeftbenchError(f"PEFTBENCH_TRACE_STOP: expected METHOD:PHASE:STEP (e.g. lora:train:17), got {value!r}")
     return parts[0], parts[1], int(parts[2])
 
@@ -99,7 +99,7 @@ class GridProgress:
         self.total, self.live, self.verbosity, self.log_dir = total, live and verbosity > 0, verbosity, log_dir
         self.counts: dict[str, int] = {}
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("eta"), TimeRemainingColumn(), console=console, disable=not self.live,
         )
         self.grid = self.progress.add_task("grid", total=total)
@@ -149,7 +149,7 @@ class GridProgress:
             if self.live:
                 if run_id not in self.lines:
                     self.lines[run_id] = self.progress.add_task(label, total=max(total, 1))
-                self.progress.update(self.lines[run_id], description=f"  {escape(label)} {escape(f'[{name}]')}",
+                self.progress.update(self.lines[run_id], description=f"  {label} [{name}]",
                                      completed=done, total=max(total, 1))
 
     def pump(self, messages: Any, stop: threading.Event) -> None:

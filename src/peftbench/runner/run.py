@@ -242,11 +242,11 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
         if method.trains and spec.shots != 0:
             tok = ctx.tokenizer
             train_ex, val_ex = ctx.training_examples(spec)
-            t0 = time.perf_counter()
             resumable = training.checkpoint_steps and training.mitigation.strategy == "default"  # docs/stability.md
             checkpoints = checkpoint_dir(ctx.out_dir, spec.run_id) if resumable else None
             with tempfile.TemporaryDirectory(prefix="peftbench-trainer-") as workdir, \
                     peak_memory(ctx.device, model) as peak, EnergyMeter(ctx.device) as energy:
+                t0 = time.perf_counter()  # after the measurements' set-up (the heap returned, counters read)
                 result = train(
                     model, tok, train_ex, val_ex, training, learning_rate=spec.learning_rate,
                     seed=spec.seed if fixed.model is None else fixed.model, device=ctx.device,
