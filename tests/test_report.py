@@ -13,7 +13,7 @@ from conftest import hand_store, run_cli
 from peftbench.config import PSCPConfig
 from peftbench.pscp import pscp
 from peftbench.report import build_report, current_records
-from peftbench.report.aggregate import PAPER_REFERENCE, aggregate, pscp_sensitivity, with_reference
+from peftbench.report.aggregate import PAPER_REFERENCE, aggregate, fmt, pscp_sensitivity, with_reference
 from peftbench.report.compare import compare
 from peftbench.report.plots import pareto_front
 from peftbench.report.tables import latex, latex_escape, markdown, runs_csv, summary_json
@@ -137,6 +137,15 @@ def test_compare_flags_differences_beyond_seed_noise(tmp_path):
     assert (compare(fixed, fixed)[0].p_value, compare(fixed, fixed)[0].exceeds_noise) == (1.0, False)
 
 
+def test_numbers_are_rounded_as_a_reader_rounds_the_stored_value():
+    """Halves away from zero on the printed digits, the same on every surface (the heatmap printed a
+    52.5 cell mean as 52, half to even, and an f-string prints 61.415 as 61.41, the binary float)."""
+    cases = [(61.415, 2, "61.42"), (52.5, 0, "53"), (2.5, 0, "3"), (0.125, 2, "0.13"), (-52.5, 0, "-53"),
+             (70.547, 0, "71"), (0.1 + 0.2, 1, "0.3"), (1.0, 3, "1.000"), (100, 1, "100.0"), (None, 1, "—"),
+             (float("nan"), 2, "—")]
+    assert [fmt(value, digits) for value, digits, _ in cases] == [text for _, _, text in cases]
+
+
 def test_pareto_front_against_every_pair():
     """The quality-vs-cost plot's front, against the definition checked pair by pair, on small
     integer grids where equal costs, equal qualities and identical methods are common (two methods
@@ -158,6 +167,9 @@ def test_latex_and_markdown(store):
     assert "\\toprule" in tex and "80.0 $\\pm$ 10.0" in tex and "\\bottomrule" in tex
     md = markdown(summary)
     assert "| lora | 80.0 ± 10.0 | 55.0 ± 7.1 |" in md and "failed" in md and "PSCP sensitivity" in md
+    for s in summary.summaries:  # memory and PSCP with the same digits in both (LaTeX had memory to 2)
+        memory, score = fmt(s.peak_mem_gb, 3), fmt(s.pscp, 2)
+        assert f"& {memory} & {score} \\\\" in tex and f"| {memory} | {score} |" in md, s.method
 
 
 def test_report_shows_only_the_current_configs_runs(tmp_path):

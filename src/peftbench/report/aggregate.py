@@ -9,6 +9,7 @@ task (a negative correlation) cannot cancel another; the score table shows the m
 
 from __future__ import annotations
 
+import decimal
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -305,6 +306,13 @@ def stability(summary: Summary, tasks: Sequence[str] = STABILITY_TASKS) -> list[
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
+    """`value` to `digits` decimals, halves rounded away from zero on the digits it prints with, as a
+    reader rounding the stored number by hand would (an f-string rounds the binary float, or a half
+    to even: 61.415 printed as 61.41, and a 52.5 cell mean as 52 on the heatmap beside 52.5)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
-    return f"{value:.{digits}f}"
+    if not math.isfinite(value):
+        return f"{value:.{digits}f}"
+    exact = decimal.Decimal(repr(float(value)))
+    return str(exact.quantize(decimal.Decimal(1).scaleb(-digits), rounding=decimal.ROUND_HALF_UP,
+                              context=decimal.Context(prec=400)))

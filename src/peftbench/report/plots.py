@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
-from peftbench.report.aggregate import REFERENCE_MODELS, MethodSummary, Summary, stability
+from peftbench.report.aggregate import REFERENCE_MODELS, MethodSummary, Summary, fmt, stability
 
 COSTS = (("trainable_params", "trainable parameters (M_p)", True), ("extra_tflops", "extra TFLOPs (M_f)", False),
          ("peak_mem_gb", "peak training memory, GB (M_m)", False))
@@ -166,7 +166,7 @@ def _heatmap(summary: Summary) -> Figure:
     ax.set_yticks(range(len(summary.methods)), summary.methods)
     for i in range(data.shape[0]):
         for j in range(data.shape[1]):
-            text = "—" if np.isnan(data[i, j]) else f"{data[i, j]:.0f}"
+            text = fmt(float(data[i, j]), 0)
             ax.text(j, i, text, ha="center", va="center", fontsize=7,
                     color="white" if np.isnan(data[i, j]) or data[i, j] < 60 else "black")
     fig.colorbar(image, ax=ax, label="score (mean over seeds)")

@@ -233,7 +233,7 @@ def latex(summary: Summary) -> str:
             "Method & $P_{avg}$ & $M_p$ & $M_f$ (extra FLOPs) & $M_m$ (GB) & PSCP \\\\", "\\midrule"]
     for s in summary.summaries:
         out.append(f"{latex_escape(s.method)} & {fmt(s.p_avg)} & {params_text(s.trainable_params)} & "
-                   f"{flops_text(s.extra_tflops)} & {fmt(s.peak_mem_gb, 2)} & {fmt(s.pscp, 2)} \\\\")
+                   f"{flops_text(s.extra_tflops)} & {fmt(s.peak_mem_gb, 3)} & {fmt(s.pscp, 2)} \\\\")
     k = summary.constants
     out += ["\\bottomrule", "\\end{tabular}",
             f"\\caption{{PSCP with $\\beta_p={k.beta_p:g}, \\beta_f={k.beta_f:g}, \\beta_m={k.beta_m:g}$.}}",
