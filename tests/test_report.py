@@ -165,6 +165,8 @@ def test_latex_and_markdown(store):
     assert latex_escape("p_tuning & 50% <x>") == r"p\_tuning \& 50\% \textless{}x\textgreater{}"
     tex = latex(summary)
     assert "\\toprule" in tex and "80.0 $\\pm$ 10.0" in tex and "\\bottomrule" in tex
+    header = " & ".join(latex_escape(f"{t} ({summary.primary_metrics[t]})") for t in summary.tasks)
+    assert f"Method & {header} & $P_{{avg}}$" in tex  # scores of different metrics are not alike: named
     md = markdown(summary)
     assert "| lora | 80.0 ± 10.0 | 55.0 ± 7.1 |" in md and "failed" in md and "PSCP sensitivity" in md
     for s in summary.summaries:  # memory and PSCP with the same digits in both (LaTeX had memory to 2)
