@@ -68,8 +68,9 @@ def explanation(summary: Summary) -> list[str]:
     """What the leaderboard's numbers mean: the PSCP formula with this report's constants, P's rule,
     ranks, and where the reference rows come from."""
     lines = [*explain(summary.constants),
-             "Rank: by PSCP, 1 = best; the same PSCP shares a rank. Scores, P and invalid outputs are on a 0–100 "
-             "scale (correlation metrics from −100)."]
+             "Rank: by PSCP, 1 = best; the same PSCP shares a rank. Scores, P and invalid outputs (%) are on a "
+             "0–100 scale (correlation metrics from −100); results.csv and summary.json keep `invalid_rate` as a "
+             "fraction (0–1)."]
     if summary.reference is not None:
         model = REFERENCE_MODELS.get(summary.reference, "another model")
         lines.append(f"Rows marked [{summary.reference}] are published figures measured on {model}, shown for "
