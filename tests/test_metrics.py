@@ -189,6 +189,35 @@ def test_codebleu_weights_and_identity():
     assert other["dataflow_match_score"] == 0.0 and other["codebleu"] == 0.0
 
 
+def test_codebleu_does_not_depend_on_the_interpreters_hash_seed():
+    """The package names a data-flow node's parent variables in set order, so in-process scores follow
+    the string hash seed (this pair: data-flow match 0.214 or 0.25). peftbench's figure is the one of
+    PYTHONHASHSEED=0, whatever seed the scoring process runs with."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    reference = ("def walk(grid, k):\n    for a in range(k - 1):\n        for b in range(0, k - a - 1):\n"
+                 "            if grid[b] < grid[b + 1]:\n                grid[b], grid[b + 1] = grid[b + 1], grid[b]\n"
+                 "    return grid\n")
+    candidate = reference[:reference.index("grid[b +") + len("grid[b +")]
+    code = ("import json, sys; from peftbench.metrics import codebleu, _codebleu_parts\n"
+            "refs, preds = json.loads(sys.argv[1])\n"
+            "key = 'dataflow_match_score'; print(_codebleu_parts(refs, preds)[key], codebleu(refs, preds)[key])")
+
+    def scores(seed: int) -> tuple[float, float]:
+        env = {**os.environ, "PYTHONHASHSEED": str(seed)}
+        out = subprocess.run([sys.executable, "-c", code, json.dumps([[reference], [candidate]])], check=True,
+                             capture_output=True, text=True, timeout=300, env=env)
+        raw, ours = out.stdout.split()
+        return float(raw), float(ours)
+
+    results = [scores(seed) for seed in range(8)]
+    assert len({raw for raw, _ in results}) > 1, "codebleu no longer depends on the hash seed: drop the child"
+    assert {ours for _, ours in results} == {100 * results[0][0]}  # seed 0's, in every process
+
+
 def test_a_numeric_answer_of_minus_one_is_valid():
     task = get_task("gsm8k")
     rows = [{"question": "q", "answer": "x\n#### -1"}, {"question": "q", "answer": "x\n#### 4"}]

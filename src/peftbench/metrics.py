@@ -12,12 +12,18 @@ value for MCC. Numeric predictions use `None` for "no number" (−1 is a number 
 from __future__ import annotations
 
 import ast
+import importlib.util
+import json
 import logging
 import math
 import operator
+import os
 import re
 import statistics
 import string
+import subprocess
+import sys
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -250,21 +256,46 @@ def codebleu(references: Sequence[str], predictions: Sequence[str]) -> dict[str,
 
     The components come from the `codebleu` package; the total is recomputed as the plain weighted
     sum of CodeXGLUE's definition, because the package (0.7.0) adds `dataflow or 1`, which gives an
-    output with no data-flow overlap at all the full data-flow credit (+25 points).
+    output with no data-flow overlap at all the full data-flow credit (+25 points). The package names
+    a data-flow node's parent variables in set order, which follows the interpreter's string hash
+    seed, so the same outputs scored differently from one process to the next (by 0.05 points on 64
+    CodeAlpaca rows): the components are computed as under PYTHONHASHSEED=0, in a child interpreter
+    unless this one already hashes that way.
     """
-    try:
-        from codebleu import calc_codebleu
-    except ImportError as exc:
+    if importlib.util.find_spec("codebleu") is None:
         from peftbench.errors import PeftbenchError
 
-        raise PeftbenchError("CodeBLEU needs the code extra: pip install 'peftbench[code]'") from exc
+        raise PeftbenchError("CodeBLEU needs the code extra: pip install 'peftbench[code]'")
+    pairs = [list(references), list(predictions)]
+    if sys.flags.hash_randomization == 0:
+        parts = _codebleu_parts(*pairs)
+    else:
+        with tempfile.TemporaryDirectory(prefix="peftbench-codebleu-") as cwd:  # nothing there to shadow a module
+            child = subprocess.run([sys.executable, "-c", _CODEBLEU_CHILD], input=json.dumps(pairs), cwd=cwd,
+                                   capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+        if child.returncode != 0:
+            raise RuntimeError(f"CodeBLEU failed: {child.stderr.strip().splitlines()[-1:]}")
+        parts = json.loads(child.stdout)
+    scaled = {k: 100.0 * parts[k] for k in CODEBLEU_PARTS}
+    return {"codebleu": sum(scaled.values()) / 4, **scaled}
+
+
+def _codebleu_parts(references: list[str], predictions: list[str]) -> dict[str, float]:
+    from codebleu import calc_codebleu
+
     logging.getLogger().disabled, was = True, logging.getLogger().disabled  # per-call data-flow warnings
     try:
-        result = calc_codebleu(list(references), list(predictions), lang="python", weights=(0.25,) * 4)
+        result = calc_codebleu(references, predictions, lang="python", weights=(0.25,) * 4)
     finally:
         logging.getLogger().disabled = was
-    parts = {k: 100.0 * float(result[k]) for k in CODEBLEU_PARTS}
-    return {"codebleu": sum(parts.values()) / 4, **parts}
+    return {k: float(result[k]) for k in CODEBLEU_PARTS}
+
+
+_CODEBLEU_CHILD = (
+    "import json, sys\n"
+    "from peftbench.metrics import _codebleu_parts\n"
+    "json.dump(_codebleu_parts(*json.load(sys.stdin)), sys.stdout)\n"
+)
 
 
 # --- the registry -------------------------------------------------------------------------------------
