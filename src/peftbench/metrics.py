@@ -27,6 +27,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -270,9 +271,12 @@ def codebleu(references: Sequence[str], predictions: Sequence[str]) -> dict[str,
     if sys.flags.hash_randomization == 0:
         parts = _codebleu_parts(*pairs)
     else:
+        here = str(Path(__file__).resolve().parents[1])  # this peftbench, installed or not
+        env = {**os.environ, "PYTHONHASHSEED": "0",
+               "PYTHONPATH": os.pathsep.join(filter(None, (here, os.environ.get("PYTHONPATH"))))}
         with tempfile.TemporaryDirectory(prefix="peftbench-codebleu-") as cwd:  # nothing there to shadow a module
             child = subprocess.run([sys.executable, "-c", _CODEBLEU_CHILD], input=json.dumps(pairs), cwd=cwd,
-                                   capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+                                   capture_output=True, text=True, env=env)
         if child.returncode != 0:
             raise RuntimeError(f"CodeBLEU failed: {child.stderr.strip().splitlines()[-1:]}")
         parts = json.loads(child.stdout)
