@@ -214,7 +214,8 @@ def test_codebleu_does_not_depend_on_the_interpreters_hash_seed():
         return float(raw), float(ours)
 
     results = [scores(seed) for seed in range(8)]
-    assert len({raw for raw, _ in results}) > 1, "codebleu no longer depends on the hash seed: drop the child"
+    if sys.version_info >= (3, 11):  # the string hash these seeds were checked with (3.11 changed it)
+        assert len({raw for raw, _ in results}) > 1, "codebleu no longer depends on the hash seed: drop the child"
     assert {ours for _, ours in results} == {100 * results[0][0]}  # seed 0's, in every process
 
 

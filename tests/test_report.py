@@ -141,7 +141,8 @@ def test_numbers_are_rounded_as_a_reader_rounds_the_stored_value():
     """Halves away from zero on the printed digits, the same on every surface (the heatmap printed a
     52.5 cell mean as 52, half to even, and an f-string prints 61.415 as 61.41, the binary float)."""
     cases = [(61.415, 2, "61.42"), (52.5, 0, "53"), (2.5, 0, "3"), (0.125, 2, "0.13"), (-52.5, 0, "-53"),
-             (70.547, 0, "71"), (0.1 + 0.2, 1, "0.3"), (1.0, 3, "1.000"), (100, 1, "100.0"), (None, 1, "—"),
+             (70.547, 0, "71"), (0.1 + 0.2, 1, "0.3"), (1.0, 3, "1.000"), (100, 1, "100.0"), (-0.04, 1, "0.0"),
+             (-0.3, 0, "0"), (None, 1, "—"),
              (float("nan"), 2, "—")]
     assert [fmt(value, digits) for value, digits, _ in cases] == [text for _, _, text in cases]
 

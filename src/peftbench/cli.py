@@ -433,12 +433,13 @@ def pscp(
 
     from peftbench.config import PSCPConfig, describe_validation_error
     from peftbench.pscp import pscp as pscp_value
+    from peftbench.report.aggregate import fmt
 
     try:
         constants = PSCPConfig(c_p=c_p, c_f=c_f, c_m=c_m, beta_p=beta, beta_f=beta, beta_m=beta)
     except ValidationError as exc:
         raise PeftbenchError(f"pscp: {describe_validation_error(exc)}") from None
-    print(f"{pscp_value(score, params, tflops, mem_gb, constants):.2f}")
+    print(fmt(pscp_value(score, params, tflops, mem_gb, constants), 2))
 
 
 @app.command()
@@ -663,6 +664,7 @@ def tpv_list(out: ResultsDirOption, format: Annotated[ListFormat, typer.Option("
     """Every kept TPV: run, method, task, origin, seed, score and norm."""
     from rich.table import Table
 
+    from peftbench.report.aggregate import fmt
     from peftbench.tpv.runs import kept_vectors
 
     rows = [{"run": k.run_id, "method": k.method, "task": k.task, "origin": k.origin, "seed": k.seed,
@@ -677,7 +679,7 @@ def tpv_list(out: ResultsDirOption, format: Annotated[ListFormat, typer.Option("
         table.add_column(key, justify="left" if key in ("run", "method", "task") else "right", no_wrap=key == "run")
     for r in rows:
         table.add_row(r["run"], r["method"], r["task"], str(r["origin"]), str(r["seed"]),
-                      "–" if r["score"] is None else f"{r['score']:.1f}", f"{r['norm']:.3f}", str(r["tokens"]))
+                      fmt(r["score"]), fmt(r["norm"], 3), str(r["tokens"]))
     print_table(table)
 
 

@@ -27,11 +27,11 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from peftbench.errors import PeftbenchError
 from peftbench.registry import Registry
 
 INVALID = -1
@@ -261,24 +261,23 @@ def codebleu(references: Sequence[str], predictions: Sequence[str]) -> dict[str,
     a data-flow node's parent variables in set order, which follows the interpreter's string hash
     seed, so the same outputs scored differently from one process to the next (by 0.05 points on 64
     CodeAlpaca rows): the components are computed as under PYTHONHASHSEED=0, in a child interpreter
-    unless this one already hashes that way.
+    unless this one already hashes that way. (The same for a given Python version: 3.11 changed the
+    string hash.)
     """
     if importlib.util.find_spec("codebleu") is None:
-        from peftbench.errors import PeftbenchError
-
         raise PeftbenchError("CodeBLEU needs the code extra: pip install 'peftbench[code]'")
     pairs = [list(references), list(predictions)]
     if sys.flags.hash_randomization == 0:
         parts = _codebleu_parts(*pairs)
     else:
-        here = str(Path(__file__).resolve().parents[1])  # this peftbench, installed or not
-        env = {**os.environ, "PYTHONHASHSEED": "0",
-               "PYTHONPATH": os.pathsep.join(filter(None, (here, os.environ.get("PYTHONPATH"))))}
         with tempfile.TemporaryDirectory(prefix="peftbench-codebleu-") as cwd:  # nothing there to shadow a module
             child = subprocess.run([sys.executable, "-c", _CODEBLEU_CHILD], input=json.dumps(pairs), cwd=cwd,
-                                   capture_output=True, text=True, env=env)
+                                   capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
         if child.returncode != 0:
-            raise RuntimeError(f"CodeBLEU failed: {child.stderr.strip().splitlines()[-1:]}")
+            last = (child.stderr.strip().splitlines() or [f"exit status {child.returncode}"])[-1]
+            if "ModuleNotFoundError" in last:
+                raise PeftbenchError(f"CodeBLEU: {last} (pip install 'peftbench[code]')")
+            raise RuntimeError(f"CodeBLEU failed: {last}")
         parts = json.loads(child.stdout)
     scaled = {k: 100.0 * parts[k] for k in CODEBLEU_PARTS}
     return {"codebleu": sum(scaled.values()) / 4, **scaled}
@@ -295,10 +294,13 @@ def _codebleu_parts(references: list[str], predictions: list[str]) -> dict[str, 
     return {k: float(result[k]) for k in CODEBLEU_PARTS}
 
 
+# The same call in a child that imports only the package, so it needs nothing of peftbench on its path.
 _CODEBLEU_CHILD = (
-    "import json, sys\n"
-    "from peftbench.metrics import _codebleu_parts\n"
-    "json.dump(_codebleu_parts(*json.load(sys.stdin)), sys.stdout)\n"
+    "import json, logging, sys\n"
+    "from codebleu import calc_codebleu\n"
+    "logging.getLogger().disabled = True\n"
+    "result = calc_codebleu(*json.load(sys.stdin), lang='python', weights=(0.25,) * 4)\n"
+    f"json.dump({{k: float(result[k]) for k in {CODEBLEU_PARTS!r}}}, sys.stdout)\n"
 )
 
 

@@ -313,6 +313,6 @@ def fmt(value: float | None, digits: int = 1) -> str:
         return "—"
     if not math.isfinite(value):
         return f"{value:.{digits}f}"
-    exact = decimal.Decimal(repr(float(value)))
-    return str(exact.quantize(decimal.Decimal(1).scaleb(-digits), rounding=decimal.ROUND_HALF_UP,
-                              context=decimal.Context(prec=400)))
+    rounded = decimal.Decimal(repr(float(value))).quantize(
+        decimal.Decimal(1).scaleb(-digits), rounding=decimal.ROUND_HALF_UP, context=decimal.Context(prec=400))
+    return str(abs(rounded) if rounded.is_zero() else rounded)  # no "-0.0" for a correlation near zero
