@@ -219,6 +219,15 @@ def test_codebleu_does_not_depend_on_the_interpreters_hash_seed():
     assert {ours for _, ours in results} == {100 * results[0][0]}  # seed 0's, in every process
 
 
+def test_a_rows_correct_flag_and_the_numeric_metric_agree_on_large_answers():
+    """Both within 1e-6 absolutely: 0.1 off 123456789 is wrong in the metric and in the row's flag
+    (the flag used math.isclose's default relative tolerance too, and said correct)."""
+    task = get_task("gsm8k")
+    rows = [{"question": "q", "answer": "x\n#### 123456789"}, {"question": "q", "answer": "x\n#### 123456789"}]
+    result = score(task, rows, ["#### 123456789.1", "#### 123,456,789"])
+    assert result.primary == 50.0 and [r["correct"] for r in result.records] == [False, True]
+
+
 def test_a_numeric_answer_of_minus_one_is_valid():
     task = get_task("gsm8k")
     rows = [{"question": "q", "answer": "x\n#### -1"}, {"question": "q", "answer": "x\n#### 4"}]

@@ -94,12 +94,18 @@ def mcc(gold: Sequence[int], pred: Sequence[int], n_labels: int = 2) -> float:
     return 100.0 * (float(covariance) / math.sqrt(spread)) if spread else 0.0
 
 
+def same_number(a: float, b: float) -> bool:
+    """Equal within 1e-6, absolutely: the one test of a numeric answer, for the metric and for each
+    row's `correct` flag alike (the flag once used `math.isclose`'s relative 1e-9 as well, so an
+    answer 0.1 off a gold of 123456789 was marked correct but not counted)."""
+    return math.isclose(a, b, rel_tol=0.0, abs_tol=1e-6)
+
+
 def numeric_accuracy(gold: Sequence[float], pred: Sequence[float | None], n_labels: int = 0) -> float:
     """Share of predictions whose value equals the gold value within 1e-6."""
     if not gold:
         return math.nan
-    pairs = zip(gold, pred, strict=True)
-    hits = sum(int(p is not None and math.isclose(p, g, rel_tol=0.0, abs_tol=1e-6)) for g, p in pairs)
+    hits = sum(int(p is not None and same_number(p, g)) for g, p in zip(gold, pred, strict=True))
     return 100.0 * hits / len(gold)
 
 
@@ -235,7 +241,7 @@ def parse_svamp(text: str) -> tuple[float | None, bool | None]:
         return (value if value is not None else parse_number(text, last=True)), None
     answer = parse_number(rhs)
     left = safe_eval(lhs)
-    consistent = None if left is None or answer is None else math.isclose(left, answer, abs_tol=1e-6)
+    consistent = None if left is None or answer is None else same_number(left, answer)
     return answer, consistent
 
 

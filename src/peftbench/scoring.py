@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from peftbench.errors import PeftbenchError
-from peftbench.metrics import INVALID, METRICS, Outputs, max_over_golds, parse_number, pass_at_k
+from peftbench.metrics import INVALID, METRICS, Outputs, max_over_golds, parse_number, pass_at_k, same_number
 from peftbench.tasks.spec import Row, TaskSpec
 
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
@@ -97,7 +97,7 @@ def _numeric(task: TaskSpec, rows: list[Row], golds: list[float], outputs: list[
     answers = [parse(clean_output(o)) for o in outputs]
     values = [a[0] if isinstance(a, tuple) else a for a in answers]
     flags = [a[1] if isinstance(a, tuple) else None for a in answers]
-    correct = [v is not None and math.isclose(v, g, abs_tol=1e-6) for g, v in zip(golds, values, strict=True)]
+    correct = [v is not None and same_number(v, g) for g, v in zip(golds, values, strict=True)]
     return Outputs(golds, values, consistent=flags), values, correct
 
 
