@@ -202,9 +202,9 @@ def test_codebleu_does_not_depend_on_the_interpreters_hash_seed():
                  "            if grid[b] < grid[b + 1]:\n                grid[b], grid[b + 1] = grid[b + 1], grid[b]\n"
                  "    return grid\n")
     candidate = reference[:reference.index("grid[b +") + len("grid[b +")]
-    code = ("import json, sys; from peftbench.metrics import codebleu, _codebleu_parts\n"
-            "refs, preds = json.loads(sys.argv[1])\n"
-            "key = 'dataflow_match_score'; print(_codebleu_parts(refs, preds)[key], codebleu(refs, preds)[key])")
+    code = ("import json, sys; from codebleu import calc_codebleu; from peftbench.metrics import codebleu\n"
+            "refs, preds = json.loads(sys.argv[1]); key = 'dataflow_match_score'\n"
+            "print(calc_codebleu(refs, preds, lang='python')[key], codebleu(refs, preds)[key])")
 
     def scores(seed: int) -> tuple[float, float]:
         env = {**os.environ, "PYTHONHASHSEED": str(seed)}

@@ -14,7 +14,6 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
-import logging
 import math
 import operator
 import os
@@ -266,41 +265,25 @@ def codebleu(references: Sequence[str], predictions: Sequence[str]) -> dict[str,
     output with no data-flow overlap at all the full data-flow credit (+25 points). The package names
     a data-flow node's parent variables in set order, which follows the interpreter's string hash
     seed, so the same outputs scored differently from one process to the next (by 0.05 points on 64
-    CodeAlpaca rows): the components are computed as under PYTHONHASHSEED=0, in a child interpreter
-    unless this one already hashes that way. (The same for a given Python version: 3.11 changed the
-    string hash.)
+    CodeAlpaca rows): the components are computed in a child interpreter with PYTHONHASHSEED=0 (the
+    same for a given Python version: 3.11 changed the string hash).
     """
     if importlib.util.find_spec("codebleu") is None:
         raise PeftbenchError("CodeBLEU needs the code extra: pip install 'peftbench[code]'")
-    pairs = [list(references), list(predictions)]
-    if sys.flags.hash_randomization == 0:
-        parts = _codebleu_parts(*pairs)
-    else:
-        with tempfile.TemporaryDirectory(prefix="peftbench-codebleu-") as cwd:  # nothing there to shadow a module
-            child = subprocess.run([sys.executable, "-c", _CODEBLEU_CHILD], input=json.dumps(pairs), cwd=cwd,
-                                   capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
-        if child.returncode != 0:
-            last = (child.stderr.strip().splitlines() or [f"exit status {child.returncode}"])[-1]
-            if "ModuleNotFoundError" in last:
-                raise PeftbenchError(f"CodeBLEU: {last} (pip install 'peftbench[code]')")
-            raise RuntimeError(f"CodeBLEU failed: {last}")
-        parts = json.loads(child.stdout)
-    scaled = {k: 100.0 * parts[k] for k in CODEBLEU_PARTS}
-    return {"codebleu": sum(scaled.values()) / 4, **scaled}
+    with tempfile.TemporaryDirectory(prefix="peftbench-codebleu-") as cwd:  # nothing there to shadow a module
+        child = subprocess.run([sys.executable, "-c", _CODEBLEU_CHILD], cwd=cwd, capture_output=True, text=True,
+                               input=json.dumps([list(references), list(predictions)]),
+                               env={**os.environ, "PYTHONHASHSEED": "0"})
+    if child.returncode != 0:
+        last = (child.stderr.strip().splitlines() or [f"exit status {child.returncode}"])[-1]
+        if "ModuleNotFoundError" in last:
+            raise PeftbenchError(f"CodeBLEU: {last} (pip install 'peftbench[code]')")
+        raise RuntimeError(f"CodeBLEU failed: {last}")
+    parts = {k: 100.0 * v for k, v in json.loads(child.stdout).items()}
+    return {"codebleu": sum(parts.values()) / 4, **parts}
 
 
-def _codebleu_parts(references: list[str], predictions: list[str]) -> dict[str, float]:
-    from codebleu import calc_codebleu
-
-    logging.getLogger().disabled, was = True, logging.getLogger().disabled  # per-call data-flow warnings
-    try:
-        result = calc_codebleu(references, predictions, lang="python", weights=(0.25,) * 4)
-    finally:
-        logging.getLogger().disabled = was
-    return {k: float(result[k]) for k in CODEBLEU_PARTS}
-
-
-# The same call in a child that imports only the package, so it needs nothing of peftbench on its path.
+# The package's call, in a child that imports only the package (its data-flow warnings silenced).
 _CODEBLEU_CHILD = (
     "import json, logging, sys\n"
     "from codebleu import calc_codebleu\n"
