@@ -297,6 +297,7 @@ def _flops_estimate(cfg: BenchConfig, runs: list[RunSpec], tflops: float | None)
 def _print_plan(cfg: BenchConfig, out: Path, tflops: float | None = None) -> None:
     from rich.table import Table
 
+    from peftbench.report.aggregate import fmt
     from peftbench.runner.grid import executor_line, plan_summary
 
     _print_data_notes(cfg)
@@ -306,8 +307,8 @@ def _print_plan(cfg: BenchConfig, out: Path, tflops: float | None = None) -> Non
         table.add_column(column, justify="left" if column == "method" else "right", overflow="fold")
     for r in rows:
         table.add_row(r.method, str(r.runs), str(r.done), str(r.failed), str(r.pending),
-                      f"{r.mean_run_s / 60:.1f} min" if r.mean_run_s else "–",
-                      f"{r.peak_train_mem_gb:.2f} GB" if r.peak_train_mem_gb else "–")
+                      f"{fmt(r.mean_run_s / 60)} min" if r.mean_run_s else "–",
+                      f"{fmt(r.peak_train_mem_gb, 3)} GB" if r.peak_train_mem_gb else "–")
     print_table(table)
     pending = sum(r.pending for r in rows)
     known = [r for r in rows if r.pending and r.mean_run_s]
@@ -574,6 +575,7 @@ def cost(
     from peftbench.config import CostsConfig
     from peftbench.costs.from_config import config_counts, cost_from_config, load_model_config
     from peftbench.methods import paper_methods, resolve_method
+    from peftbench.report.aggregate import fmt
     from peftbench.utils import quiet_libraries
 
     quiet_libraries()
@@ -600,8 +602,8 @@ def cost(
             if "error" in entry:
                 table.add_row(label, "not applicable", "", "", "")
                 continue
-            table.add_row(label, f"{entry['trainable_params']:,}", f"{entry['base_tflops']:.3f}",
-                          f"{entry['extra_tflops']:.4f}", f"{entry['extra_tflops_unmerged']:.4f}")
+            table.add_row(label, f"{entry['trainable_params']:,}", fmt(entry["base_tflops"], 3),
+                          fmt(entry["extra_tflops"], 4), fmt(entry["extra_tflops_unmerged"], 4))
     print_table(table)
     for error in dict.fromkeys(e["error"] for row in rows for e in (row, *row["variants"]) if "error" in e):
         print(f"not applicable: {error}")
