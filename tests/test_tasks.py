@@ -145,3 +145,115 @@ def test_apps_with_sampling_reports_pass_at_k_beside_greedy_pass_at_1(tmp_path):
     assert {"pass_at_1", "codebleu", "pass_at_1_sampled", "pass_at_5_sampled"} <= set(record.metrics)
     (prediction,) = map(json.loads, Store(tmp_path / "out").predictions_path(record.run_id).read_text().splitlines())
     assert len(prediction["samples"]) == 5 and prediction["samples_passed"] == 0  # an untrained tiny model
+
+
+def _squad_normalize(text: str) -> str:
+    """The SQuAD v1.1 evaluation script's normalisation, step by step as it writes it."""
+    import re
+    import string
+
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def _squad_f1(prediction: str, gold: str) -> float:
+    from collections import Counter
+
+    pred, ref = _squad_normalize(prediction).split(), _squad_normalize(gold).split()
+    same = sum((Counter(pred) & Counter(ref)).values())
+    return 0.0 if same == 0 else 2 * (same / len(pred)) * (same / len(ref)) / (same / len(pred) + same / len(ref))
+
+
+def _mixed_outputs(task, rows) -> list[str]:
+    """Right, wrong, invalid and decorated outputs, in turn, of the form the task's answers take."""
+    outputs = []
+    for i, row in enumerate(rows):
+        target, gold = task.render_target(row), task.gold_of(row)
+        if task.kind == "classification":
+            wrong = task.labels[(gold + 1) % len(task.labels)]
+            outputs.append([target, wrong, "maybe?", f'"{target}."', wrong.upper()][i % 5])
+        elif task.kind == "numeric":
+            outputs.append([target, f"{gold + 1:g}", "no idea", f"The answer is {gold:,g}.", f"{gold - 1e-3}"][i % 5])
+        elif task.kind == "regression":
+            outputs.append([target, f"{5 - gold:.3f}", "n/a", "7", f"-1 or {gold}"][i % 5])
+        elif task.kind == "span":
+            answers = [gold[0], gold[-1], "", f"{gold[0].split()[0]} and more words", f"The {gold[0].upper()}!"]
+            outputs.append(answers[i % 5])
+        else:
+            outputs.append([target, "", target[: len(target) // 2]][i % 3])
+    return outputs
+
+
+def _recount(task, records: list[dict]) -> dict[str, float]:
+    """Every metric of a task from its predictions file alone (`reference`, `parsed`, `group`), by
+    scikit-learn, numpy or the SQuAD script's definitions: none of peftbench's metric code."""
+    import numpy as np
+    from scipy.stats import rankdata
+    from sklearn.metrics import f1_score, matthews_corrcoef
+
+    refs, parsed = [r["reference"] for r in records], [r["parsed"] for r in records]
+    out: dict[str, float] = {}
+    if task.kind == "classification":
+        labels = list(task.labels)
+        # two labels: an invalid output is the wrong one; more: a value of its own, in no class's average
+        pred = [p if p is not None else (labels[1 - labels.index(g)] if len(labels) == 2 else "<invalid>")
+                for g, p in zip(refs, parsed, strict=True)]
+        present = sorted({*refs, *pred} - {"<invalid>"})
+        out["accuracy"] = 100 * float(np.mean([p == g for g, p in zip(refs, parsed, strict=True)]))
+        if len(labels) == 2:
+            out["f1"] = 100 * f1_score(refs, pred, pos_label=labels[1], average="binary", zero_division=0)
+        out["macro_f1"] = 100 * f1_score(refs, pred, labels=present, average="macro", zero_division=0)
+        out["mcc"] = 100 * matthews_corrcoef(refs, pred)
+        questions: dict[tuple, bool] = {}
+        for r in records:
+            if "group" in r:
+                questions[tuple(r["group"])] = questions.get(tuple(r["group"]), True) and r["parsed"] == r["reference"]
+        if questions:
+            out["multirc_em"] = 100 * sum(questions.values()) / len(questions)
+    elif task.kind == "numeric":
+        hits = [p is not None and abs(p - g) <= 1e-6 for g, p in zip(refs, parsed, strict=True)]
+        out["numeric_accuracy"] = 100 * float(np.mean(hits))
+    elif task.kind == "regression":
+        low, high = task.value_range
+        worst = [high if g - low < high - g else low for g in refs]  # an invalid output: the far end
+        values = [p if p is not None else w for p, w in zip(parsed, worst, strict=True)]
+        out["pearson"] = 100 * float(np.corrcoef(refs, values)[0, 1])
+        out["spearman"] = 100 * float(np.corrcoef(rankdata(refs), rankdata(values))[0, 1])
+    elif task.kind == "span":
+        best = [(max(float(_squad_normalize(p or "") == _squad_normalize(g)) for g in golds),
+                 max(_squad_f1(p or "", g) for g in golds)) for golds, p in zip(refs, parsed, strict=True)]
+        out["record_em"] = 100 * float(np.mean([em for em, _ in best]))
+        out["record_f1"] = 100 * float(np.mean([f1 for _, f1 in best]))
+    return out
+
+
+# Metrics a predictions file does not carry the inputs of: CodeBLEU is the `codebleu` package's
+# parse of the programs, and SVAMP's equation check re-parses the raw `prediction`.
+NOT_RECOUNTED = {"codebleu", "equation_consistency"}
+
+
+@pytest.mark.parametrize("name", sorted(set(SHARED)))
+def test_every_stored_metric_is_recounted_from_the_predictions_file_alone(name):
+    """A reader of `OUT/predictions/<run>.jsonl` can check a run's scores: the file names what each
+    row was compared with (`reference`: STS-B's unrounded score, every ReCoRD answer, GSM8K's number,
+    not the training target in `gold`) and MultiRC's question (`group`)."""
+    task = get_task(name)
+    split = task.eval_split if (SHARED_DATA / name / f"{task.eval_split}.jsonl").is_file() else \
+        sorted((SHARED_DATA / name).glob("*.jsonl"))[0].stem
+    rows = load_rows(task, split, SHARED_DATA)
+    result = score(task, rows, _mixed_outputs(task, rows))
+    records = [json.loads(json.dumps(r)) for r in result.records]  # as the file holds them
+    recounted = _recount(task, records)
+    assert set(task.metrics) - NOT_RECOUNTED <= set(recounted), "a metric this test cannot recount from the file"
+    for metric in set(task.metrics) - NOT_RECOUNTED:
+        assert result.metrics[metric] == pytest.approx(recounted[metric], abs=1e-9), metric
+    assert -100 < result.primary < 100 and result.primary != 0, result.metrics  # neither all right nor all wrong
+    assert result.invalid_rate == pytest.approx(sum(r["parsed"] is None for r in records) / len(records))
+    if task.kind in ("classification", "numeric", "span"):
+        assert [r["correct"] for r in records] == [
+            r["parsed"] is not None and (abs(r["parsed"] - r["reference"]) <= 1e-6 if task.kind == "numeric" else
+                                         _squad_normalize(r["parsed"]) in map(_squad_normalize, r["reference"])
+                                         if task.kind == "span" else r["parsed"] == r["reference"])
+            for r in records]
+    if task.kind == "code":
+        assert [r["reference"] for r in records] == [r["gold"] for r in records]

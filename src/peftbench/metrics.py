@@ -343,8 +343,9 @@ def _share(flags: Sequence[Any]) -> float:
     return 100.0 * sum(bool(f) for f in flags) / len(flags) if flags else math.nan
 
 
-def _code_refs(golds: Sequence[Any]) -> list[str]:
-    return [g["code"] if isinstance(g, dict) else g for g in golds]
+def code_reference(gold: Any) -> str:
+    """A code task's reference program: the gold itself, or its `code` where the gold also holds tests (APPS)."""
+    return gold["code"] if isinstance(gold, dict) else gold
 
 
 CLASSES = frozenset({"classification"})
@@ -369,7 +370,7 @@ for _metric in (
            "example", "SQuAD-normalised exact match, best over a query's answers"),
     Metric("record_f1", lambda o: record_scores(o.golds, [p or "" for p in o.preds])["f1"], frozenset({"span"}),
            "example", "SQuAD token F1, best over a query's answers"),
-    Metric("codebleu", lambda o: codebleu(_code_refs(o.golds), [p or "" for p in o.preds])["codebleu"],
+    Metric("codebleu", lambda o: codebleu([code_reference(g) for g in o.golds], [p or "" for p in o.preds])["codebleu"],
            frozenset({"code"}), "corpus", "CodeBLEU (Python), the four components weighted 0.25"),
     Metric("pass_at_1", lambda o: _share(o.passed or []), frozenset({"code"}), "example",
            "share of problems whose greedy program passes every test", executes=True),

@@ -15,7 +15,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from peftbench.errors import PeftbenchError
-from peftbench.metrics import INVALID, METRICS, Outputs, max_over_golds, parse_number, pass_at_k, same_number
+from peftbench.metrics import (
+    INVALID,
+    METRICS,
+    Outputs,
+    code_reference,
+    max_over_golds,
+    parse_number,
+    pass_at_k,
+    same_number,
+)
 from peftbench.tasks.spec import Row, TaskSpec
 
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
@@ -61,9 +70,11 @@ def score(task: TaskSpec, rows: list[Row], outputs: list[str]) -> Scores:
     metrics = {name: METRICS.get(name).compute(scored) for name in task.metrics}
     # INVALID is a class index; a numeric answer of -1 is a valid answer, not the marker.
     invalid = [p is None or (task.kind == "classification" and p == INVALID) for p in parsed]
+    groups = scored.groups or [None] * len(rows)
     records = [
-        {"index": i, "prediction": o, "parsed": _shown(task, p), "gold": task.render_target(r), "correct": c}
-        for i, (r, o, p, c) in enumerate(zip(rows, outputs, parsed, correct, strict=True))
+        {"index": i, "prediction": o, "parsed": _shown(task, p), "gold": task.render_target(r),
+         "reference": _reference(task, g), "correct": c, **({"group": k} if task.group else {})}
+        for i, (r, o, p, g, c, k) in enumerate(zip(rows, outputs, parsed, golds, correct, groups, strict=True))
     ]
     n = len(rows)
     return Scores(
@@ -73,6 +84,18 @@ def score(task: TaskSpec, rows: list[Row], outputs: list[str]) -> Scores:
         n=n,
         records=records,
     )
+
+
+def _reference(task: TaskSpec, gold: Any) -> Any:
+    """What the metrics compare a row's output with, where the training target (`gold` in the
+    predictions file) is not it exactly: STS-B's unrounded score, all of a ReCoRD query's answers,
+    GSM8K's number rather than its worked solution, a code task's reference program (its tests
+    stay out: `correct` says whether they passed)."""
+    if task.kind == "classification":
+        return task.labels[gold]
+    if task.kind == "code":
+        return code_reference(gold)
+    return list(gold) if task.kind == "span" else gold
 
 
 def _shown(task: TaskSpec, parsed: Any) -> Any:
