@@ -8,6 +8,7 @@ import json
 import pytest
 from conftest import SHARED_DATA
 
+from peftbench.config import validate_config
 from peftbench.errors import PeftbenchError
 from peftbench.scoring import score
 from peftbench.tasks import TASKS, get_task, load_rows
@@ -257,3 +258,39 @@ def test_every_stored_metric_is_recounted_from_the_predictions_file_alone(name):
             for r in records]
     if task.kind == "code":
         assert [r["reference"] for r in records] == [r["gold"] for r in records]
+
+
+def test_wsc_marks_the_span_where_its_words_stand_when_the_index_is_one_off():
+    # made up, with SuperGLUE's defect: a comma glued to "home," gives the pronoun index 13, "use"
+    row = {"text": "They got home, and put the key in the safe . They might use it later .",
+           "span1_index": 9, "span1_text": "safe", "span2_index": 13, "span2_text": "it", "label": 0}
+    assert get_task("wsc").render_input(row).count("#it#") == 1 and "*safe*" in get_task("wsc").render_input(row)
+    assert "#use#" not in get_task("wsc").render_input(row)
+    right = {**row, "span2_index": 14}
+    assert get_task("wsc").render_input(right) == get_task("wsc").render_input(row)
+    for path in sorted((SHARED_DATA / "wsc").glob("*.jsonl")):  # every real row: both marks on their words
+        for r in load_rows(get_task("wsc"), path.stem, SHARED_DATA):
+            text = get_task("wsc").render_input(r)
+            assert f"*{r['span1_text']}" in text and f"#{r['span2_text']}" in text, (path, r["idx"])
+
+
+def test_capping_the_eval_rows_keeps_whole_multirc_questions():
+    from peftbench.runner.run import cut_task_data
+
+    task = get_task("multirc")
+    rows = load_rows(task, "validation", SHARED_DATA)
+    cfg = validate_config({"methods": ["base"], "tasks": ["multirc"], "data_dir": str(SHARED_DATA),
+                           "evaluation": {"max_samples": 10}})
+    test = cut_task_data(task, cfg).eval
+    question = [task.group(task.prepared(r)) for r in rows]
+    kept = {task.group(task.prepared(r)) for r in test}
+    assert len(test) > 10 and test == [r for r, q in zip(rows, question, strict=True) if q in kept]
+    assert kept == set(question[:10]) and question[9] == question[10], "the 10th row's question goes on"
+
+
+def test_an_unlabelled_stsb_row_is_an_error_not_a_gold_of_minus_one(tmp_path):
+    (tmp_path / "stsb").mkdir()
+    row = {"sentence1": "a", "sentence2": "b", "label": -1.0}  # GLUE's test split: every label -1
+    (tmp_path / "stsb" / "test.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(PeftbenchError, match=r"row 1: field 'label' is -1, expected a score in 0\.\.5"):
+        load_rows(get_task("stsb"), "test", tmp_path)

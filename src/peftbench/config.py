@@ -202,7 +202,9 @@ class EvaluationConfig(StrictModel):
     )
     batch_size: PositiveInt = 16
     max_new_tokens: PositiveInt | None = Field(default=None, description="default: the task's own")
-    max_samples: PositiveInt | None = None
+    max_samples: PositiveInt | None = Field(
+        default=None, description="evaluate the first N test rows (all of them: none); a task scored by group "
+        "(MultiRC) keeps every row of the questions those N rows belong to")
     code_samples: PositiveInt = Field(
         default=1, description="execution-scored code tasks (APPS): sampled programs per problem on top of the "
         "greedy one, for pass@k (k = 1, 5, 10, ... up to this); 1: greedy pass@1 only, as PEFT-Bench")

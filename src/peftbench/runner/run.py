@@ -86,7 +86,8 @@ def cut_task_data(task: TaskSpec, cfg: BenchConfig) -> TaskData:
     train, val, test = split_rows(
         task.split_rule, rows, eval_rows, val_fraction=cfg.training.val_fraction, seed=DATA_SPLIT_SEED,
         max_train=cfg.training.max_train_samples, max_eval=cfg.evaluation.max_samples,
-        label_of=task.gold_of if task.kind == "classification" else None)
+        label_of=task.gold_of if task.kind == "classification" else None,
+        group_of=(lambda row: task.group(task.prepared(row))) if task.group else None)
     return TaskData(train=train, val=val, eval=test, policy=policy)
 
 

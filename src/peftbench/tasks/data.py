@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from string import Formatter
 
@@ -171,7 +171,8 @@ TPV_VALIDATION = 1_000
 
 def split_rows(rule: str, train: list[Row], eval_rows: list[Row], *, val_fraction: float, seed: int,
                max_train: int | None = None, max_eval: int | None = None,
-               label_of: Callable[[Row], int] | None = None) -> tuple[list[Row], list[Row], list[Row]]:
+               label_of: Callable[[Row], int] | None = None,
+               group_of: Callable[[Row], Hashable] | None = None) -> tuple[list[Row], list[Row], list[Row]]:
     """(train, validation, test) rows of a task under its `split_rule`; pure, and the same for every
     run seed (`seed` is the data seed), so every method is trained and scored on the same rows.
 
@@ -192,30 +193,33 @@ def split_rows(rule: str, train: list[Row], eval_rows: list[Row], *, val_fractio
     the classes in sorted order, a class short of rows giving its share to the others — and
     validation is `val_fraction` of that many further rows of the 80 %, outside the sample.
 
+    `max_eval` keeps whole groups of rows where `group_of` names them (`_capped`).
+
     Every row lands in at most one of the three parts; the inputs are never modified. Train rows are
     expected already filtered by the task's `usable` hook.
     """
     if rule == "deni":
         return _deni_split(train, eval_rows, val_fraction=val_fraction, seed=seed, n_train=max_train or DENI_TRAIN,
-                           max_eval=max_eval, label_of=label_of)
+                           max_eval=max_eval, label_of=label_of, group_of=group_of)
     if rule == "fraction":
         rows = list(train)
         random.Random(seed).shuffle(rows)
         rows = _capped(rows, max_train)
         n_val = max(1, round(len(rows) * val_fraction)) if len(rows) > 1 else 0
-        return rows[n_val:], rows[:n_val], _capped(list(eval_rows), max_eval)
+        return rows[n_val:], rows[:n_val], _capped(list(eval_rows), max_eval, group_of)
     if rule == "tpv":
         if len(train) > TPV_LARGE:
             rows = list(train)
             random.Random(seed).shuffle(rows)
-            return _capped(rows[TPV_VALIDATION:], max_train), rows[:TPV_VALIDATION], _capped(list(eval_rows), max_eval)
+            return (_capped(rows[TPV_VALIDATION:], max_train), rows[:TPV_VALIDATION],
+                    _capped(list(eval_rows), max_eval, group_of))
         held = list(eval_rows)
         random.Random(seed).shuffle(held)
         half = len(held) // 2
         kept = list(train)
         if max_train and max_train < len(kept):
             random.Random(seed).shuffle(kept)
-        return _capped(kept, max_train), held[:half], _capped(held[half:], max_eval)
+        return _capped(kept, max_train), held[:half], _capped(held[half:], max_eval, group_of)
     raise PeftbenchError(f"unknown split rule {rule!r} (expected: fraction, tpv, deni)")
 
 
@@ -224,7 +228,8 @@ DENI_TRAIN = 1_000
 
 
 def _deni_split(train: list[Row], eval_rows: list[Row], *, val_fraction: float, seed: int, n_train: int,
-                max_eval: int | None, label_of: Callable[[Row], int] | None) -> tuple[list[Row], list[Row], list[Row]]:
+                max_eval: int | None, label_of: Callable[[Row], int] | None,
+                group_of: Callable[[Row], Hashable] | None) -> tuple[list[Row], list[Row], list[Row]]:
     if label_of is None:
         raise PeftbenchError("split_rule 'deni' needs a classification task (rows are stratified by class)")
     rng = random.Random(seed)
@@ -246,7 +251,7 @@ def _deni_split(train: list[Row], eval_rows: list[Row], *, val_fraction: float, 
     val = rest[: max(1, round(len(sample) * val_fraction))] if rest else []
     rng.shuffle(sample)
     rng.shuffle(test)
-    return sample, val, _capped(test, max_eval)
+    return sample, val, _capped(test, max_eval, group_of)
 
 
 def _balanced(pool: dict[int, list[Row]], n: int) -> list[Row]:
@@ -263,9 +268,16 @@ def _balanced(pool: dict[int, list[Row]], n: int) -> list[Row]:
     return [row for label in sorted(pool) for row in pool[label][: quota[label]]]
 
 
-def _capped(rows: list[Row], limit: int | None) -> list[Row]:
-    """The first `limit` rows; a limit of None or 0 is no limit (as the config's max_* settings mean)."""
-    return rows[:limit] if limit else rows
+def _capped(rows: list[Row], limit: int | None, group_of: Callable[[Row], Hashable] | None = None) -> list[Row]:
+    """The first `limit` rows; a limit of None or 0 is no limit (as the config's max_* settings mean).
+    With `group_of`, whole groups: every row of the groups the first `limit` rows touch, so that a
+    metric scored per group (MultiRC's exact match per question) never sees half a question."""
+    if not limit:
+        return rows
+    if group_of is None:
+        return rows[:limit]
+    kept = {group_of(r) for r in rows[:limit]}
+    return [r for r in rows if group_of(r) in kept]
 
 
 def check_row(task: TaskSpec, row: Row, *, where: str) -> None:
@@ -276,6 +288,10 @@ def check_row(task: TaskSpec, row: Row, *, where: str) -> None:
             raise PeftbenchError(
                 f"task {task.name!r}: {where}: field {task.label_field!r} is {gold}, expected 0..{len(task.labels) - 1}"
             )
+        if task.kind == "regression" and task.value_range and not task.value_range[0] <= gold <= task.value_range[1]:
+            low, high = task.value_range  # GLUE's unlabelled test rows hold -1: never a score to compare with
+            raise PeftbenchError(f"task {task.name!r}: {where}: field {task.answer_field or 'gold'!r} is {gold:g}, "
+                                 f"expected a score in {low:g}..{high:g} (an unlabelled split?)")
         task.render_input(row)
         task.render_target(row)
         wrong = _wrong_field(task, task.prepared(row))
