@@ -286,6 +286,25 @@ def test_capping_the_eval_rows_keeps_whole_multirc_questions():
     kept = {task.group(task.prepared(r)) for r in test}
     assert len(test) > 10 and test == [r for r, q in zip(rows, question, strict=True) if q in kept]
     assert kept == set(question[:10]) and question[9] == question[10], "the 10th row's question goes on"
+    # runs capped the old way (half a question) are not resumed as these: a capped MultiRC run has its own id
+    from peftbench.plan import plan_runs
+
+    def ids(task: str, evaluation: dict) -> str:
+        return plan_runs(validate_config({"methods": ["base"], "tasks": [task], "data_dir": str(SHARED_DATA),
+                                          "evaluation": evaluation}))[0].identity["evaluation"]
+
+    assert ids("multirc", {"max_samples": 10})["max_samples_by"] == "group"
+    assert "max_samples_by" not in ids("multirc", {}) and "max_samples_by" not in ids("boolq", {"max_samples": 10})
+
+
+def test_a_changed_hook_gives_its_tasks_new_run_ids(monkeypatch):
+    from peftbench.plan import task_fingerprint
+    from peftbench.tasks import hooks
+
+    now = {name: task_fingerprint(get_task(name)) for name in ("wsc", "multirc", "sst2")}
+    monkeypatch.setattr(hooks, "REVISIONS", {})
+    before = {name: task_fingerprint(get_task(name)) for name in ("wsc", "multirc", "sst2")}
+    assert now["wsc"] != before["wsc"] and now["multirc"] == before["multirc"] and now["sst2"] == before["sst2"]
 
 
 def test_an_unlabelled_stsb_row_is_an_error_not_a_gold_of_minus_one(tmp_path):

@@ -31,6 +31,7 @@ from peftbench.registry import Registry
 from peftbench.store import IDENTITY_VERSION
 from peftbench.tasks import GeneratedSource, HubSource, LocalSource, TaskSpec, catalog
 from peftbench.tasks.data import check_splits, local_data_fingerprint
+from peftbench.tasks.hooks import hook_identity
 
 # Task fields added after run-id version 3: left out of a task's fingerprint while they hold their
 # default, so the runs of tasks that do not use them keep their ids.
@@ -155,11 +156,21 @@ def run_identity(cfg: BenchConfig, method_id: str, method: Method, learning_rate
         "task": {"name": task.name, "category": task.category, "fingerprint": task_fingerprint(task)},
         "data": data,
         "training": training_identity(training or cfg.training),
-        "evaluation": cfg.evaluation.model_dump(mode="json", exclude=NOT_IDENTITY["evaluation"]),
+        "evaluation": evaluation_identity(cfg, task),
         "decoder": DECODER if cfg.evaluation.mode == "generate" else f"{DECODER}+{LOGLIK_SCORER}",
         "costs": cfg.costs.model_dump(mode="json"),
         "seed": seed,
     }
+
+
+def evaluation_identity(cfg: BenchConfig, task: TaskSpec) -> dict[str, Any]:
+    """The evaluation protocol as it enters a run's identity. A task scored by group, capped by
+    `max_samples`, is marked as capped by whole groups: before, the cap could cut a MultiRC question
+    in two, and such runs must not be resumed as if they had the current rows."""
+    dumped = cfg.evaluation.model_dump(mode="json", exclude=NOT_IDENTITY["evaluation"])
+    if task.group is not None and cfg.evaluation.max_samples:
+        dumped["max_samples_by"] = "group"
+    return dumped
 
 
 def training_identity(training: TrainingConfig) -> dict[str, Any]:
@@ -178,7 +189,7 @@ def training_identity(training: TrainingConfig) -> dict[str, Any]:
 def task_fingerprint(task: TaskSpec) -> str:
     """Hash of everything in a task's definition that changes its runs: data source (a local
     task's splits, not its paths), prompt, verbaliser, generation length, metrics, and the names
-    of its row hooks."""
+    of its row hooks with their revisions (`tasks.hooks.REVISIONS`)."""
     fields = {f.name: getattr(task, f.name) for f in dataclasses.fields(task)
               if f.name not in LATER_FIELDS or getattr(task, f.name) != f.default}
     source = fields.pop("source")
@@ -186,7 +197,7 @@ def task_fingerprint(task: TaskSpec) -> str:
         source = {"generate": source.generate.__qualname__, "sizes": dict(source.sizes), "seed": source.seed}
     elif isinstance(source, LocalSource):  # the files' content is the run's `data`; where they lie is not
         source = {"local": sorted(source.files)}
-    fields = {k: (v.__qualname__ if callable(v) else v) for k, v in fields.items()}
+    fields = {k: (hook_identity(v) if callable(v) else v) for k, v in fields.items()}
     blob = json.dumps({"source": source, **fields}, sort_keys=True, default=repr)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

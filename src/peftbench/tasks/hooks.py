@@ -152,6 +152,19 @@ def apps_has_solution(row: Row) -> bool:
     return bool(row["solution_list"])
 
 
+REVISIONS: dict[str, int] = {"mark_wsc_spans": 2}
+"""Hooks whose behaviour changed what their tasks' runs compute, by revision: a task's fingerprint
+names its hooks, not their code, so a changed hook says so here and its tasks' runs get new ids
+(stored runs of the old behaviour stay beside them, never resumed as if current). mark_wsc_spans 2:
+spans whose index is one off are marked where their words stand."""
+
+
+def hook_identity(hook: Callable[..., Any]) -> str:
+    """A hook as a task's fingerprint names it: its name, and its revision once it has one."""
+    name = hook.__qualname__
+    return f"{name}@{REVISIONS[name]}" if name in REVISIONS else name
+
+
 for _hook in (sentiment_rows, feedback_rows, topic_rows, arith_rows, mark_wsc_spans, record_passage, multirc_question,
               mmlu_row, siqa_row, hellaswag_row, winogrande_row, openbookqa_row, math_qa_row, stsb_target, gsm8k_gold,
               parse_gsm8k, svamp_target, parse_svamp, conala_row, apps_row, apps_target, apps_gold,
