@@ -348,6 +348,33 @@ def test_strategy_rows_compare_spread_and_cost_by_hand(tmp_path):
     assert "| lora | qs_sentiment | 3 | 20.0 | 10.00 | ± 24.84 | 10.0 | 30.0 | 10.00 |" in md
 
 
+def test_each_label_is_compared_with_its_own_default_not_another_label_of_the_method(tmp_path):
+    """Two learning rates of LoRA, each plain and with DENI (a stability section writes out lora-a,
+    lora-a-deni, lora-b, lora-b-deni): each DENI row's sd / default is against its own plain runs."""
+    from peftbench.report.stability import strategy_rows
+
+    store = Store.create(tmp_path)
+    runs = {("lora-a", "default", 1e-3): [10.0, 20.0, 30.0], ("lora-a-deni", "deni", 1e-3): [18.0, 20.0, 22.0],
+            ("lora-b", "default", 5e-3): [19.0, 20.0, 21.0], ("lora-b-deni", "deni", 5e-3): [18.0, 20.0, 22.0]}
+    ids = []
+    for (label, strategy, lr), scores in runs.items():
+        training = {"epochs": 3} if strategy == "default" else {"epochs": 3, "mitigation": {"strategy": strategy}}
+        for seed, score in enumerate(scores):
+            ids.append(f"{label}-{seed}")
+            store.register([(ids[-1], label, "qs_sentiment", seed, {
+                "method": {"id": label, "name": "lora", "learning_rate": lr}, "seed": seed,
+                "task": {"name": "qs_sentiment"}, "training": training})])
+            store.claim(ids[-1])
+            store.finish(ids[-1], "done", metrics={"score": score, "invalid_rate": 0.0, "n_eval": 10}, costs={},
+                         training={})
+    store.set_plan(ids)
+    rows = {r.label: r for r in strategy_rows(store.records())}
+    # sd: a 10, a-deni 2, b 1, b-deni 2 → a-deni 2/10, b-deni 2/1; each plain label against itself
+    assert rows["lora-a-deni"].sd_vs_default == pytest.approx(0.2)
+    assert rows["lora-b-deni"].sd_vs_default == pytest.approx(2.0)
+    assert rows["lora-a"].sd_vs_default == rows["lora-b"].sd_vs_default == 1.0
+
+
 @pytest.mark.slow
 def test_kill_9_mid_deni_then_rerun_gives_the_uninterrupted_results(deni_grid, tmp_path):
     """Killed while a DENI run trains with its copies (after the first NI phase began), the run is

@@ -8,6 +8,7 @@ run's identity, so labels are free-form.
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
@@ -50,27 +51,38 @@ def strategy_of(record: RunRecord) -> str:
     return (training.get("mitigation") or {}).get("strategy", "default")
 
 
+def compared_as(record: RunRecord) -> str:
+    """What a run is apart from its strategy, label and seed: runs of two strategies are compared
+    only when this is the same (the same method, arguments, learning rate, task and protocol), so
+    that `lora-a-deni` is held against `lora-a`, never against another label of LoRA."""
+    config = dict(record.config or {})
+    config.pop("seed", None)
+    config["method"] = {k: v for k, v in (config.get("method") or {}).items() if k != "id"}
+    config["training"] = {k: v for k, v in (config.get("training") or {}).items() if k != "mitigation"}
+    return json.dumps(config, sort_keys=True, default=str)
+
+
 def strategy_rows(records: Sequence[RunRecord]) -> list[StrategyRow]:
     """One row per method label × task of the done runs, with the comparisons where they exist."""
     groups: dict[tuple[str, str, str, str], list[RunRecord]] = defaultdict(list)
     for r in records:
         if r.status == "done" and r.metrics:
-            name = ((r.config or {}).get("method") or {}).get("name", r.method)
-            groups[(name, r.method, strategy_of(r), r.task)].append(r)
-    base: dict[tuple[str, str, str], tuple[Spread, float | None]] = {}
+            groups[(compared_as(r), r.method, strategy_of(r), r.task)].append(r)
+    base: dict[tuple[str, str], tuple[Spread, float | None]] = {}
     rows = []
-    for (name, label, strategy, task), runs in groups.items():
+    for (key, label, strategy, task), runs in groups.items():
+        name = ((runs[0].config or {}).get("method") or {}).get("name", label)
         scores = tuple(float(r.metrics["score"]) for r in sorted(runs, key=lambda r: r.seed))
         costs = [r.training["step_equivalents"] for r in runs if r.training and "step_equivalents" in r.training]
         cost = statistics.fmean(costs) if costs else (1.0 if strategy == "default" else None)
         spread = Spread.of(scores)
         memory = (_mean_cost(runs, "peak_train_mem_gb"), _mean_cost(runs, "train_run_peak_mem_gb"))
-        rows.append((name, label, strategy, task, spread, scores, cost, memory))
-        base.setdefault((name, strategy, task), (spread, cost))
+        rows.append((key, name, label, strategy, task, spread, scores, cost, memory))
+        base.setdefault((key, strategy), (spread, cost))
     out = []
-    for name, label, strategy, task, spread, scores, cost, memory in rows:
-        default = base.get((name, "default", task))
-        ensemble = base.get((name, "ensemble", task))
+    for key, name, label, strategy, task, spread, scores, cost, memory in rows:
+        default = base.get((key, "default"))
+        ensemble = base.get((key, "ensemble"))
         sd_ratio = (spread.sd / default[0].sd) if default and spread.sd is not None and default[0].sd else None
         cost_ratio = (cost / ensemble[1]) if ensemble and cost is not None and ensemble[1] else None
         out.append(StrategyRow(name, label, strategy, task, spread, scores, cost, sd_ratio, cost_ratio, *memory))
