@@ -442,6 +442,30 @@ def test_fixed_seeds_take_each_source_of_randomness_off_the_run_seed(tmp_path):
     assert results["data"][2] != results["data"][3]
 
 
+def test_ensemble_members_keep_the_pinned_sources_fixed_across_run_seeds(tmp_path, monkeypatch):
+    """With fixed_seeds pinned, member k's initialisation, data order and dropout seeds are the pinned
+    ones plus k × the stride, whatever the run seed (they once followed the run seed, so a study that
+    varies one source varied all three in the ensemble's members); the members still differ."""
+    from peftbench.runner import run as module
+    from peftbench.runner.grid import run_grid
+
+    real_train, real_seed, calls = module.train, module.seed_everything, []
+    monkeypatch.setattr(module, "seed_everything", lambda seed: (calls.append(("init", seed)), real_seed(seed)))
+    monkeypatch.setattr(module, "train", lambda *a, **kw: (calls.append(("train", kw["seed"], kw["data_seed"])),
+                                                          real_train(*a, **kw))[1])
+    cfg = yaml.safe_load(CONFIG.replace("max_steps: 30", "max_steps: 2").replace("seeds: [0]", "seeds: [0, 1]"))
+    cfg["methods"] = cfg["methods"][:1]
+    cfg["training"]["mitigation"] = {"strategy": "ensemble", "members": 3}
+    cfg["training"]["fixed_seeds"] = {"init": 7, "data_order": 8, "model": 9}
+    cfg["runtime"] = {**cfg.get("runtime", {}), "workers": 1}
+    run_grid(validate_config(cfg), tmp_path / "out", verbosity=0)
+    assert {r.status for r in Store.open(tmp_path / "out").records()} == {"done"}
+    stride = module.ENSEMBLE_SEED_STRIDE
+    one_run = [("init", 7), ("train", 9, 8)] + [c for k in (1, 2) for c in
+                                                 (("init", 7 + k * stride), ("train", 9 + k * stride, 8 + k * stride))]
+    assert calls == one_run * 2
+
+
 def test_each_ensemble_member_logs_beside_its_run(tmp_path, monkeypatch):
     """The members an ensemble trains after its main model had no log directory: with
     `report_to: [tensorboard]` their curves went to the Trainer's temporary directory, deleted with it."""

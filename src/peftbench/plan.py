@@ -183,6 +183,8 @@ def training_identity(training: TrainingConfig) -> dict[str, Any]:
         dumped["mitigation"] = training.mitigation.identity()
     if not training.fixed_seeds.pinned():
         dumped.pop("fixed_seeds")
+    elif training.mitigation.strategy == "ensemble":  # runs before this varied every source of the members
+        dumped["mitigation"]["member_seeds"] = "fixed_seeds"
     return dumped
 
 

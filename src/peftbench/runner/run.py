@@ -366,13 +366,22 @@ def train_ensemble(spec: RunSpec, ctx: RunContext, training: Any, train_ex: list
                    val_ex: list[dict[str, list[int]]], workdir: Path, result: Any) -> list[dict[str, torch.Tensor]]:
     """The ensemble baseline's other K−1 members: the run's method trained again from a fresh base model
     with other seeds (initialisation, data order and dropout all change); their trainable tensors for
-    the vote. `result` (the main model's) is updated to count every member's steps."""
+    the vote. `result` (the main model's) is updated to count every member's steps.
+
+    Member k's seed of each source of randomness is the main model's plus k × a stride, the main
+    model's being the pinned one where `training.fixed_seeds` pins it: in a study that varies one
+    source, the members' other sources stay the same from one run seed to the next, as the main
+    model's do."""
     members = []
+    fixed = training.fixed_seeds
     for k in range(1, training.mitigation.members):
-        seed = spec.seed + ENSEMBLE_SEED_STRIDE * k
-        seed_everything(seed)
+        def seed_of(pinned: int | None, k: int = k) -> int:
+            return (spec.seed if pinned is None else pinned) + ENSEMBLE_SEED_STRIDE * k
+
+        seed_everything(seed_of(fixed.init))
         other = spec.method.apply(ctx.fresh_model())
-        done = train(other, ctx.tokenizer, train_ex, val_ex, training, learning_rate=spec.learning_rate, seed=seed,
+        done = train(other, ctx.tokenizer, train_ex, val_ex, training, learning_rate=spec.learning_rate,
+                     seed=seed_of(fixed.model), data_seed=seed_of(fixed.data_order),
                      device=ctx.device, workdir=workdir / f"member-{k}",
                      log_dir=tensorboard_dir(ctx.out_dir, spec.run_id) / f"member-{k}")
         result.model_steps += done.steps
