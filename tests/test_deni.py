@@ -35,26 +35,24 @@ def test_defaults_are_the_papers():
 
 
 def test_t1000_segments_by_hand():
-    # NI may start at 300 and no cycle may start at or after 600; DE from 900.
-    # Cycle 1 starts at 300 (< 600): single 300-425, multi 425-550.
-    # Cycle 2 starts at 550 (< 600): single 550-675, multi 675-800 -- the last multi phase ends past 600.
-    # Next cycle would start at 800 >= 600: normal training 800-900, then DE 900-1000.
+    # NI may start at 300, and no copies are made at or after 600; DE from 900.
+    # Cycle 1 starts at 300: single 300-425, copies at 425 (< 600), multi 425-550.
+    # Cycle 2 starts at 550: its copies would come at 675 >= 600 -- NI is over (only a multi phase
+    # still running at 600 would finish): normal training 550-900, then DE 900-1000.
     assert boundaries(1000, DEFAULT) == (300, 600, 900)
     assert spans(1000) == [
         ("single", 0, 300),
         ("single", 300, 425),
         ("ni_multi", 425, 550),
-        ("single", 550, 675),
-        ("ni_multi", 675, 800),
-        ("single", 800, 900),
+        ("single", 550, 900),
         ("de", 900, 1000),
     ]
     assert segments(1000, DEFAULT)[2] == Segment("ni_multi", 425, 550)
     assert segments(1000, DEFAULT)[2].steps == 125
-    assert events(1000, DEFAULT) == {425: "spawn_ni", 550: "average", 675: "spawn_ni", 800: "average", 900: "spawn_de"}
-    # single: 300 + 125 + 125 + 100 = 650 steps × 1; multi: 125 + 125 = 250 steps × 10; DE: 100 × 10
-    # (650 + 2500 + 1000) / 1000 = 4.15
-    assert step_equivalents(1000, DEFAULT) == pytest.approx(4.15, abs=1e-12)
+    assert events(1000, DEFAULT) == {425: "spawn_ni", 550: "average", 900: "spawn_de"}
+    # single: 300 + 125 + 350 = 775 steps × 1; multi: 125 steps × 10; DE: 100 × 10
+    # (775 + 1250 + 1000) / 1000 = 3.025, against 10 for an ensemble: 0.3025
+    assert step_equivalents(1000, DEFAULT) == pytest.approx(3.025, abs=1e-12)
 
 
 def test_t10000_step_equivalents_by_hand():
@@ -85,11 +83,9 @@ def test_ablations_at_t1000():
         ("single", 0, 300),
         ("single", 300, 425),
         ("ni_multi", 425, 550),
-        ("single", 550, 675),
-        ("ni_multi", 675, 800),
-        ("single", 800, 1000),
+        ("single", 550, 1000),
     ]
-    assert events(1000, DEFAULT, de=False) == {425: "spawn_ni", 550: "average", 675: "spawn_ni", 800: "average"}
+    assert events(1000, DEFAULT, de=False) == {425: "spawn_ni", 550: "average"}
     assert spans(1000, ni=False, de=False) == [("single", 0, 1000)]
     assert events(1000, DEFAULT, ni=False, de=False) == {}
 
@@ -116,16 +112,20 @@ def test_small_t_cuts_ni_at_de_and_at_t():
     assert spans(10) == [("single", 0, 3), ("single", 3, 9), ("de", 9, 10)]
     assert events(10, DEFAULT) == {9: "spawn_de"}
     assert step_equivalents(10, DEFAULT) == pytest.approx((9 + 1 * 10) / 10)
-    # T = 300: boundaries 90, 180, 270. single 90-215, the multi phase 215-340 is cut at 270, where it
-    # still averages -- just before DE spawns its copies: both events on step 270, in that order.
+    # T = 300: boundaries 90, 180, 270. NI's first copies would come at 90 + 125 = 215 >= 180: no NI.
     assert boundaries(300, DEFAULT) == (90, 180, 270)
-    assert spans(300) == [("single", 0, 90), ("single", 90, 215), ("ni_multi", 215, 270), ("de", 270, 300)]
-    assert events(300, DEFAULT) == {215: "spawn_ni", 270: "average+spawn_de"}
-    # (90 + 125 + 55 × 10 + 30 × 10) / 300
-    assert step_equivalents(300, DEFAULT) == pytest.approx((215 + 550 + 300) / 300)
+    assert spans(300) == [("single", 0, 90), ("single", 90, 270), ("de", 270, 300)]
+    assert events(300, DEFAULT) == {270: "spawn_de"}
+    assert step_equivalents(300, DEFAULT) == pytest.approx((270 + 30 * 10) / 300)
+    # Single 50, multi 250: copies at 140 (< 180); the multi phase 140-390 is cut at DE's start 270,
+    # where it still averages -- just before DE spawns its copies: both events on step 270, in that order.
+    long = Schedule(ni_single_steps=50, ni_multi_steps=250)
+    assert spans(300, long) == [("single", 0, 90), ("single", 90, 140), ("ni_multi", 140, 270), ("de", 270, 300)]
+    assert events(300, long) == {140: "spawn_ni", 270: "average+spawn_de"}
+    assert step_equivalents(300, long) == pytest.approx((140 + 130 * 10 + 30 * 10) / 300)
     # Without DE the same multi phase is cut at T = 300 and averages after the last step.
-    assert spans(300, de=False) == [("single", 0, 90), ("single", 90, 215), ("ni_multi", 215, 300)]
-    assert events(300, DEFAULT, de=False) == {215: "spawn_ni", 300: "average"}
+    assert spans(300, long, de=False) == [("single", 0, 90), ("single", 90, 140), ("ni_multi", 140, 300)]
+    assert events(300, long, de=False) == {140: "spawn_ni", 300: "average"}
     # Cut at DE also with a custom cycle: K = 3, single 1, multi 125, T = 10 -> multi 4-9 then DE 9-10.
     short = Schedule(members=3, ni_single_steps=1)
     assert spans(10, short) == [("single", 0, 3), ("single", 3, 4), ("ni_multi", 4, 9), ("de", 9, 10)]

@@ -215,3 +215,32 @@ def test_each_training_ends_its_wandb_run(monkeypatch, tmp_path):
     with _logger_dirs(["tensorboard"], tmp_path):  # a run that does not log to W&B leaves W&B alone
         wandb.run = "someone else's"
     assert finished == ["run-1"]
+
+
+@pytest.mark.parametrize("name,decay", [("lora", 0.1), ("ln_tuning", 0.0)])
+def test_noisy_copies_step_with_the_main_models_learning_rate_and_weight_decay(tokenizer, tmp_path, monkeypatch,
+                                                                                 name, decay):
+    """A DE copy's step t uses the rate the main model's step t used (cosine with 2 warm-up steps of
+    20, by hand), not the next step's (read after the Trainer stepped its schedule, the copies' last
+    update had rate 0), and no decay on norms, as the Trainer's AdamW (LayerNorm tuning trains only norms)."""
+    from peftbench.config import MitigationConfig
+    from peftbench.deni import members as module
+
+    seen = []
+    real = module.MemberTraining._train
+
+    def spy(self, member, lr):
+        seen.append((lr, {g["weight_decay"] for g in member.optimizer.param_groups}))
+        real(self, member, lr)
+
+    monkeypatch.setattr(module.MemberTraining, "_train", spy)
+    peak, total, warmup = LRS[name], 20, 2
+    cfg = TrainingConfig(max_steps=total, batch_size=4, eval_steps=total, warmup_ratio=0.1, weight_decay=0.1,
+                         mitigation=MitigationConfig(strategy="de", members=2, ni_end=0.5, de_start=0.5))
+    data = examples(tokenizer, 16)
+    train(resolve_method(name).apply(llama(tokenizer)), tokenizer, data, data[:4], cfg, learning_rate=peak, seed=0,
+          device=torch.device("cpu"), workdir=tmp_path)
+    rates = [peak * (t / warmup if t < warmup else 0.5 * (1 + math.cos(math.pi * (t - warmup) / (total - warmup))))
+             for t in range(total)]
+    assert len(seen) == total // 2 and [lr for lr, _ in seen] == pytest.approx(rates[total // 2:], rel=1e-12)
+    assert {d for _, decays in seen for d in decays} == {decay}

@@ -100,10 +100,17 @@ class MitigationConfig(StrictModel):
         keys = _STRATEGY_KEYS[self.strategy]
         if self.noise_on is not None and self.strategy in _NOISY:
             keys += ("noise_on",)
-        return {"strategy": self.strategy, **{k: getattr(self, k) for k in keys}}
+        revision = {"revision": NOISY_REVISION} if self.strategy in _NOISY else {}
+        return {"strategy": self.strategy, **{k: getattr(self, k) for k in keys}, **revision}
+
 
 _NI_KEYS = ("sigma2", "ni_start", "ni_end", "ni_single_steps", "ni_multi_steps")
 _NOISY = frozenset({"de", "ni", "deni", "weight_noise"})
+NOISY_REVISION = 2
+"""How the noisy strategies train, in their runs' ids. 2: the copies step with the learning rate of
+the main model's step and its weight decay per tensor (before: the next step's rate, and decay on
+biases and norms too), and no NI cycle makes copies at or after ni_end·T (before: a cycle whose
+single-model steps began earlier still did)."""
 _STRATEGY_KEYS: dict[str, tuple[str, ...]] = {
     "default": (), "ensemble": ("members",), "swa": ("swa_start",), "ema": ("ema_decay",),
     "weight_noise": _NI_KEYS, "ni": ("members", *_NI_KEYS), "de": ("members", "sigma2", "de_start"),

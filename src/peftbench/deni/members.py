@@ -4,7 +4,9 @@ A copy is not a second model: it is one tensor per trainable parameter plus its 
 trains on the main model's batches through `torch.func.functional_call` (the frozen base weights are
 shared). So K members cost K × the trainable parameters and optimiser states — for PEFT methods a
 few MB — and full fine-tuning K × the model, as it must. The main model keeps the Trainer's optimiser
-and schedule; copies take the schedule's current learning rate and the same gradient clipping.
+and schedule; copies take the learning rate the main model's step used (read as the step begins: the
+Trainer steps its schedule before `on_step_end`), the same gradient clipping, and the same weight
+decay per tensor (the Trainer's AdamW leaves biases and norms undecayed, and so do the copies).
 
 `MemberTraining` is a Trainer callback driven by `schedule.events`: it spawns copies (NI: noise
 decaying with the global step; DE: constant noise), trains them after each main step on the batches
@@ -78,6 +80,18 @@ class _Member:
     optimizer: torch.optim.Optimizer
 
 
+def decay_by_name(trainable: Mapping[str, nn.Parameter], optimizer: torch.optim.Optimizer | None,
+                  default: float) -> dict[str, float]:
+    """Each trainable tensor's weight decay in the main model's optimiser (`default` without one)."""
+    name_of = {id(p): n for n, p in trainable.items()}
+    decay = dict.fromkeys(trainable, default)
+    for group in optimizer.param_groups if optimizer is not None else ():
+        for param in group["params"]:
+            if id(param) in name_of:
+                decay[name_of[id(param)]] = group.get("weight_decay", default)
+    return decay
+
+
 class MemberTraining(TrainerCallback):
     """The copies of one run (see the module docstring)."""
 
@@ -95,26 +109,29 @@ class MemberTraining(TrainerCallback):
         self.final: list[dict[str, torch.Tensor]] = []  # the DE copies' tensors at the end (CPU)
         self.model_steps = 0
         self.total_steps = 0
+        self.lr = 0.0  # the main model's learning rate of the step under way
+        self.decay = dict.fromkeys(self.trainable, weight_decay)
 
     def record(self, inputs: Mapping[str, Any]) -> None:
         """A micro-batch the main model trains on now: the live copies train on it after the step."""
         if self.members:
             self.batches.append(inputs)
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
         self.total_steps = state.max_steps
+        self.decay = decay_by_name(self.trainable, optimizer, self.weight_decay)
         self.events = events(state.max_steps, schedule_of(self.cfg), ni=self.cfg.strategy in NI_STRATEGIES,
                              de=self.cfg.strategy in DE_STRATEGIES)
 
-    def on_step_begin(self, args, state, control, **kwargs):
+    def on_step_begin(self, args, state, control, lr_scheduler=None, **kwargs):
+        self.lr = lr_scheduler.get_last_lr()[0] if lr_scheduler is not None else args.learning_rate
         self._apply(self.events.get(state.global_step, ""), state.global_step)
 
-    def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
+    def on_step_end(self, args, state, control, **kwargs):
         self.model_steps += 1
         if self.members:
-            lr = lr_scheduler.get_last_lr()[0] if lr_scheduler is not None else args.learning_rate
             for member in self.members:
-                self._train(member, lr)
+                self._train(member, self.lr)
                 self.model_steps += 1
         self.batches = []
 
@@ -151,7 +168,10 @@ class MemberTraining(TrainerCallback):
                            targets=self.noised)
         params = {n: t.detach().clone().requires_grad_(True) for n, t in noisy.items()}
         # a fresh optimiser per copy (the main model keeps its own and its schedule), as the paper
-        optimizer = torch.optim.AdamW(params.values(), lr=0.0, weight_decay=self.weight_decay)
+        groups: dict[float, list[torch.Tensor]] = {}
+        for name, param in params.items():
+            groups.setdefault(self.decay[name], []).append(param)
+        optimizer = torch.optim.AdamW([{"params": p, "weight_decay": d} for d, p in groups.items()], lr=0.0)
         return _Member(params, optimizer)
 
     def _train(self, member: _Member, lr: float) -> None:

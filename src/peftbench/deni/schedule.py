@@ -5,9 +5,9 @@ The paper's schedule, with every boundary at `round(fraction * T)` (Python's `ro
 - [0, round(ni_start·T)): normal training of the main model.
 - Noisy interpolation (NI) cycles from round(ni_start·T): `ni_single_steps` steps of the main model,
   then K−1 noisy copies are made and all K models train `ni_multi_steps` steps on the same batches,
-  then the main model becomes their uniform average and the copies are dropped. A new cycle starts
-  while the cycle's first step is before round(ni_end·T); a cycle that has started runs in full, so
-  NI may extend past ni_end·T (a multi phase still running at ni_end·T finishes and averages).
+  then the main model becomes their uniform average and the copies are dropped. Copies are made
+  only before round(ni_end·T): a multi phase still running at ni_end·T finishes and averages (so NI
+  may extend past it), while a cycle still in its single-model steps there ends NI.
 - Normal training again until round(de_start·T).
 - Delayed ensemble (DE) from round(de_start·T) to T: K−1 noisy copies train with the main model to the
   end, and predictions are the majority vote of the K (no averaging).
@@ -100,8 +100,10 @@ def segments(total_steps: int, schedule: Schedule, *, ni: bool = True, de: bool 
         first = min(ni_at, limit)
         add("single", 0, first)
         cursor = first
-        while cursor < min(ni_until, limit):  # a cycle starts only before ni_end·T, then runs in full
+        while cursor < min(ni_until, limit):
             single_end = min(cursor + schedule.ni_single_steps, limit)
+            if single_end >= ni_until:  # the copies would come at or after ni_end·T: NI is over
+                break
             add("single", cursor, single_end)
             multi_end = min(single_end + schedule.ni_multi_steps, limit)
             add("ni_multi", single_end, multi_end)
