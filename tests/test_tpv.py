@@ -4,6 +4,7 @@ resume after kill -9."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import statistics
@@ -289,6 +290,13 @@ def test_tpv_list_and_combine_on_the_cli(tpv_study, tmp_path):
     assert {r["origin"] for r in listed} == {0, 1}
     sources = [r for r in listed if r["method"].startswith("tpv@")]
     assert all(r["norm"] > 0 for r in sources)
+    # scored as the report's TPV section scores them: in the study's metric, named (it once showed
+    # each run's primary metric, F1 for these tasks, unnamed, beside the report's accuracy)
+    stored = {r.run_id: r for r in Store.open(out).records()}
+    assert {r["metric"] for r in listed} == {"accuracy"}
+    assert all(r["score"] == stored[r["run"]].metrics["accuracy"] for r in listed)
+    assert {r["study"] for r in sources} == {"source"} and all(r["shots"] is None for r in sources)
+    assert {r["shots"] for r in listed if r["study"] == "few_shot"} >= {0}
     untrained = [r for r in listed if r["method"].startswith("tpv-fewshot-random") and r["norm"] == 0]
     assert len(untrained) == 2  # 0 shots from θ₀: τ = 0 exactly
     same = [r["run"] for r in sources if r["origin"] == 0][:2]
@@ -338,7 +346,19 @@ def test_similarity_matches_a_plain_loop(tpv_study):
     cos = [float(torch.dot(by[("qs_sentiment", a)], by[("qs_topic", b)]) / by[("qs_sentiment", a)].norm()
                  / by[("qs_topic", b)].norm()) for a, b in ((0, 1), (1, 0))]
     assert sim["matrix"][i][j].mean == pytest.approx(statistics.fmean(cos), abs=1e-12)
-    assert sim["matrix"][i][i].n == 2  # same task, the two ordered pairs of different origins
+
+    def cosine(a, b):
+        return float(torch.dot(by[a], by[b]) / by[a].norm() / by[b].norm())
+
+    # every unordered pair of vectors of different origins once: the same task's two origins are one
+    # pair (it was counted twice, as (0, 1) and (1, 0), which gave "± 0.000" and n = 2)
+    unordered = [(a, b, cosine(a, b)) for a, b in itertools.combinations(sorted(by), 2) if a[1] != b[1]]
+    assert sim["matrix"][i][i].n == 1 and sim["matrix"][i][i].sd is None
+    assert sim["matrix"][i][i].mean == pytest.approx(cosine(("qs_sentiment", 0), ("qs_sentiment", 1)), abs=1e-12)
+    for key, same in (("same_task", True), ("different_tasks", False)):
+        values = [c for a, b, c in unordered if (a[0] == b[0]) == same]
+        assert sim[key].n == len(values) and sim[key].mean == pytest.approx(statistics.fmean(values), abs=1e-12)
+        assert sim[key].sd == pytest.approx(statistics.stdev(values), abs=1e-12)
 
 
 @pytest.mark.slow
@@ -405,3 +425,41 @@ def test_the_tpv_summary_by_hand(tmp_path):
     assert s.cross["a"] == [[None, 77.0], [None, None]]
     few = s.few_shot["c"]["random"][5]
     assert few.mean == 35.0 and few.sd == pytest.approx(50 ** 0.5) and few.n == 2
+
+
+def test_with_several_seeds_every_tpv_figure_is_over_origins(tmp_path):
+    """Two seeds per origin: the single-task score, the combination's scores, λ and curve, and the
+    few-shot cells are each the mean ± sd over origins of the origin's seed mean (the combined
+    column once took its sd over every run, beside the single column's sd over origins)."""
+    from peftbench.report.tpv import tpv_summary
+
+    store = Store.create(tmp_path)
+    accuracy = {(0, 0): 70.0, (0, 1): 80.0, (1, 0): 90.0, (1, 1): 60.0}  # (origin, seed): origin means 75, 75
+    i = 0
+    for (origin, seed), value in accuracy.items():
+        rows = [("a", {"study": "source", "origin": origin}, {}),
+                ("a+b", {"study": "combination", "origin": origin, "tasks": ["a"]},
+                 {"lambda": value / 100, "lambdas": [0.5], "val_curve": [value], "scores": {"a": value}}),
+                ("c", {"study": "few_shot", "start": "random", "origin": origin, "shots": 5, "target": "c"}, {})]
+        for task, study, extra in rows:
+            store.register([(f"r{i}", "tpv", task, seed, {"tpv": study})])
+            store.claim(f"r{i}")
+            store.finish(f"r{i}", "done", metrics={"score": value, "accuracy": value, **extra})
+            i += 1
+    s = tpv_summary(store.records(), tmp_path, "accuracy")
+    (combo,) = s.combinations
+    for stat in (s.single["a"], combo.scores["a"], combo.val_curve[0], s.few_shot["c"]["random"][5]):
+        assert (stat.mean, stat.sd, stat.n) == (75.0, 0.0, 2)
+    assert (combo.chosen.mean, combo.chosen.sd, combo.chosen.n) == (0.75, 0.0, 2)
+    assert combo.retained["a"] == pytest.approx(100.0)
+
+
+def test_heatmap_cells_round_as_the_tables():
+    """61.25 and 70.05 are shown 61.3 and 70.1 as in the markdown (an f-string printed 61.2 and 70.0)."""
+    from matplotlib.figure import Figure
+
+    from peftbench.report.tpv import _heat
+
+    ax = Figure().subplots()
+    _heat(ax, [[61.25, 70.05], [float("nan"), 0.125]], [0, 1], [0, 1], "t", "x", "y")
+    assert [t.get_text() for t in ax.texts] == ["61.3", "70.1", "0.1"]

@@ -663,25 +663,29 @@ ResultsDirOption = Annotated[Path, typer.Option("--out", help="Results directory
 
 @tpv_app.command(name="list")
 def tpv_list(out: ResultsDirOption, format: Annotated[ListFormat, typer.Option("--format")] = ListFormat.table) -> None:
-    """Every kept TPV: run, method, task, origin, seed, score and norm."""
+    """Every kept TPV: run, method, task, study, shots, origin, seed, score (in the study's metric, as
+    the report) and norm."""
     from rich.table import Table
 
     from peftbench.report.aggregate import fmt
     from peftbench.tpv.runs import kept_vectors
 
-    rows = [{"run": k.run_id, "method": k.method, "task": k.task, "origin": k.origin, "seed": k.seed,
-             "score": k.score, "norm": k.norm, "tokens": k.n_tokens} for k in kept_vectors(out)]
+    rows = [{"run": k.run_id, "method": k.method, "task": k.task, "study": k.study, "shots": k.shots,
+             "origin": k.origin, "seed": k.seed, "metric": k.metric, "score": k.score, "norm": k.norm,
+             "tokens": k.n_tokens} for k in kept_vectors(out)]
     if format is ListFormat.json:
         print(dumps_json(rows, indent=2))
         return
     if format is ListFormat.md:
         raise PeftbenchError("--format md: tpv list prints table or json")
     table = Table(title=f"task prompt vectors in {out}")
-    for key in ("run", "method", "task", "origin", "seed", "score", "norm", "tokens"):
-        table.add_column(key, justify="left" if key in ("run", "method", "task") else "right", no_wrap=key == "run")
+    for key in ("run", "method", "task", "study", "shots", "origin", "seed", "metric", "score", "norm", "tokens"):
+        table.add_column(key, justify="left" if key in ("run", "method", "task", "study", "metric") else "right",
+                         no_wrap=key == "run")
     for r in rows:
-        table.add_row(r["run"], r["method"], r["task"], str(r["origin"]), str(r["seed"]),
-                      fmt(r["score"]), fmt(r["norm"], 3), str(r["tokens"]))
+        table.add_row(r["run"], r["method"], r["task"], r["study"], "—" if r["shots"] is None else str(r["shots"]),
+                      str(r["origin"]), str(r["seed"]), r["metric"], fmt(r["score"]), fmt(r["norm"], 3),
+                      str(r["tokens"]))
     print_table(table)
 
 

@@ -98,14 +98,24 @@ def _combinations(runs: list[RunRecord], per_origin: dict[str, dict[int, list[fl
     results = []
     for _, rs in sorted(groups.items()):
         tasks, lambdas = rs[0].config["tpv"]["tasks"], rs[0].metrics["lambdas"]
-        curve = [Stat.of([r.metrics["val_curve"][i] for r in rs]) for i in range(len(lambdas))]
-        scores = {t: Stat.of([r.metrics["scores"][t] for r in rs]) for t in tasks}
+        curve = [over_origins(rs, lambda r, i=i: r.metrics["val_curve"][i]) for i in range(len(lambdas))]
+        scores = {t: over_origins(rs, lambda r, t=t: r.metrics["scores"][t]) for t in tasks}
         used = {r.config["tpv"]["origin"] for r in rs}
         single = {t: Stat.of([statistics.fmean(per_origin[t][o]) for o in used if per_origin[t].get(o)]) for t in tasks}
         retained = {t: (100 * scores[t].mean / single[t].mean if single[t].mean else None) for t in tasks}
-        results.append(CombinationResult(tasks, lambdas, curve, Stat.of([r.metrics["lambda"] for r in rs]), scores,
-                                         single, retained))
+        results.append(CombinationResult(tasks, lambdas, curve, over_origins(rs, lambda r: r.metrics["lambda"]),
+                                         scores, single, retained))
     return results
+
+
+def over_origins(runs: Sequence[RunRecord], value: Any) -> Stat:
+    """Mean ± sd over origins of `value(run)`, each origin's seeds averaged first: every figure of the
+    section is over origins, as the single-task scores it is compared with (with several seeds an sd
+    over every run would be held against an sd over origins)."""
+    by_origin: dict[int, list[float]] = defaultdict(list)
+    for r in runs:
+        by_origin[r.config["tpv"]["origin"]].append(value(r))
+    return Stat.of([statistics.fmean(v) for _, v in sorted(by_origin.items())])
 
 
 def _score(r: RunRecord, metric: str) -> float:
@@ -121,19 +131,22 @@ def _cross(runs: list[RunRecord], origins: list[int], metric: str) -> dict[str, 
 
 
 def _few_shot(runs: list[RunRecord], metric: str) -> dict[str, dict[str, dict[int, Stat]]]:
-    scores: dict[str, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    cells: dict[str, dict[str, dict[int, list[RunRecord]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list)))
     for r in runs:
         t = r.config["tpv"]
-        scores[t["target"]][t["start"]][t["shots"]].append(_score(r, metric))
-    return {target: {start: {k: Stat.of(v) for k, v in sorted(by_shots.items())} for start, by_shots in starts.items()}
-            for target, starts in sorted(scores.items())}
+        cells[t["target"]][t["start"]][t["shots"]].append(r)
+    return {target: {start: {k: over_origins(rs, lambda r: _score(r, metric)) for k, rs in sorted(by_shots.items())}
+                     for start, by_shots in starts.items()}
+            for target, starts in sorted(cells.items())}
 
 
 def similarity(sources: list[RunRecord], out_dir: Path, *, prompts: bool) -> dict[str, Any]:
     """Cosine (token-averaged) between the kept vectors of every pair of tasks, over pairs of
     *different* origins (the paper's off-diagonal origin pairs): `matrix[a][b]` is mean ± sd over
     them; the diagonal is the same task across origins. Also the mean over all same-task and all
-    different-task pairs."""
+    different-task pairs. Each unordered pair of vectors counts once (the cosine is symmetric: the
+    diagonal and the summaries once held every pair twice, which shrank their sd and doubled n)."""
     from peftbench.tpv import vectors
     from peftbench.tpv.runs import prompt_path, vector_path
 
@@ -143,14 +156,17 @@ def similarity(sources: list[RunRecord], out_dir: Path, *, prompts: bool) -> dic
         if path.is_file():
             kept[(r.task, r.config["tpv"]["origin"])].append(vectors.load(path)[0])
     tasks = sorted({t for t, _ in kept})
+    unique = [(ta, tb, vectors.cosine(va, vb))
+              for (ta, oa), (tb, ob) in itertools.combinations(sorted(kept), 2) if oa != ob
+              for va, vb in itertools.product(kept[(ta, oa)], kept[(tb, ob)])]
     pairs: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for (ta, oa), (tb, ob) in itertools.product(kept, kept):
-        if oa != ob:
-            for va, vb in itertools.product(kept[(ta, oa)], kept[(tb, ob)]):
-                pairs[(ta, tb)].append(vectors.cosine(va, vb))
+    for ta, tb, c in unique:
+        pairs[(ta, tb)].append(c)
+        if ta != tb:
+            pairs[(tb, ta)].append(c)  # the matrix shows both halves
     matrix = [[Stat.of(pairs[(a, b)]) for b in tasks] for a in tasks]
-    same = Stat.of([c for (a, b), cs in pairs.items() if a == b for c in cs])
-    different = Stat.of([c for (a, b), cs in pairs.items() if a != b for c in cs])
+    same = Stat.of([c for a, b, c in unique if a == b])
+    different = Stat.of([c for a, b, c in unique if a != b])
     return {"tasks": tasks, "matrix": matrix, "same_task": same, "different_tasks": different}
 
 
@@ -286,7 +302,7 @@ def _heat(ax: Any, values: list[list[float]], cols: Sequence[Any], rows: Sequenc
     for i, row in enumerate(values):
         for j, v in enumerate(row):
             if v == v:
-                ax.text(j, i, f"{v:.{digits}f}", ha="center", va="center", fontsize=6, color="white")
+                ax.text(j, i, fmt(float(v), digits), ha="center", va="center", fontsize=6, color="white")
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.figure.colorbar(image, ax=ax, fraction=0.046)
 

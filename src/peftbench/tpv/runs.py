@@ -64,27 +64,37 @@ class KeptVector:
     run_id: str
     method: str
     task: str
+    study: str  # source or few_shot
+    shots: int | None  # a few-shot run's training rows
     origin: int
     seed: int
-    score: float | None
+    metric: str
+    score: float | None  # in `metric`, as the report's TPV section shows it
     norm: float
     n_tokens: int
     path: Path
 
 
 def kept_vectors(out_dir: Path) -> list[KeptVector]:
-    """Every TPV of a done run of the store in `out_dir`, by task, origin and seed."""
+    """Every TPV of a done run of the store in `out_dir`, by task, origin and seed, scored in the
+    study's metric (the config's `tpv.metric`, accuracy by default; a task without it: its primary
+    metric), as the report's TPV section scores them."""
+    from peftbench.report import current_config
     from peftbench.store import Store
 
     store = Store.open(Path(out_dir))
+    cfg = current_config(store.out_dir)
+    study_metric = cfg.tpv.metric if cfg is not None and cfg.tpv is not None else "accuracy"
     kept = []
     for record in store.records("done"):
         path = vector_path(store.out_dir, record.run_id)
         if not path.is_file():
             continue
         tau, meta = vectors.load(path)
-        score = (record.metrics or {}).get("score")
-        kept.append(KeptVector(record.run_id, record.method, record.task, tau.origin, record.seed, score,
+        metrics, tpv = record.metrics or {}, (record.config or {}).get("tpv") or {}
+        metric = study_metric if study_metric in metrics else str(metrics.get("primary_metric", "score"))
+        kept.append(KeptVector(record.run_id, record.method, record.task, tpv.get("study", "source"), tpv.get("shots"),
+                               tau.origin, record.seed, metric, metrics.get(metric, metrics.get("score")),
                                tau.norm(), tau.n_tokens, path))
     return sorted(kept, key=lambda k: (k.task, k.origin, k.seed, k.method))
 
