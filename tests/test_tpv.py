@@ -297,6 +297,7 @@ def test_tpv_list_and_combine_on_the_cli(tpv_study, tmp_path):
     assert all(r["score"] == stored[r["run"]].metrics["accuracy"] for r in listed)
     assert {r["study"] for r in sources} == {"source"} and all(r["shots"] is None for r in sources)
     assert {r["shots"] for r in listed if r["study"] == "few_shot"} >= {0}
+    assert {stored[r["run"]].config["shot_rows"] for r in listed if r["study"] == "few_shot"} == {"seeded"}
     untrained = [r for r in listed if r["method"].startswith("tpv-fewshot-random") and r["norm"] == 0]
     assert len(untrained) == 2  # 0 shots from θ₀: τ = 0 exactly
     same = [r["run"] for r in sources if r["origin"] == 0][:2]
@@ -463,3 +464,19 @@ def test_heatmap_cells_round_as_the_tables():
     ax = Figure().subplots()
     _heat(ax, [[61.25, 70.05], [float("nan"), 0.125]], [0, 1], [0, 1], "t", "x", "y")
     assert [t.get_text() for t in ax.texts] == ["61.3", "70.1", "0.1"]
+
+
+def test_few_shot_rows_are_a_seeded_draw_nested_over_k():
+    """Few-shot rows are drawn with the fixed data seed, not taken from the top of the split (the
+    `tpv` split keeps a small task's file order, which may be sorted by class); k shots are the
+    first k of every larger draw, and the split itself is left alone."""
+    import random
+
+    from peftbench.runner.run import DATA_SPLIT_SEED, shot_rows
+
+    rows = [{"id": i, "label": i // 25} for i in range(100)]  # sorted by class, 4 classes
+    expected = list(rows)
+    random.Random(DATA_SPLIT_SEED).shuffle(expected)
+    assert shot_rows(rows, 20) == expected[:20] and shot_rows(rows, 10) == expected[:10]
+    assert len({r["label"] for r in shot_rows(rows, 20)}) > 1  # the first 20 as split: one class
+    assert rows == sorted(rows, key=lambda r: r["id"]) and shot_rows(rows, 0) == []

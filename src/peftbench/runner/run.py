@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import platform
+import random
 import shutil
 import subprocess
 import tempfile
@@ -76,6 +77,16 @@ class RunOutcome:
     error: str | None = None
     predictions: list[dict[str, Any]] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)  # the run's own (decoding); the worker adds the process's
+
+
+def shot_rows(train: list[Row], shots: int) -> list[Row]:
+    """A few-shot run's training rows: the first `shots` of the training rows shuffled with the fixed
+    data seed, so that k shots are the first k of k' > k and every start sees the same rows. (They were
+    the first rows as split, and the `tpv` split keeps a small task's train split in its file order: a
+    file sorted by class gave few-shot runs one class.)"""
+    rows = list(train)
+    random.Random(DATA_SPLIT_SEED).shuffle(rows)
+    return rows[:shots]
 
 
 def cut_task_data(task: TaskSpec, cfg: BenchConfig) -> TaskData:
@@ -143,13 +154,13 @@ class RunContext:
         return self._encoded[key]
 
     def training_examples(self, spec: RunSpec) -> tuple[list[dict[str, list[int]]], list[dict[str, list[int]]]]:
-        """Encoded training and validation examples of a run: its task's (the first `shots` training
-        rows of a few-shot run), followed by those of the tasks it mixes in (a multi-task prompt)."""
+        """Encoded training and validation examples of a run: its task's (`shot_rows` of a few-shot
+        run), followed by those of the tasks it mixes in (a multi-task prompt)."""
         train: list[dict[str, list[int]]] = []
         val: list[dict[str, list[int]]] = []
         for task in (spec.task_spec, *spec.mixed_tasks):
             data = self.task_data(task)
-            rows = data.train if spec.shots is None else data.train[: spec.shots]
+            rows = data.train if spec.shots is None else shot_rows(data.train, spec.shots)
             train += self.encoded(task, rows)
             val += self.encoded(task, data.val)
         return train, val

@@ -35,6 +35,9 @@ from peftbench.tpv.runs import load_task_vector, prompt_path
 SOURCE, MULTITASK, FEW_SHOT = "source", "multitask", "few_shot"
 COMBINATION, CROSS_ORIGIN = "combination", "cross_origin"
 PROMPTS_DIR = Path("tpv") / "prompts"
+SHOT_ROWS = "seeded"
+"""How a few-shot run's rows are drawn, in its id: "seeded", the first k of the training rows shuffled
+with the fixed data seed (`runner.run.shot_rows`); runs before took the first k rows as split."""
 
 
 def study_score(metrics: dict[str, Any], task: TaskSpec, metric: str) -> float:
@@ -92,6 +95,7 @@ class _Study:
                 "select_best": False, "eval_steps": fs.steps})
             identity["training"] = training_identity(training)
             identity["shots"] = shots
+            identity["shot_rows"] = SHOT_ROWS
         return RunSpec(run_id(identity), method_id, task, seed, method, spec, self.tpv.learning_rate, identity,
                        training=training, shots=shots, mixed_tasks=tuple(self.tasks[m] for m in mixed),
                        measure_costs=shots is None)
