@@ -518,6 +518,21 @@ def test_llama3_8b_reconciles_with_the_paper():
     assert rows["prefix_tuning"]["extra_tflops"] == pytest.approx(0.01, abs=0.005)
     for name in ("lora", "ln_tuning", "bitfit", "ia3"):
         assert rows[name]["extra_tflops"] == 0.0, name
+    # and exactly, by hand from the shapes (2 FLOPs per multiply-add): every linear weight with the LM
+    # head, 7,504,658,432; attention per layer QKᵀ and AV, 2 × 2 × 32 heads × n² × 128 for n tokens
+    linear = 32 * (4096 * (4096 + 1024 + 1024 + 4096) + 3 * 4096 * 14336) + 128256 * 4096
+    assert linear == 7_504_658_432
+
+    def attention(n: int, extra_keys: int = 0) -> int:
+        return 32 * 2 * 2 * 32 * n * (n + extra_keys) * 128
+
+    assert rows["lora"]["base_tflops"] * 1e12 == pytest.approx(2 * 512 * linear + attention(512), rel=1e-12)
+    assert rows["prompt_tuning"]["extra_tflops"] * 1e12 == pytest.approx(  # 100 virtual tokens more
+        2 * 100 * linear + attention(612) - attention(512), rel=1e-12)
+    prefix_mlp = 2 * 32 * (1024 * 512 + 512 * 32 * 2 * 1024)  # 32 prefix tokens through the 2-layer MLP
+    assert rows["prefix_tuning"]["extra_tflops"] * 1e12 == pytest.approx(
+        attention(512, 32) - attention(512) + prefix_mlp, rel=1e-12)
+    assert rows["lora"]["extra_tflops_unmerged"] * 1e12 == pytest.approx(2 * 512 * 14_680_064, rel=1e-12)
 
 
 def test_counts_from_shallow_copies_are_the_full_models(tmp_path, monkeypatch):
