@@ -15,7 +15,7 @@ import torch
 
 from peftbench.deni.noise import average, noise_generator, noisy_copy
 from peftbench.deni.schedule import Schedule, Segment, boundaries, events, segments, step_equivalents
-from peftbench.deni.vote import default_normalise, label_vote, mean_vote, vote, vote_rows
+from peftbench.deni.vote import default_normalise, mean_vote, vote, vote_rows
 
 DEFAULT = Schedule()
 
@@ -439,13 +439,3 @@ def test_mean_vote():
     assert mean_vote([None, None]) is None
     assert mean_vote([]) is None
     assert mean_vote([0.1] * 10) == 0.1  # fsum: no rounding drift over the members
-
-
-def test_label_vote():
-    assert label_vote([1, 2, 2]) == 2
-    assert label_vote([2, 1, 1, 2, 0]) == 2  # 1 and 2 tied, member 0 chose 2
-    assert label_vote([0, 1, 1, 2, 2]) == 1  # tie without member 0's label: the smallest label
-    assert label_vote([3, 2, 1]) == 3  # all tied: member 0's
-    assert label_vote([5]) == 5
-    with pytest.raises(ValueError):
-        label_vote([])

@@ -54,13 +54,3 @@ def mean_vote(values: Sequence[float | None]) -> float | None:
         return None
     return math.fsum(parsed) / len(parsed)
 
-
-def label_vote(choices: Sequence[int]) -> int:
-    """Loglik mode: the most frequent label index; a tie goes to member 0's label if it is tied, else to
-    the smallest tied label index."""
-    if not choices:
-        raise ValueError("label_vote over no choices")
-    counts = Counter(choices)
-    best = max(counts.values())
-    tied = [label for label, count in counts.items() if count == best]
-    return choices[0] if choices[0] in tied else min(tied)
