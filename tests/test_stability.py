@@ -367,12 +367,23 @@ def test_each_label_is_compared_with_its_own_default_not_another_label_of_the_me
             store.claim(ids[-1])
             store.finish(ids[-1], "done", metrics={"score": score, "invalid_rate": 0.0, "n_eval": 10}, costs={},
                          training={})
+    ids.append("lora-b-deni-3")  # a seed that diverged is counted, not silently left out of the spread
+    store.register([(ids[-1], "lora-b-deni", "qs_sentiment", 3, {
+        "method": {"id": "lora-b-deni", "name": "lora", "learning_rate": 5e-3}, "seed": 3,
+        "task": {"name": "qs_sentiment"}, "training": {"epochs": 3, "mitigation": {"strategy": "deni"}}})])
+    store.claim(ids[-1])
+    store.finish(ids[-1], "diverged", error="non-finite loss at step 7")
     store.set_plan(ids)
     rows = {r.label: r for r in strategy_rows(store.records())}
     # sd: a 10, a-deni 2, b 1, b-deni 2 → a-deni 2/10, b-deni 2/1; each plain label against itself
     assert rows["lora-a-deni"].sd_vs_default == pytest.approx(0.2)
     assert rows["lora-b-deni"].sd_vs_default == pytest.approx(2.0)
     assert rows["lora-a"].sd_vs_default == rows["lora-b"].sd_vs_default == 1.0
+    assert rows["lora-b-deni"].not_done == 1 and rows["lora-b-deni"].spread.n == 3 and rows["lora-a"].not_done == 0
+    from peftbench.report.stability import html, markdown
+
+    assert "| qs_sentiment | lora-b-deni | deni | 3 (1 not done) |" in markdown(list(rows.values()))
+    assert "<td>3 (1 not done)</td>" in html(list(rows.values()), None)
 
 
 @pytest.mark.slow

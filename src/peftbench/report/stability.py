@@ -34,6 +34,11 @@ class StrategyRow:
     cost_vs_ensemble: float | None  # step-equivalents / the ensemble's, when the grid has one
     peak_train_mem_gb: float | None  # mean PSCP memory M (one model's AdamW measurement + what the strategy holds)
     run_peak_mem_gb: float | None  # mean measured peak of the runs' own training (RSS on CPU, CUDA peak on a GPU)
+    not_done: int = 0  # failed or diverged runs of the cell: left out of the spread, never silently
+
+    @property
+    def n_text(self) -> str:
+        return f"{self.spread.n}" + (f" ({self.not_done} not done)" if self.not_done else "")
 
 
 def _gb(value: float | None) -> str:
@@ -63,11 +68,18 @@ def compared_as(record: RunRecord) -> str:
 
 
 def strategy_rows(records: Sequence[RunRecord]) -> list[StrategyRow]:
-    """One row per method label × task of the done runs, with the comparisons where they exist."""
+    """One row per method label × task of the done runs, with the comparisons where they exist, and
+    the count of its runs that failed or diverged (a seed that collapsed to a failure would otherwise
+    vanish from the sd it is the point of). A cell with no done run has no row: the score table says
+    "failed" there."""
     groups: dict[tuple[str, str, str, str], list[RunRecord]] = defaultdict(list)
+    failed: dict[tuple[str, str, str, str], int] = defaultdict(int)
     for r in records:
+        key = (compared_as(r), r.method, strategy_of(r), r.task)
         if r.status == "done" and r.metrics:
-            groups[(compared_as(r), r.method, strategy_of(r), r.task)].append(r)
+            groups[key].append(r)
+        elif r.status in ("failed", "diverged"):
+            failed[key] += 1
     base: dict[tuple[str, str], tuple[Spread, float | None]] = {}
     rows = []
     for (key, label, strategy, task), runs in groups.items():
@@ -77,15 +89,17 @@ def strategy_rows(records: Sequence[RunRecord]) -> list[StrategyRow]:
         cost = statistics.fmean(costs) if costs else (1.0 if strategy == "default" else None)
         spread = Spread.of(scores)
         memory = (_mean_cost(runs, "peak_train_mem_gb"), _mean_cost(runs, "train_run_peak_mem_gb"))
-        rows.append((key, name, label, strategy, task, spread, scores, cost, memory))
+        rows.append((key, name, label, strategy, task, spread, scores, cost, memory,
+                     failed[(key, label, strategy, task)]))
         base.setdefault((key, strategy), (spread, cost))
     out = []
-    for key, name, label, strategy, task, spread, scores, cost, memory in rows:
+    for key, name, label, strategy, task, spread, scores, cost, memory, not_done in rows:
         default = base.get((key, "default"))
         ensemble = base.get((key, "ensemble"))
         sd_ratio = (spread.sd / default[0].sd) if default and spread.sd is not None and default[0].sd else None
         cost_ratio = (cost / ensemble[1]) if ensemble and cost is not None and ensemble[1] else None
-        out.append(StrategyRow(name, label, strategy, task, spread, scores, cost, sd_ratio, cost_ratio, *memory))
+        out.append(StrategyRow(name, label, strategy, task, spread, scores, cost, sd_ratio, cost_ratio, *memory,
+                               not_done))
     return sorted(out, key=lambda r: (r.task, r.method, r.strategy != "default", r.label))
 
 
@@ -96,7 +110,7 @@ def markdown(rows: Sequence[StrategyRow]) -> str:
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         s = r.spread
-        lines.append(f"| {r.task} | {r.label} | {r.strategy} | {s.n} | {fmt(s.mean)} | {fmt(s.sd, 2)} | "
+        lines.append(f"| {r.task} | {r.label} | {r.strategy} | {r.n_text} | {fmt(s.mean)} | {fmt(s.sd, 2)} | "
                      f"{fmt(s.minimum)} | {fmt(s.maximum)} | {fmt(s.iqr, 2)} | {fmt(r.sd_vs_default, 2)} | "
                      f"{fmt(r.step_equivalents, 2)} | {fmt(r.cost_vs_ensemble, 2)} | {_gb(r.peak_train_mem_gb)} | "
                      f"{_gb(r.run_peak_mem_gb)} |")
@@ -159,7 +173,7 @@ def html(rows: Sequence[StrategyRow], plot: Path | None) -> str:
     headers = ["task", "method", "strategy", "n", "mean", "sd", "min", "max", "IQR", "sd / default",
                "training cost", "cost / ensemble", "memory M (GB)", "run peak (GB)"]
     body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in (
-        r.task, r.label, r.strategy, r.spread.n, fmt(r.spread.mean), fmt(r.spread.sd, 2), fmt(r.spread.minimum),
+        r.task, r.label, r.strategy, r.n_text, fmt(r.spread.mean), fmt(r.spread.sd, 2), fmt(r.spread.minimum),
         fmt(r.spread.maximum), fmt(r.spread.iqr, 2), fmt(r.sd_vs_default, 2), fmt(r.step_equivalents, 2),
         fmt(r.cost_vs_ensemble, 2), _gb(r.peak_train_mem_gb), _gb(r.run_peak_mem_gb))) + "</tr>" for r in rows)
     table = ('<table class="stability"><thead><tr>' + "".join(f"<th>{escape(h)}</th>" for h in headers)
