@@ -102,6 +102,18 @@ def test_deni_runs_count_their_model_steps_vote_and_cost_k_models(deni_grid):
         assert c["extra_tflops"] == pytest.approx((3 * c["merged_flops"] - c["base_flops"]) / 1e12)
         assert c["peak_train_mem_gb"] > c["peak_train_mem_one_model_gb"]
         assert r.provenance["decoding"]["vote"]["members"] == 3
+        # the vote recounted from the predictions file (each row's member outputs, main model first),
+        # and every member's adapter kept beside the main one
+        from peftbench.deni.vote import vote_rows
+
+        rows = [json.loads(line) for line in Store(out).predictions_path(r.run_id).read_text().splitlines()]
+        assert all(len(row["members"]) == 3 for row in rows)
+        assert [row["prediction"] for row in rows] == vote_rows([[row["members"][k] for row in rows] for k in range(3)])
+        adapters = Store(out).adapter_path(r.run_id)
+        kept = [adapters / f"member-{k}" for k in (1, 2)]
+        assert all((p / "adapter_config.json").is_file() for p in kept)
+        weights = [(p / "adapter_model.safetensors").read_bytes() for p in (adapters, *kept)]
+        assert len(set(weights)) == 3  # three members, three sets of weights
 
 
 @pytest.mark.slow

@@ -286,6 +286,12 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
 
         phase("save", 0, 1)
         adapter_bytes = _save_adapter(method, model, ctx.out_dir / "adapters" / spec.run_id, cfg.save_adapters)
+        if voters and cfg.save_adapters:  # every voting member is kept: the voted score can be re-evaluated
+            from peftbench.deni.members import member_weights
+
+            for k, member in enumerate(voters, start=1):
+                with member_weights(model, member):
+                    _save_adapter(method, model, ctx.out_dir / "adapters" / spec.run_id / f"member-{k}", True)
         keep_task_vector(method, model, spec, ctx.out_dir)
 
         t0 = time.perf_counter()
@@ -406,7 +412,8 @@ def evaluate_members(model: torch.nn.Module, task: TaskSpec, rows: list[Row], ct
                      voters: list[dict[str, torch.Tensor]]) -> tuple[Scores, dict[str, Any]]:
     """A delayed ensemble's prediction: every member (the main model, then each copy) evaluated with its
     own weights, then the vote per row — majority over normalised outputs with ties to the main model
-    (regression: the mean of the parsed values) — scored like any output; per-member scores beside it."""
+    (regression: the mean of the parsed values) — scored like any output; per-member scores beside it,
+    and each row's member outputs (`members`, main model first) in its predictions record."""
     from peftbench.deni.members import member_weights
     from peftbench.deni.vote import mean_vote, vote_rows
 
@@ -427,6 +434,8 @@ def evaluate_members(model: torch.nn.Module, task: TaskSpec, rows: list[Row], ct
     else:
         voted = vote_rows(outputs)
     final = score(task, rows, voted)
+    for i, record in enumerate(final.records):  # the vote can be recounted from the predictions file
+        record["members"] = [member[i] for member in outputs]
     final.metrics["member_scores"] = [s.primary for s in per_member]
     final.metrics["member_invalid_rates"] = [s.invalid_rate for s in per_member]
     return final, {**decoding, "vote": {"members": len(per_member), "rule": "mean" if task.kind == "regression"
