@@ -67,6 +67,10 @@ def test_quickstart(quickstart_dir):
         assert r.metrics["numeric_accuracy" if numeric else "accuracy"] == pytest.approx(100 * sum(hits) / len(rows))
         assert r.metrics["invalid_rate"] == pytest.approx(sum(row["parsed"] is None for row in rows) / len(rows))
         assert r.metrics["score"] == r.metrics[r.metrics["primary_metric"]], r.run_id
+        # the phases' wall times are disjoint intervals of the run's (a relation, no seconds asserted)
+        phases = [r.timings[k] for k in ("train_s", "eval_s", "costs_s") if k in r.timings]
+        assert all(t > 0 for t in phases) and sum(phases) <= r.timings["total_s"], r.timings
+        assert ("train_s" in r.timings) == (r.method != "base") and "eval_s" in r.timings, r.timings
         parts = r.costs["est_train_mem_parts_gb"]  # the estimate is the sum of its parts (zero for base)
         assert r.costs["est_train_mem_gb"] == pytest.approx(sum(parts.values()), rel=1e-12, abs=0), r.run_id
         if r.method == "base":
