@@ -172,7 +172,8 @@ def test_swa_and_ema_average_the_iterates_by_hand():
 @pytest.mark.slow
 @pytest.mark.parametrize(("strategy", "method", "model_steps", "votes"), [
     ("ensemble", "lora", 3 * 12, 3), ("swa", "lora", 12, 1), ("weight_noise", "lora", 12, 1),
-    ("de", "lora", 12 + 2 * 1, 3), ("de", "peft:LORA", 12 + 2 * 1, 3), ("ni", "full", 12 + 2 * 3, 1)])
+    ("de", "lora", 12 + 2 * 1, 3), ("de", "peft:LORA", 12 + 2 * 1, 3), ("ni", "full", 12 + 2 * 3, 1),
+    ("de", "full", 12 + 2 * 1, 3)])
 def test_every_strategy_runs_end_to_end_with_its_counted_cost(strategy, method, model_steps, votes, tmp_path):
     """12 steps: DE's copies train from round(0.9 × 12) = 11 to the end (one step each); NI's one cycle
     starts at round(0.3 × 12) = 4: 2 single steps, then 2 copies train 3 steps. A `peft:` tuner and full
@@ -186,6 +187,9 @@ def test_every_strategy_runs_end_to_end_with_its_counted_cost(strategy, method, 
     assert record.training["model_steps"] == model_steps and record.training["members"] == votes
     assert len(record.metrics.get("member_scores", [None])) == votes
     assert record.costs.get("vote_members") == votes
+    # the other voting members' adapters are kept beside the main one, but not K whole models
+    members = sorted(p.name for p in Store(tmp_path / "out").adapter_path(record.run_id).glob("member-*"))
+    assert members == ([f"member-{k}" for k in range(1, votes)] if method != "full" else [])
 
 
 def test_snips_loads_its_offline_slice():

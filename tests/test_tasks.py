@@ -10,6 +10,7 @@ from conftest import SHARED_DATA
 
 from peftbench.config import validate_config
 from peftbench.errors import PeftbenchError
+from peftbench.jsonsafe import dumps_json
 from peftbench.scoring import score
 from peftbench.tasks import TASKS, get_task, load_rows
 
@@ -243,7 +244,7 @@ def test_every_stored_metric_is_recounted_from_the_predictions_file_alone(name):
         sorted((SHARED_DATA / name).glob("*.jsonl"))[0].stem
     rows = load_rows(task, split, SHARED_DATA)
     result = score(task, rows, _mixed_outputs(task, rows))
-    records = [json.loads(json.dumps(r)) for r in result.records]  # as the file holds them
+    records = [json.loads(dumps_json(r)) for r in result.records]  # as the file holds them
     recounted = _recount(task, records)
     assert set(task.metrics) - NOT_RECOUNTED <= set(recounted), "a metric this test cannot recount from the file"
     for metric in set(task.metrics) - NOT_RECOUNTED:
@@ -258,6 +259,24 @@ def test_every_stored_metric_is_recounted_from_the_predictions_file_alone(name):
             for r in records]
     if task.kind == "code":
         assert [r["reference"] for r in records] == [r["gold"] for r in records]
+
+
+def test_predictions_records_of_a_code_task_and_of_a_task_defined_in_python(tmp_path):
+    """APPS's gold holds its tests: the record's reference is the program alone. A group hook of a
+    task defined in Python may return anything hashable: the record holds a JSON form of it, for a
+    task of any kind (a frozenset once stopped the grid as the file was written)."""
+    import dataclasses
+
+    (tmp_path / "apps").mkdir()
+    (tmp_path / "apps" / "test.jsonl").write_text(json.dumps(APPS) + "\n")
+    apps = get_task("apps")
+    (record,) = score(apps, load_rows(apps, "test", tmp_path), ["print(2 * int(input()))"]).records
+    assert record["reference"] == "print(int(input()) * 2)" and record["correct"] is True
+    stsb = dataclasses.replace(get_task("stsb"), group=lambda row: frozenset({row["sentence1"]}))
+    rows = load_rows(get_task("stsb"), "validation", SHARED_DATA)[:3]
+    records = score(stsb, rows, ["3", "4", "x"]).records
+    assert [r["group"] for r in records] == [repr(frozenset({r["sentence1"]})) for r in rows]
+    assert json.loads(dumps_json(records))[0]["group"] == records[0]["group"]
 
 
 def test_wsc_marks_the_span_where_its_words_stand_when_the_index_is_one_off():

@@ -166,7 +166,8 @@ def run_identity(cfg: BenchConfig, method_id: str, method: Method, learning_rate
 def evaluation_identity(cfg: BenchConfig, task: TaskSpec) -> dict[str, Any]:
     """The evaluation protocol as it enters a run's identity. A task scored by group, capped by
     `max_samples`, is marked as capped by whole groups: before, the cap could cut a MultiRC question
-    in two, and such runs must not be resumed as if they had the current rows."""
+    in two, and such runs must not be resumed as if they had the current rows. (Marked whenever the
+    cap is set, even one above the rows' count: a re-run at worst, never a wrong resume.)"""
     dumped = cfg.evaluation.model_dump(mode="json", exclude=NOT_IDENTITY["evaluation"])
     if task.group is not None and cfg.evaluation.max_samples:
         dumped["max_samples_by"] = "group"
@@ -196,7 +197,7 @@ def task_fingerprint(task: TaskSpec) -> str:
               if f.name not in LATER_FIELDS or getattr(task, f.name) != f.default}
     source = fields.pop("source")
     if isinstance(source, GeneratedSource):
-        source = {"generate": source.generate.__qualname__, "sizes": dict(source.sizes), "seed": source.seed}
+        source = {"generate": hook_identity(source.generate), "sizes": dict(source.sizes), "seed": source.seed}
     elif isinstance(source, LocalSource):  # the files' content is the run's `data`; where they lie is not
         source = {"local": sorted(source.files)}
     fields = {k: (hook_identity(v) if callable(v) else v) for k, v in fields.items()}

@@ -70,7 +70,7 @@ def score(task: TaskSpec, rows: list[Row], outputs: list[str]) -> Scores:
     metrics = {name: METRICS.get(name).compute(scored) for name in task.metrics}
     # INVALID is a class index; a numeric answer of -1 is a valid answer, not the marker.
     invalid = [p is None or (task.kind == "classification" and p == INVALID) for p in parsed]
-    groups = scored.groups or [None] * len(rows)
+    groups = [_json_key(task.group_of(r)) for r in rows] if task.group else [None] * len(rows)
     records = [
         {"index": i, "prediction": o, "parsed": _shown(task, p), "gold": task.render_target(r),
          "reference": _reference(task, g), "correct": c, **({"group": k} if task.group else {})}
@@ -98,6 +98,16 @@ def _reference(task: TaskSpec, gold: Any) -> Any:
     return list(gold) if task.kind == "span" else gold
 
 
+def _json_key(key: Any) -> Any:
+    """A group key as JSON holds it: scalars and tuples (as lists) as they are, anything else by its
+    repr, so that a task's own group hook can never stop the predictions file being written."""
+    if key is None or isinstance(key, (str, int, float, bool)):
+        return key
+    if isinstance(key, (tuple, list)):
+        return [_json_key(k) for k in key]
+    return repr(key)
+
+
 def _shown(task: TaskSpec, parsed: Any) -> Any:
     if task.kind == "classification":
         return task.labels[parsed] if parsed != INVALID else None
@@ -109,7 +119,7 @@ Scorer = Callable[[TaskSpec, list[Row], list[Any], list[str]], tuple[Outputs, li
 
 def _classification(task: TaskSpec, rows: list[Row], golds: list[int], outputs: list[str]):
     pred = [parse_label(o, task.labels) for o in outputs]
-    groups = [task.group(task.prepared(r)) for r in rows] if task.group else None
+    groups = [task.group_of(r) for r in rows] if task.group else None
     return (Outputs(golds, pred, n_labels=len(task.labels), groups=groups), pred,
             [g == p for g, p in zip(golds, pred, strict=True)])
 

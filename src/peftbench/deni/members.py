@@ -18,6 +18,7 @@ main model at the same points, without copies.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -85,10 +86,15 @@ def decay_by_name(trainable: Mapping[str, nn.Parameter], optimizer: torch.optim.
     """Each trainable tensor's weight decay in the main model's optimiser (`default` without one)."""
     name_of = {id(p): n for n, p in trainable.items()}
     decay = dict.fromkeys(trainable, default)
+    found = 0
     for group in optimizer.param_groups if optimizer is not None else ():
         for param in group["params"]:
             if id(param) in name_of:
                 decay[name_of[id(param)]] = group.get("weight_decay", default)
+                found += 1
+    if optimizer is not None and not found:  # flattened or wrapped parameters (FSDP, DeepSpeed)
+        warnings.warn(f"noisy copies: no trainable tensor found in the optimiser's groups; every copy "
+                      f"tensor is decayed by {default}", stacklevel=2)
     return decay
 
 

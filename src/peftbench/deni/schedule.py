@@ -71,7 +71,7 @@ class Segment:
 
 
 def boundaries(total_steps: int, schedule: Schedule) -> tuple[int, int, int]:
-    """The step indices where NI may start, where no new NI cycle may start, and where DE starts:
+    """The step indices where NI may start, from which no NI copies are made, and where DE starts:
     `round(fraction * T)` each (monotonic, so they stay ordered)."""
     _check_total(total_steps)
     return (

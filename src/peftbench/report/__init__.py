@@ -100,13 +100,18 @@ def task_categories(records: list[RunRecord]) -> dict[str, str]:
     return categories
 
 
+def tpv_metric(cfg: BenchConfig | None) -> str:
+    """The metric a store's TPV study is reported in: its config's, else accuracy (the paper's)."""
+    return cfg.tpv.metric if cfg is not None and cfg.tpv is not None else "accuracy"
+
+
 def build_report(out_dir: Path, *, reference: str | None = None) -> Report:
     store = Store.open(out_dir)
     cfg = current_config(store.out_dir)
     everything = store.records()
     study_ids = set(store.plan(TPV_PLAN) or [])
     records, other = current_records([r for r in everything if r.run_id not in study_ids], store.plan())
-    metric = cfg.tpv.metric if cfg is not None and cfg.tpv is not None else "accuracy"
+    metric = tpv_metric(cfg)
     study = tpv_summary([r for r in everything if r.run_id in study_ids], store.out_dir, metric) if study_ids else None
     summary = aggregate(records, cfg.pscp if cfg else PSCPConfig(), task_categories(records),
                         [t.name for t in cfg.tasks] if cfg else ())

@@ -98,7 +98,7 @@ def cut_task_data(task: TaskSpec, cfg: BenchConfig) -> TaskData:
         task.split_rule, rows, eval_rows, val_fraction=cfg.training.val_fraction, seed=DATA_SPLIT_SEED,
         max_train=cfg.training.max_train_samples, max_eval=cfg.evaluation.max_samples,
         label_of=task.gold_of if task.kind == "classification" else None,
-        group_of=(lambda row: task.group(task.prepared(row))) if task.group else None)
+        group_of=task.group_of if task.group else None)
     return TaskData(train=train, val=val, eval=test, policy=policy)
 
 
@@ -286,7 +286,9 @@ def execute_run(spec: RunSpec, ctx: RunContext, phase: PhaseFn | None = None) ->
 
         phase("save", 0, 1)
         adapter_bytes = _save_adapter(method, model, ctx.out_dir / "adapters" / spec.run_id, cfg.save_adapters)
-        if voters and cfg.save_adapters:  # every voting member is kept: the voted score can be re-evaluated
+        # every voting member is kept, so the voted score can be re-evaluated; not K whole models when
+        # every parameter trains (full fine-tuning: K × the model's size on disk)
+        if voters and cfg.save_adapters and not all(p.requires_grad for p in model.parameters()):
             from peftbench.deni.members import member_weights
 
             for k, member in enumerate(voters, start=1):

@@ -153,10 +153,11 @@ def apps_has_solution(row: Row) -> bool:
 
 
 REVISIONS: dict[str, int] = {"mark_wsc_spans": 2}
-"""Hooks whose behaviour changed what their tasks' runs compute, by revision: a task's fingerprint
-names its hooks, not their code, so a changed hook says so here and its tasks' runs get new ids
-(stored runs of the old behaviour stay beside them, never resumed as if current). mark_wsc_spans 2:
-spans whose index is one off are marked where their words stand."""
+"""Hooks (and row generators) whose behaviour changed what their tasks' runs compute, by registered
+name, with their revision: a task's fingerprint names its hooks, not their code, so a changed hook
+says so here and its tasks' runs get new ids (stored runs of the old behaviour stay beside them,
+never resumed as if current). mark_wsc_spans 2: spans whose index is one off are marked where their
+words stand."""
 
 
 def hook_identity(hook: Callable[..., Any]) -> str:

@@ -124,6 +124,11 @@ class TaskSpec:
     def prepared(self, row: Row) -> Row:
         return self.prepare(row) if self.prepare else row
 
+    def group_of(self, row: Row) -> Hashable:
+        """The group a row is scored in (`group`); only for tasks that have one."""
+        assert self.group is not None, f"task {self.name!r} scores no groups"
+        return self.group(self.prepared(row))
+
     def render_input(self, row: Row) -> str:
         return self.template.format(**self.prepared(row))
 
