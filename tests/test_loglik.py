@@ -24,16 +24,40 @@ def reference(model, tokenizer, prompt: str, label: str) -> float:
     return sum(float(logprobs[len(prompt_ids) - 1 + j, t]) for j, t in enumerate(label_ids))
 
 
+PROMPTS = ["the movie was great. it was", "short", "we talked about the rain and the wind all day. this is"]
+# labels of 1 and several tokens; labels sharing their leading tokens, more of them than 2 × a batch of
+# 1 (one prompt, all its labels, per cache)
+LABEL_SETS = [("negative", "positive", "not_entailment"), ("very good", "very bad", "not", "not_entailment")]
+
+
 @pytest.mark.parametrize("name,args", METHOD_CASES, ids=[n for n, _ in METHOD_CASES])
 @pytest.mark.parametrize("batch_size", [1, 8])
-def test_batched_equals_the_reference_loop(tokenizer, name, args, batch_size):
+@pytest.mark.parametrize("labels", LABEL_SETS, ids=["three", "shared-prefixes"])
+def test_batched_equals_the_reference_loop(tokenizer, name, args, batch_size, labels):
     model = adapted(tokenizer, name, args)
-    prompts = ["the movie was great. it was", "short", "we talked about the rain and the wind all day. this is"]
-    labels = ("negative", "positive", "not_entailment")
-    batched = label_logprobs(model, tokenizer, prompts, labels, batch_size=batch_size)
-    for p, prompt in enumerate(prompts):
+    batched = label_logprobs(model, tokenizer, PROMPTS, labels, batch_size=batch_size)
+    for p, prompt in enumerate(PROMPTS):
         for k, label in enumerate(labels):
             assert batched[p][k] == pytest.approx(reference(model, tokenizer, prompt, label), abs=1e-4)
+
+
+def test_the_labels_of_the_second_set_share_leading_tokens(tokenizer):
+    ids = [tokenizer(label, add_special_tokens=False).input_ids for label in LABEL_SETS[1]]
+    assert ids[0][:5] == ids[1][:5] and ids[0][5] != ids[1][5] and ids[3][: len(ids[2])] == ids[2] != ids[3]
+
+
+@pytest.mark.parametrize("name,args", [c for c in METHOD_CASES if c[0] in ("lora", "prefix_tuning", "p_tuning")])
+def test_the_one_sequence_per_label_path_equals_the_reference_loop(tokenizer, name, args):
+    """`_pair_logprobs`, the path for models only the reference decoder can feed, on right-padded
+    batches that mix prompts and labels of different lengths."""
+    from peftbench.evaluation import _pair_logprobs
+
+    model = adapted(tokenizer, name, args)
+    with torch.no_grad():
+        paired = _pair_logprobs(model, tokenizer, PROMPTS, LABEL_SETS[1], batch_size=5)
+    for p, prompt in enumerate(PROMPTS):
+        for k, label in enumerate(LABEL_SETS[1]):
+            assert paired[p][k] == pytest.approx(reference(model, tokenizer, prompt, label), abs=1e-4)
 
 
 @pytest.mark.parametrize("rows,suffix,labels", [

@@ -74,9 +74,10 @@ def label_logprobs(
     The label tokens are exactly the training targets' (without EOS). Each prompt goes through the
     model once, and all its labels are scored from its cache in one more forward
     (`decoding.continuation_logprobs`), in batches of similar length (prompts sorted by length) of
-    `batch_size` prompts — fewer with many labels, so that the repeated cache holds at most
-    2 × `batch_size` rows (AG News' 4 labels: batch_size / 2 prompts). A model only the reference
-    decoder can feed is scored one (prompt, label) sequence per row instead (`_pair_logprobs`).
+    `batch_size` prompts — fewer with many labels, so that the repeated cache holds about
+    2 × `batch_size` rows (AG News' 4 labels: batch_size / 2 prompts; never fewer than one prompt,
+    with all its labels). A model only the reference decoder can feed is scored one (prompt, label)
+    sequence per row instead (`_pair_logprobs`).
     """
     if scorer_name(model) != LOGLIK_SCORER:
         return _pair_logprobs(model, tokenizer, prompts, labels, batch_size=batch_size)

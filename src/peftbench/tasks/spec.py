@@ -118,6 +118,10 @@ class TaskSpec:
                                  f"metrics ({', '.join(self.metrics)})")
         if (self.kind == "classification") != bool(self.labels):
             raise PeftbenchError(f"task {self.name!r}: labels are required for, and only for, classification")
+        folded = [label.strip().casefold() for label in self.labels]
+        if "" in folded or len(set(folded)) < len(folded):  # an output is read as one label, case aside
+            raise PeftbenchError(f"task {self.name!r}: labels must be distinct, non-empty texts (case aside), "
+                                 f"got {list(self.labels)}")
         if self.kind != "classification" and self.gold is None and self.answer_field is None:
             raise PeftbenchError(f"task {self.name!r}: a {self.kind} task needs answer_field or a gold hook")
 
