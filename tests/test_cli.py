@@ -163,9 +163,19 @@ def test_cost_from_a_config_file(cli, tmp_path, monkeypatch):
     assert again.stdout == result.stdout and not counted
     other = cli("cost", "--model-config", str(config), "--methods", "lora", "--format", "json", "--seq-len", "64")
     assert other.returncode == 0 and counted
+    (other_lora,) = json.loads(other.stdout)
     assert_user_error(cli("cost", "--model-config", "no-such-config"), "--model-config")
     assert_user_error(cli("cost", "--model-config", str(config), "--methods", "lorax"), "unknown method")
     assert_user_error(cli("cost", "--model-config", str(config), "--methods", ","), "--methods")
+    # a grid's methods with their arguments and labels, under its cost protocol's shape
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("methods: [{name: prompt_tuning, label: pt8, args: {num_virtual_tokens: 8}}, lora]\n"
+                    "tasks: [qs_sentiment]\ncosts: {flops_seq_len: 64}\n")
+    rows = json.loads(cli("cost", "--model-config", str(config), "--config", str(grid), "--format", "json").stdout)
+    assert [r["method"] for r in rows] == ["pt8", "lora"] and rows[0]["trainable_params"] == 8 * 128
+    assert rows[0]["args"] == {"num_virtual_tokens": 8} and rows[1]["extra_tflops"] == other_lora["extra_tflops"]
+    assert_user_error(cli("cost", "--model-config", str(config), "--config", str(grid), "--methods", "lora"),
+                      "--methods and --config")
 
 
 def test_cost_gives_a_row_to_each_method_that_applies(cli, tmp_path, monkeypatch):

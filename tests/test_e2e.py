@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import interruptible, stored_results
 
+import peftbench
 from peftbench.store import Store
 from peftbench.tasks import get_task
 
@@ -81,6 +82,21 @@ def test_quickstart(quickstart_dir):
         # a run's own peak holds at least its weights, gradients and AdamW state (it once reported less:
         # heap pages freed by the worker's earlier work hid the training's allocations from the resident set)
         assert r.costs["train_run_peak_mem_gb"] >= parts["weights"] + parts["gradients"] + parts["optimizer"], r.run_id
+
+    # the costs each run measured on the model equal those counted from its configuration alone, for the
+    # grid's methods with their arguments (two code paths: a built model against a meta-device skeleton)
+    from peftbench.tiny import tiny_model_dir
+
+    counted = json.loads(cli("cost", "--model-config", str(tiny_model_dir()), "--config",
+                             str(Path(peftbench.__file__).parent / "configs" / "quickstart.yaml"),
+                             "--format", "json").stdout)
+    measured = {r.method: r.costs for r in Store.open(out).records() if r.task == "qs_sentiment" and r.seed == 0}
+    assert {row["method"] for row in counted} == set(measured)
+    for row in counted:
+        c = measured[row["method"]]
+        assert (row["trainable_params"], row["total_params"], row["extra_tflops"], row["extra_tflops_unmerged"]) == (
+            c["trainable_params"], c["total_params"], c["extra_tflops"], c["extra_tflops_unmerged"]), row
+        assert row["base_tflops"] * 1e12 == pytest.approx(c["base_flops"], rel=1e-12), row
 
     cli("quickstart", "--out", str(out))  # everything is done: nothing re-runs, scores unchanged
     assert state(out) == first

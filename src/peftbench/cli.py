@@ -567,34 +567,49 @@ def cost(
     format: Annotated[ListFormat, typer.Option("--format")] = ListFormat.table,
     seq_len: Annotated[int | None, typer.Option(help="Tokens in the costed forward pass (default: the cost "
                                                      "protocol's costs.flops_seq_len).", min=1)] = None,
+    grid: Annotated[Path | None, typer.Option("--config", help="A grid's config: its methods with their "
+                                              "arguments, and its cost protocol's forward shape, as its runs "
+                                              "measure them.")] = None,
 ) -> None:
     """Parameters and forward FLOPs of each method from a model's configuration alone (no weights);
     counts are kept in ~/.cache/peftbench/counts/ for the next call."""
     from rich.table import Table
 
-    from peftbench.config import CostsConfig
+    from peftbench.config import CostsConfig, load_config
     from peftbench.costs.from_config import config_counts, cost_from_config, load_model_config
     from peftbench.methods import paper_methods, resolve_method
+    from peftbench.plan import resolve
     from peftbench.report.aggregate import fmt
     from peftbench.utils import quiet_libraries
 
     quiet_libraries()
-    seq_len = seq_len or CostsConfig().flops_seq_len
-    names = [m.strip() for m in methods.split(",") if m.strip()] if methods is not None else paper_methods()
-    if not names:
-        raise PeftbenchError("--methods: expected at least one method name (comma-separated)")
-    for name in names:
-        resolve_method(name)  # unknown names fail before any costing
+    protocol = CostsConfig()
+    if grid is not None:
+        if methods is not None:
+            raise PeftbenchError("--methods and --config: give one of them (--config costs the config's methods)")
+        cfg = load_config(grid, [])
+        resolve(cfg)  # a bad method name or argument is a one-line error naming its key
+        protocol = cfg.costs
+        entries: list[str | tuple[str, dict]] = [(m.name, m.args) for m in cfg.methods]
+    else:
+        entries = [m.strip() for m in methods.split(",") if m.strip()] if methods is not None else paper_methods()
+        if not entries:
+            raise PeftbenchError("--methods: expected at least one method name (comma-separated)")
+        for name in entries:
+            resolve_method(name)  # unknown names fail before any costing
+    seq_len = seq_len or protocol.flops_seq_len
     config = load_model_config(model_config)
-    counts = config_counts(config, seq_len=seq_len)
-    rows = cost_from_config(config, names, seq_len=seq_len, count=counts)
+    counts = config_counts(config, batch_size=protocol.flops_batch_size, seq_len=seq_len)
+    rows = cost_from_config(config, entries, batch_size=protocol.flops_batch_size, seq_len=seq_len, count=counts)
+    if grid is not None:  # the grid's labels, as its runs and reports name them
+        rows = [{**row, "method": m.id} for m, row in zip(cfg.methods, rows, strict=True)]
     counts.save()
     if all("error" in row for row in rows):
         raise PeftbenchError(rows[0]["error"])
     if format is ListFormat.json:
         print(dumps_json(rows, indent=2))
         return
-    table = Table(title=f"{model_config}: forward of 1 × {seq_len} tokens")
+    table = Table(title=f"{model_config}: forward of {protocol.flops_batch_size} × {seq_len} tokens")
     for col in ("method", "trainable params", "base TFLOPs", "extra TFLOPs", "extra TFLOPs unmerged"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for row in rows:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,12 +124,15 @@ def _alike_layers(model: nn.Module, config: Any, depth: int) -> bool:
     return all(signature(layer) == first for layer in stacks[0][1:])
 
 
-def cost_from_config(config: Any, methods: list[str], *, batch_size: int | None = None,
-                     seq_len: int | None = None, count: Count = count_now) -> list[dict]:
-    """Per method: trainable/total parameters and base/extra forward TFLOPs (merged where mergeable),
-    for a forward of batch_size × seq_len tokens (default: the cost protocol's, `CostsConfig`); a
-    method that cannot be applied to this architecture gets a row with its `error` instead.
-    `count` may answer a method's row (or the base count) from a cache (`config_counts`)."""
+def cost_from_config(config: Any, methods: Sequence[str | tuple[str, dict[str, Any]]], *,
+                     batch_size: int | None = None, seq_len: int | None = None,
+                     count: Count = count_now) -> list[dict]:
+    """Per method (a name, or a name and its arguments as a grid's config gives them): trainable/total
+    parameters and base/extra forward TFLOPs (merged where mergeable), for a forward of batch_size ×
+    seq_len tokens (default: the cost protocol's, `CostsConfig`); a method that cannot be applied to
+    this architecture gets a row with its `error` instead. A method with its default arguments also
+    gets the paper's variants. `count` may answer a method's row (or the base count) from a cache
+    (`config_counts`)."""
     protocol = CostsConfig()
     batch_size, seq_len = batch_size or protocol.flops_batch_size, seq_len or protocol.flops_seq_len
     vocab = config.vocab_size
@@ -151,9 +154,13 @@ def cost_from_config(config: Any, methods: list[str], *, batch_size: int | None 
             return {"method": method.name, "error": str(exc)}
         return {k: counted[k] for k in ROW}  # in this order, whichever order a cache kept
 
-    return [{**row(name, {}), "variants": [{"description": text, "args": args, **row(name, args)}
-                                           for text, args in VARIANTS.get(name, [])]}
-            for name in methods]
+    out = []
+    for entry in methods:
+        name, args = (entry, {}) if isinstance(entry, str) else entry
+        variants = [] if args else [{"description": text, "args": a, **row(name, a)}
+                                    for text, a in VARIANTS.get(name, [])]
+        out.append({**row(name, args), **({"args": args} if args else {}), "variants": variants})
+    return out
 
 
 def config_counts(config: Any, *, batch_size: int | None = None, seq_len: int | None = None) -> CountCache:
