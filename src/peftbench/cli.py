@@ -682,12 +682,14 @@ def tpv_list(out: ResultsDirOption, format: Annotated[ListFormat, typer.Option("
     the report) and norm."""
     from rich.table import Table
 
+    from peftbench.report import current_config, tpv_metric
     from peftbench.report.aggregate import fmt
     from peftbench.tpv.runs import kept_vectors
 
+    kept = kept_vectors(out, tpv_metric(current_config(out)))
     rows = [{"run": k.run_id, "method": k.method, "task": k.task, "study": k.study, "shots": k.shots,
              "origin": k.origin, "seed": k.seed, "metric": k.metric, "score": k.score, "norm": k.norm,
-             "tokens": k.n_tokens} for k in kept_vectors(out)]
+             "tokens": k.n_tokens} for k in kept]
     if format is ListFormat.json:
         print(dumps_json(rows, indent=2))
         return

@@ -75,15 +75,13 @@ class KeptVector:
     path: Path
 
 
-def kept_vectors(out_dir: Path) -> list[KeptVector]:
+def kept_vectors(out_dir: Path, study_metric: str = "accuracy") -> list[KeptVector]:
     """Every TPV of a done run of the store in `out_dir`, by task, origin and seed, scored in the
-    study's metric (the config's `tpv.metric`, accuracy by default; a task without it: its primary
-    metric), as the report's TPV section scores them."""
-    from peftbench.report import current_config, tpv_metric
+    study's metric (`report.tpv_metric`; a task without it: its primary metric), as the report's TPV
+    section scores them."""
     from peftbench.store import Store
 
     store = Store.open(Path(out_dir))
-    study_metric = tpv_metric(current_config(store.out_dir))
     kept = []
     for record in store.records("done"):
         path = vector_path(store.out_dir, record.run_id)
