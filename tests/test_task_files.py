@@ -106,7 +106,8 @@ def test_parquet_files_load_too(tmp_path):
     (("include: peftbench:_classification.yaml", "include: reviews.yaml"), "include cycle"),
     (("data/train.csv", "data/train.xlsx"), "source.local.train: 'data/train.xlsx' is not one of .jsonl, .csv"),
     (("labels: [bad, good]", "labels: [bad, good]\nprimary_metric: pearson"), "primary_metric 'pearson' is not one"),
-    (("labels: [bad, good]", "labels: [bad, Bad]"), "labels must be distinct, non-empty texts (case aside)"),
+    (("labels: [bad, good]", "labels: [bad, Bad]"), "labels must be distinct, non-empty texts as outputs are read"),
+    (("labels: [bad, good]", "labels: [bad, 'bad.']"), "labels must be distinct, non-empty texts as outputs are read"),
     (("labels: [bad, good]", "labels: [bad, ' ']"), "labels must be distinct, non-empty texts"),
 ])
 def test_a_broken_task_file_is_a_one_line_error_naming_the_file_and_key(tmp_path, change, message):

@@ -41,6 +41,19 @@ def test_shared_slices_load_and_gold_targets_score_perfectly(name):
             assert result.primary == pytest.approx(100.0), (path, result.metrics)
 
 
+@pytest.mark.parametrize("name", [n for n in TASKS.names() if TASKS.get(n).labels])
+def test_every_label_is_read_back_from_an_output_that_states_it(name):
+    """As generated, quoted, with a full stop, upper-cased or on a first line of several: each label
+    parses to its own index (a label that no output could state was once accepted, and then scored
+    as invalid even under loglik, which states the label it picks)."""
+    from peftbench.scoring import parse_label
+
+    labels = get_task(name).labels
+    for i, label in enumerate(labels):
+        for output in (label, f'"{label}."', label.upper(), f"{label}\nbecause of the second sentence"):
+            assert parse_label(output, labels) == i, (name, output)
+
+
 def test_every_input_field_is_in_the_template():
     """Each template names the fields a model needs: nothing silently left out of the prompt."""
     needed = {

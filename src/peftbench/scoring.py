@@ -25,7 +25,7 @@ from peftbench.metrics import (
     pass_at_k,
     same_number,
 )
-from peftbench.tasks.spec import Row, TaskSpec
+from peftbench.tasks.spec import Row, TaskSpec, answer_form
 
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
 _FENCE = re.compile(r"^```[\w+-]*[ \t]*\n?(.*?)\n?```", re.DOTALL)
@@ -41,11 +41,11 @@ def clean_output(text: str) -> str:
 
 
 def parse_label(text: str, labels: tuple[str, ...]) -> int:
-    """Index of the label the output states exactly (first line, case and trailing punctuation aside)."""
-    line = clean_output(text).split("\n", 1)[0].strip().strip("\"'`*").rstrip(".!;:,").strip()
-    folded = line.casefold()
+    """Index of the label the output states exactly, both in `answer_form` (first line; case,
+    surrounding quotes and trailing punctuation aside)."""
+    stated = answer_form(clean_output(text))
     for i, label in enumerate(labels):
-        if folded == label.casefold():
+        if stated == answer_form(label):
             return i
     return INVALID
 

@@ -49,6 +49,14 @@ class GeneratedSource:
     seed: int = 0
 
 
+def answer_form(text: str) -> str:
+    """What an output and a label are compared as: the first line, without surrounding quotes,
+    backticks or asterisks, trailing punctuation and case. Labels are checked in this form when a task
+    is defined, so that every label can be read back from an output that states it."""
+    line = text.split("\n", 1)[0].strip().strip("\"'`*").rstrip(".!;:,").strip()
+    return line.casefold()
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
@@ -118,10 +126,11 @@ class TaskSpec:
                                  f"metrics ({', '.join(self.metrics)})")
         if (self.kind == "classification") != bool(self.labels):
             raise PeftbenchError(f"task {self.name!r}: labels are required for, and only for, classification")
-        folded = [label.strip().casefold() for label in self.labels]
-        if "" in folded or len(set(folded)) < len(folded):  # an output is read as one label, case aside
-            raise PeftbenchError(f"task {self.name!r}: labels must be distinct, non-empty texts (case aside), "
-                                 f"got {list(self.labels)}")
+        forms = [answer_form(label) for label in self.labels]
+        if "" in forms or len(set(forms)) < len(forms):  # every label must be readable back from an output
+            raise PeftbenchError(f"task {self.name!r}: labels must be distinct, non-empty texts as outputs are read "
+                                 f"(first line; case, surrounding quotes and trailing punctuation aside), got "
+                                 f"{list(self.labels)}")
         if self.kind != "classification" and self.gold is None and self.answer_field is None:
             raise PeftbenchError(f"task {self.name!r}: a {self.kind} task needs answer_field or a gold hook")
 
