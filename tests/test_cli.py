@@ -169,11 +169,18 @@ def test_cost_from_a_config_file(cli, tmp_path, monkeypatch):
     assert_user_error(cli("cost", "--model-config", str(config), "--methods", ","), "--methods")
     # a grid's methods with their arguments and labels, under its cost protocol's shape
     grid = tmp_path / "grid.yaml"
-    grid.write_text("methods: [{name: prompt_tuning, label: pt8, args: {num_virtual_tokens: 8}}, lora]\n"
-                    "tasks: [qs_sentiment]\ncosts: {flops_seq_len: 64}\n")
+    grid.write_text("methods: [{name: prompt_tuning, label: pt8, args: {num_virtual_tokens: 8}}, lora,\n"
+                    "  {name: lora, label: lora-deni, mitigation: {strategy: deni, members: 3}}]\n"
+                    "tasks: [no_such_task]\ncosts: {flops_seq_len: 64}\n")  # tasks are not costed
     rows = json.loads(cli("cost", "--model-config", str(config), "--config", str(grid), "--format", "json").stdout)
-    assert [r["method"] for r in rows] == ["pt8", "lora"] and rows[0]["trainable_params"] == 8 * 128
+    assert [r["method"] for r in rows] == ["pt8", "lora", "lora-deni"] and rows[0]["trainable_params"] == 8 * 128
     assert rows[0]["args"] == {"num_virtual_tokens": 8} and rows[1]["extra_tflops"] == other_lora["extra_tflops"]
+    assert all(r["variants"] == [] for r in rows)  # the grid's methods, not the paper's variants
+    # three voting models, as the run stores them: 3 × the parameters, 3 adapted forwards against one base
+    lora, voted, base = rows[1], rows[2], rows[1]["base_tflops"]
+    assert voted["vote_members"] == 3 and voted["trainable_params"] == 3 * lora["trainable_params"]
+    assert voted["extra_tflops_unmerged"] == pytest.approx(3 * (base + lora["extra_tflops_unmerged"]) - base)
+    assert voted["extra_tflops"] == pytest.approx(2 * base)  # merged LoRA costs nothing, but runs 3 times
     assert_user_error(cli("cost", "--model-config", str(config), "--config", str(grid), "--methods", "lora"),
                       "--methods and --config")
 

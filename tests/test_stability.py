@@ -100,6 +100,7 @@ def test_deni_runs_count_their_model_steps_vote_and_cost_k_models(deni_grid):
         assert t["members"] == 3 and len(m["member_scores"]) == 3
         assert c["vote_members"] == 3 and c["trainable_params"] == 3 * c["trainable_params_per_member"]
         assert c["extra_tflops"] == pytest.approx((3 * c["merged_flops"] - c["base_flops"]) / 1e12)
+        assert c["extra_tflops_unmerged"] == pytest.approx((3 * c["adapted_flops"] - c["base_flops"]) / 1e12)
         assert c["peak_train_mem_gb"] > c["peak_train_mem_one_model_gb"]
         assert r.provenance["decoding"]["vote"]["members"] == 3
         # the vote recounted from the predictions file (each row's member outputs, main model first),

@@ -576,9 +576,8 @@ def cost(
     from rich.table import Table
 
     from peftbench.config import CostsConfig, load_config
-    from peftbench.costs.from_config import config_counts, cost_from_config, load_model_config
+    from peftbench.costs.from_config import config_counts, cost_from_config, load_model_config, voted_row
     from peftbench.methods import paper_methods, resolve_method
-    from peftbench.plan import resolve
     from peftbench.report.aggregate import fmt
     from peftbench.utils import quiet_libraries
 
@@ -588,7 +587,11 @@ def cost(
         if methods is not None:
             raise PeftbenchError("--methods and --config: give one of them (--config costs the config's methods)")
         cfg = load_config(grid, [])
-        resolve(cfg)  # a bad method name or argument is a one-line error naming its key
+        for i, m in enumerate(cfg.methods):  # a bad name or argument: a one-line error naming its key
+            try:
+                resolve_method(m.name, m.args)
+            except PeftbenchError as exc:
+                raise PeftbenchError(f"{cfg.method_key(i)}: {exc}") from None
         protocol = cfg.costs
         entries: list[str | tuple[str, dict]] = [(m.name, m.args) for m in cfg.methods]
     else:
@@ -600,9 +603,11 @@ def cost(
     seq_len = seq_len or protocol.flops_seq_len
     config = load_model_config(model_config)
     counts = config_counts(config, batch_size=protocol.flops_batch_size, seq_len=seq_len)
-    rows = cost_from_config(config, entries, batch_size=protocol.flops_batch_size, seq_len=seq_len, count=counts)
-    if grid is not None:  # the grid's labels, as its runs and reports name them
-        rows = [{**row, "method": m.id} for m, row in zip(cfg.methods, rows, strict=True)]
+    rows = cost_from_config(config, entries, batch_size=protocol.flops_batch_size, seq_len=seq_len, count=counts,
+                            variants=grid is None)
+    if grid is not None:  # the grid's labels, and its voting strategies' K models, as its runs store them
+        rows = [{**row, "method": m.id, **voted_row(row, (m.mitigation or cfg.training.mitigation).votes)}
+                for m, row in zip(cfg.methods, rows, strict=True)]
     counts.save()
     if all("error" in row for row in rows):
         raise PeftbenchError(rows[0]["error"])
@@ -686,7 +691,7 @@ def tpv_list(out: ResultsDirOption, format: Annotated[ListFormat, typer.Option("
     from peftbench.report.aggregate import fmt
     from peftbench.tpv.runs import kept_vectors
 
-    kept = kept_vectors(out, tpv_metric(current_config(out)))
+    kept = kept_vectors(out, study_metric=tpv_metric(current_config(out)))
     rows = [{"run": k.run_id, "method": k.method, "task": k.task, "study": k.study, "shots": k.shots,
              "origin": k.origin, "seed": k.seed, "metric": k.metric, "score": k.score, "norm": k.norm,
              "tokens": k.n_tokens} for k in kept]

@@ -94,6 +94,11 @@ class MitigationConfig(StrictModel):
                 raise ValueError(f"noise_on: {self.noise_on!r} is not a regular expression ({exc})") from None
         return self
 
+    @property
+    def votes(self) -> int:
+        """Models that are stored and vote at inference: K for the ensembles (DE, DENI, Ensemble), 1 else."""
+        return self.members if self.strategy in ("de", "deni", "ensemble") else 1
+
     def identity(self) -> dict[str, Any]:
         """The keys that change this strategy's results (an ensemble does not depend on the NI schedule),
         so that a strategy's runs keep their ids whatever the unused keys say."""

@@ -20,7 +20,7 @@ from torch import nn
 
 from peftbench.config import CostsConfig
 from peftbench.costs.flops import count_parameters, forward_flops
-from peftbench.costs.run import Count, CountCache, count_now, counting_code
+from peftbench.costs.run import Count, CountCache, count_now, counting_code, voted_extra
 from peftbench.errors import PeftbenchError
 from peftbench.hub import hub_reachable
 from peftbench.methods import resolve_method
@@ -126,13 +126,13 @@ def _alike_layers(model: nn.Module, config: Any, depth: int) -> bool:
 
 def cost_from_config(config: Any, methods: Sequence[str | tuple[str, dict[str, Any]]], *,
                      batch_size: int | None = None, seq_len: int | None = None,
-                     count: Count = count_now) -> list[dict]:
+                     count: Count = count_now, variants: bool = True) -> list[dict]:
     """Per method (a name, or a name and its arguments as a grid's config gives them): trainable/total
     parameters and base/extra forward TFLOPs (merged where mergeable), for a forward of batch_size ×
     seq_len tokens (default: the cost protocol's, `CostsConfig`); a method that cannot be applied to
-    this architecture gets a row with its `error` instead. A method with its default arguments also
-    gets the paper's variants. `count` may answer a method's row (or the base count) from a cache
-    (`config_counts`)."""
+    this architecture gets a row with its `error` instead. With `variants`, a method with its default
+    arguments also gets the paper's variants. `count` may answer a method's row (or the base count)
+    from a cache (`config_counts`)."""
     protocol = CostsConfig()
     batch_size, seq_len = batch_size or protocol.flops_batch_size, seq_len or protocol.flops_seq_len
     vocab = config.vocab_size
@@ -157,10 +157,21 @@ def cost_from_config(config: Any, methods: Sequence[str | tuple[str, dict[str, A
     out = []
     for entry in methods:
         name, args = (entry, {}) if isinstance(entry, str) else entry
-        variants = [] if args else [{"description": text, "args": a, **row(name, a)}
-                                    for text, a in VARIANTS.get(name, [])]
-        out.append({**row(name, args), **({"args": args} if args else {}), "variants": variants})
+        extra = [] if args or not variants else [{"description": text, "args": a, **row(name, a)}
+                                                 for text, a in VARIANTS.get(name, [])]
+        out.append({**row(name, args), **({"args": args} if args else {}), "variants": extra})
     return out
+
+
+def voted_row(row: dict[str, Any], votes: int) -> dict[str, Any]:
+    """A row's figures as a voting strategy's run stores them (`runner.run.mitigation_costs`): K
+    models' parameters and forwards; nothing to change for one model or an error row."""
+    if votes == 1 or "error" in row:
+        return {}
+    base = row["base_tflops"]
+    return {"vote_members": votes, "trainable_params": row["trainable_params"] * votes,
+            "extra_tflops": voted_extra(base, base + row["extra_tflops"], votes),
+            "extra_tflops_unmerged": voted_extra(base, base + row["extra_tflops_unmerged"], votes)}
 
 
 def config_counts(config: Any, *, batch_size: int | None = None, seq_len: int | None = None) -> CountCache:

@@ -77,6 +77,12 @@ class BaseFigures:
     latency: dict[str, float] | None
 
 
+def voted_extra(base: float, adapted: float, votes: int) -> float:
+    """What `votes` adapted models cost beyond one base model: K adapted forwards against the base's
+    one (a voting strategy runs every member, docs/stability.md)."""
+    return votes * adapted - base
+
+
 def measure_base(model: nn.Module, cfg: CostsConfig, vocab_size: int, count: Count = count_now) -> BaseFigures:
     return BaseFigures(
         flops=int(count("base_flops", lambda: forward_flops(model, batch_size=cfg.flops_batch_size,

@@ -28,7 +28,15 @@ from peftbench.config import BenchConfig
 from peftbench.costs import peak_memory
 from peftbench.costs.energy import EnergyMeter
 from peftbench.costs.flops import GB
-from peftbench.costs.run import BaseFigures, CountCache, counting_code, measure_base, measure_method_costs, run_costs
+from peftbench.costs.run import (
+    BaseFigures,
+    CountCache,
+    counting_code,
+    measure_base,
+    measure_method_costs,
+    run_costs,
+    voted_extra,
+)
 from peftbench.decoding import Sampling, check_decoding, decoder_name, default_tolerance, scorer_name
 from peftbench.evaluation import check_label_logprobs, generate, label_logprobs, stop_tokens
 from peftbench.modeling import ModelSource, load_model, load_tokenizer, model_revision, pick_device
@@ -459,7 +467,8 @@ def mitigation_costs(costs: dict[str, Any], mitigation: Any, *, votes: int) -> d
         "trainable_params_per_member": trainable,
         "trainable_params": trainable * votes,
         "adapter_bytes": costs["adapter_bytes"] * votes,
-        "extra_tflops": (votes * costs["merged_flops"] - costs["base_flops"]) / 1e12,
+        "extra_tflops": voted_extra(costs["base_flops"], costs["merged_flops"], votes) / 1e12,
+        "extra_tflops_unmerged": voted_extra(costs["base_flops"], costs["adapted_flops"], votes) / 1e12,
         "flops_per_token": costs["flops_per_token"] * votes,
         "peak_train_mem_one_model_gb": costs["peak_train_mem_gb"],
         "peak_train_mem_gb": costs["peak_train_mem_gb"] + copies * trainable * bytes_per / GB,

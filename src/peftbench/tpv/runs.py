@@ -75,7 +75,7 @@ class KeptVector:
     path: Path
 
 
-def kept_vectors(out_dir: Path, study_metric: str = "accuracy") -> list[KeptVector]:
+def kept_vectors(out_dir: Path, *, study_metric: str) -> list[KeptVector]:
     """Every TPV of a done run of the store in `out_dir`, by task, origin and seed, scored in the
     study's metric (`report.tpv_metric`; a task without it: its primary metric), as the report's TPV
     section scores them."""
