@@ -128,6 +128,7 @@ def test_a_count_cached_by_other_code_is_not_reused(tmp_path, monkeypatch):
     from peftbench.costs.run import counting_code
     from peftbench.modeling import resolve_model
     from peftbench.runner.run import RunContext
+    from peftbench.utils import code_digest
 
     package = Path(peftbench.__file__).resolve().parent
     code = counting_code()
@@ -148,13 +149,18 @@ def test_a_count_cached_by_other_code_is_not_reused(tmp_path, monkeypatch):
 
     before = paths()
     assert before == paths()
+    # eager and SDPA count a training step's backward differently: their counts are kept apart (the
+    # model's configuration JSON does not name its attention implementation)
+    eager = BenchConfig.model_validate({**yaml.safe_load(CONFIG), "model": {**cfg.model.model_dump(),
+                                                                          "attn_implementation": "eager"}})
+    assert RunContext(eager, ctx.source, tmp_path / "eager").counts({"method": None}).path != before[0]
     for name in ("methods/lora.py", "decoding.py"):
         with monkeypatch.context() as patch:
             edit(patch, name)
             assert paths() == before  # read once per process: the code loaded is the code that counts
-            counting_code.cache_clear()  # as a new process would
+            code_digest.cache_clear()  # as a new process would
             after = paths()
-        counting_code.cache_clear()
+        code_digest.cache_clear()
         assert after[0] != before[0] and after[1] != before[1], name
         assert paths() == before  # the real code's digests again
 
@@ -168,6 +174,23 @@ def test_a_count_cached_by_other_code_is_not_reused(tmp_path, monkeypatch):
     assert ctx.method_costs(spec, None, 4) == {"n": 1}
     assert RunContext(cfg, ctx.source, ctx.out_dir).method_costs(spec, None, 4) == {"n": 1}  # a resumed grid
     edit(monkeypatch, "costs/memory.py")
-    counting_code.cache_clear()
+    code_digest.cache_clear()
     assert RunContext(cfg, ctx.source, ctx.out_dir).method_costs(spec, None, 4) == {"n": 2}
-    counting_code.cache_clear()
+    code_digest.cache_clear()
+
+    # tokenised examples: encoded again once the code that renders or encodes them changed
+    monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path / "cache"))
+    task = spec.task_spec
+    rows = ctx.task_data(task).train[:2]
+    encode = runner.encode_example
+    calls: list[int] = []
+    monkeypatch.setattr(runner, "encode_example", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    first = RunContext(cfg, ctx.source, ctx.out_dir).encoded(task, rows)
+    assert RunContext(cfg, ctx.source, ctx.out_dir).encoded(task, rows) == first and len(calls) == len(rows)
+    for name in ("tasks/prompts.py", "tasks/spec.py"):
+        with monkeypatch.context() as patch:
+            edit(patch, name)
+            code_digest.cache_clear()
+            RunContext(cfg, ctx.source, ctx.out_dir).encoded(task, rows)
+        code_digest.cache_clear()
+    assert len(calls) == 3 * len(rows)  # once more after each file's change

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import gc
+import hashlib
 import io
 import os
+import platform
 import random
 import tempfile
 import warnings
@@ -47,6 +50,26 @@ def cache_key(what: dict[str, Any]) -> str:
 
 
 LIBRARIES = ("peftbench", "torch", "transformers", "peft", "datasets", "accelerate", "tokenizers")
+
+
+@functools.cache
+def code_digest(*names: str) -> dict[str, str]:
+    """SHA-256 of package modules by their path in the package: part of a cache key wherever a cached
+    value is what that code computed, so another checkout's value is never reused once the code
+    changed. Read once per process: the code that computes is the code loaded."""
+    package = Path(__file__).resolve().parent
+    return {name: hashlib.sha256((package / name).read_bytes()).hexdigest() for name in names}
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), where `platform.processor()` is empty on Linux."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def library_versions() -> dict[str, str | None]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from peftbench.costs.energy import EnergyMeter
 from peftbench.costs.flops import GB, count_parameters, flops_per_generated_token, forward_flops, train_step_flops
 from peftbench.costs.latency import measure_latency
 from peftbench.costs.memory import MemoryPeak, analytic_training_memory, measure_training_memory
-from peftbench.utils import atomic_write_text
+from peftbench.utils import atomic_write_text, code_digest
 
 Count = Callable[[str, Callable[[], Any]], Any]
 """(name, count) → the count's value: `count()` itself, or what a cache holds under that name."""
@@ -33,19 +32,14 @@ def count_now(name: str, count: Callable[[], Any]) -> Any:
     return count()
 
 
-@cache
 def counting_code(*more: str) -> dict[str, str]:
-    """Digests of the code a FLOP count depends on, by path in the package: the counter, what asks
-    it for which passes (this module), the decoder it counts through, and every method module (how
-    an adapter is built and merged), plus `more`. Part of every count cache's key, so that a count
-    cached by another checkout is never reused once that code has changed. Read once per process:
-    the code that counts is the code loaded, even if the checkout changes during a grid."""
-    import hashlib
-
+    """Digests of the code a FLOP count depends on (`utils.code_digest`): the counter, what asks it
+    for which passes (this module), the decoder it counts through, and every method module (how an
+    adapter is built and merged), plus `more`. Part of every count cache's key, so that a count
+    cached by another checkout is never reused once that code has changed."""
     package = Path(__file__).resolve().parents[1]
-    names = ["costs/flops.py", "costs/run.py", "decoding.py",
-             *sorted(p.relative_to(package).as_posix() for p in (package / "methods").glob("*.py")), *more]
-    return {name: hashlib.sha256((package / name).read_bytes()).hexdigest() for name in names}
+    methods = sorted(p.relative_to(package).as_posix() for p in (package / "methods").glob("*.py"))
+    return code_digest("costs/flops.py", "costs/run.py", "decoding.py", *methods, *more)
 
 
 class CountCache:

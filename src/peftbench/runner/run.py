@@ -51,6 +51,8 @@ from peftbench.utils import (
     atomic_torch_save,
     cache_key,
     cache_root,
+    code_digest,
+    cpu_name,
     library_versions,
     pinned_threads,
     seed_everything,
@@ -142,14 +144,17 @@ class RunContext:
         return self._tasks[task.name]
 
     def encoded(self, task: TaskSpec, rows: list[Row]) -> list[dict[str, list[int]]]:
-        """Token ids for training, computed once per (task, tokenizer, template, rows, cutoff).
+        """Token ids for training, computed once per (task, tokenizer, template, rows, cutoff, the code
+        that renders and encodes them, library versions).
 
         Cached by content hash in memory and on disk (`<cache>/tokenized/`), so a grid of methods
         and seeds tokenises each task once, and a resumed grid not at all.
         """
         cutoff = self.cfg.training.cutoff_len
+        code = code_digest("tasks/prompts.py", "tasks/spec.py")  # how rows become text and text ids
         key = hashlib.sha256(json.dumps(
-            [tokenizer_fingerprint(self.tokenizer), task_fingerprint(task), cutoff, rows], sort_keys=True, default=str
+            [tokenizer_fingerprint(self.tokenizer), task_fingerprint(task), cutoff, rows, code,
+             self.provenance["versions"]], sort_keys=True, default=str
         ).encode()).hexdigest()[:24]
         if key not in self._encoded:
             path = cache_root() / "tokenized" / f"{key}.pt"
@@ -201,13 +206,16 @@ class RunContext:
 
     def counts(self, what: dict[str, Any]) -> CountCache:
         """FLOP counts of the base model, or with `what` of a method on it, kept across grids in
-        `<cache>/counts/`: keyed by the model's architecture, the cost protocol, the device type, the
-        library versions and the code a count depends on (`counting_code`: the counter, the decoder
-        it counts through, the methods). The trained values, the task and the seed do not
-        change a count."""
+        `<cache>/counts/`: keyed by the model's architecture and attention implementation (eager and
+        SDPA count a training step's backward differently), the cost protocol, the device and its
+        name (kernels differ by GPU), the library versions and the code a count depends on
+        (`counting_code`: the counter, the decoder it counts through, the methods). The trained
+        values, the task and the seed do not change a count."""
         model = self.fresh_model() if self._pristine is None else self._pristine
         key = cache_key({**what, "architecture": model.config.to_json_string(use_diff=False),
-                       "costs": self.cfg.costs.model_dump(mode="json"), "device": self.device.type,
+                       "attention": getattr(model.config, "_attn_implementation", None),
+                       "costs": self.cfg.costs.model_dump(mode="json"),
+                       "device": [self.device.type, self.provenance["device_name"]],
                        "versions": self.provenance["versions"], "counting": counting_code()})
         return CountCache(cache_root() / "counts" / f"{key}.json")
 
@@ -223,14 +231,13 @@ class RunContext:
 
     @cached_property
     def provenance(self) -> dict[str, Any]:
-        device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor()
         return {
             "versions": library_versions(),
             "python": platform.python_version(),
             "platform": platform.platform(),
             "git_commit": _git_commit(),
             "device": self.device.type,
-            "device_name": device or platform.machine(),
+            "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else cpu_name(),
             "threads": self.cfg.runtime.threads,
             "model_location": self.source.location,
         }
