@@ -115,8 +115,13 @@ def test_score_predictions_from_another_stack(cli, tmp_path):
     # 2 of the split's 64 rows: an error by default, never a score over a silently smaller subset
     assert_user_error(cli("score", "svamp", str(preds), "--data-dir", str(SHARED_DATA)),
                       "62 of 64 rows", "no prediction", "--missing-as-wrong")
-    result = cli("score", "svamp", str(preds), "--data-dir", str(SHARED_DATA), "--missing-as-wrong")
+    rows = tmp_path / "rows.jsonl"
+    result = cli("score", "svamp", str(preds), "--data-dir", str(SHARED_DATA), "--missing-as-wrong", "--records",
+                 str(rows))
     assert result.returncode == 0, result.stderr
+    written = [json.loads(line) for line in rows.read_text().splitlines()]  # as a run's predictions file
+    assert len(written) == 64 and written[0]["parsed"] == 4.0 and written[1]["prediction"] == "(1 + 1) = 2"
+    assert sum(r["correct"] for r in written) == 1 and all("reference" in r for r in written)
     assert "62 of 64 rows have no prediction and are scored as wrong" in result.stderr
     scored = json.loads(result.stdout)
     assert (scored["n"], scored["n_predicted"], scored["n_missing"]) == (64, 2, 62)

@@ -518,6 +518,9 @@ def score(
     split: Annotated[str | None, typer.Option(help="Split the indices refer to (default: the eval split).")] = None,
     missing_as_wrong: Annotated[bool, typer.Option(
         "--missing-as-wrong", help="Score rows without a prediction as wrong (invalid) instead of failing.")] = False,
+    records: Annotated[Path | None, typer.Option(
+        "--records", help="Also write each row as a run's predictions file holds it (JSONL: what was read, the "
+        "reference it was compared with, whether it was right), to check the scores row by row.")] = None,
 ) -> None:
     """Score predictions produced anywhere (vLLM, another stack) with the task's metrics; prints JSON.
 
@@ -551,6 +554,10 @@ def score(
     if missing:
         err_console.print(f"note: {len(missing)} of {len(rows)} rows have no prediction and are scored as wrong")
     result = score_outputs(task, rows, [given.get(i, "") for i in range(len(rows))])
+    if records is not None:
+        from peftbench.utils import atomic_write_jsonl
+
+        atomic_write_jsonl(records, result.records)
     print(dumps_json({
         "task": task.name, "split": split, "n": result.n, "n_predicted": len(given), "n_missing": len(missing),
         "primary_metric": task.primary_metric, "score": result.primary,
