@@ -207,3 +207,21 @@ def test_cost_gives_a_row_to_each_method_that_applies(cli, tmp_path, monkeypatch
     table = cli("cost", "--model-config", str(config), "--methods", "lora,bitfit")
     assert table.returncode == 0 and "not applicable: method 'lora'" in table.stdout
     assert_user_error(cli("cost", "--model-config", str(config), "--methods", "lora"), "down_proj", "mixtral")
+
+
+def test_compare_on_the_command_line(cli, tmp_path):
+    """The table's numbers in markdown and JSON, the notes on stderr (JSON on stdout stays parseable)."""
+    from conftest import hand_store
+
+    hand_store(tmp_path / "a", [("m", "t", 0, "done", 80.0), ("m", "t", 1, "done", 82.0), ("x", "t", 0, "done", 1.0)])
+    hand_store(tmp_path / "b", [("m", "t", 0, "done", 90.0), ("m", "t", 1, "done", 91.0)])
+    md = cli("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--format", "md")
+    assert md.returncode == 0 and "note: methods only in A, not compared: x" in md.stderr
+    # B − A = 9.5; Welch's p of (80, 82) against (90, 91) on ~1.7 df; one tested cell: Holm's p is p
+    from scipy import stats
+
+    p = stats.ttest_ind([90, 91], [80, 82], equal_var=False).pvalue
+    assert f"| m | t | 81.0 | 90.5 | 9.50 | 2/2 | {p:.4f} | {p:.4f} | {'yes' if p < 0.05 else 'no'} |" in md.stdout
+    assert "|---|---|---:|" in md.stdout
+    (row,) = json.loads(cli("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--format", "json").stdout)
+    assert row["diff"] == pytest.approx(9.5) and row["p_value"] == pytest.approx(p, rel=1e-12) == row["p_holm"]

@@ -137,6 +137,38 @@ def test_compare_flags_differences_beyond_seed_noise(tmp_path):
     assert (compare(fixed, fixed)[0].p_value, compare(fixed, fixed)[0].exceeds_noise) == (1.0, False)
 
 
+def test_compare_adjusts_for_many_cells_and_says_what_it_leaves_out(tmp_path):
+    """Holm–Bonferroni over the tested cells, by hand; equal deterministic means that differ in the
+    last bit are equal; methods, tasks and metrics not shared and failed runs are noted."""
+    from peftbench.report.compare import holm, notes
+
+    # p = 0.01, 0.04, 0.03, None, 0.2 → sorted 0.01×4, 0.03×3, 0.04×2, 0.2×1, kept monotone
+    assert holm([0.01, 0.04, 0.03, None, 0.2]) == pytest.approx([0.04, 0.09, 0.09, None, 0.2])
+    assert holm([0.5, 0.6]) == [1.0, 1.0] and holm([]) == []
+
+    def summary(name, rows):
+        return aggregate(hand_store(tmp_path / name, rows).records())
+
+    score = 100 * 7 / 9  # the mean of seven copies is not the value to the last bit
+    fixed_a = summary("fa", [("m", "t", seed, "done", score) for seed in range(7)])
+    fixed_b = summary("fb", [("m", "t", seed, "done", score) for seed in range(2)])
+    (same,) = compare(fixed_a, fixed_b)
+    assert (same.p_value, same.exceeds_noise) == (1.0, False)
+    a = summary("a", [("m", "t", 0, "done", 80), ("m", "t", 1, "done", 82), ("m", "t", 2, "failed", None),
+                      ("m", "u", 0, "done", 50), ("only_a", "t", 0, "done", 1)])
+    b = summary("b", [("m", "t", 0, "done", 90), ("m", "t", 1, "done", 91), ("m", "v", 0, "done", 3)])
+    (row,) = compare(a, b)
+    assert (row.n_a, row.not_done_a, row.n_b) == (2, 1, 2)
+    said = notes(a, b, {"training": {"epochs": 3}, "methods": [{"name": "m", "learning_rate": 1}]},
+                 {"training": {"epochs": 5}, "methods": [{"name": "m", "learning_rate": 2}]})
+    assert said == ["methods only in A, not compared: only_a", "tasks only in A, not compared: u",
+                    "tasks only in B, not compared: v",
+                    "cells with runs not done, compared over their done seeds: m/t (A)",
+                    "the two configs differ in training.epochs, methods[m]: the runs were not made alike"]
+    b.primary_metrics["t"] = "accuracy"  # another metric: not subtracted
+    assert compare(a, b)[0].diff is None and any("primary metric" in n for n in notes(a, b))
+
+
 def test_numbers_are_rounded_as_a_reader_rounds_the_stored_value():
     """Halves away from zero on the printed digits, the same on every surface (the heatmap printed a
     52.5 cell mean as 52, half to even, and an f-string prints 61.415 as 61.41, the binary float)."""

@@ -397,24 +397,43 @@ def compare(
 
     from rich.table import Table
 
-    from peftbench.report import build_report
+    from peftbench.report import build_report, current_config
     from peftbench.report.aggregate import fmt
     from peftbench.report.compare import compare as compare_summaries
+    from peftbench.report.compare import notes
 
     a, b = build_report(dir_a).summary, build_report(dir_b).summary
     rows = compare_summaries(a, b)
     if not rows:
         raise PeftbenchError(f"{dir_a} and {dir_b} have no method × task in common")
+    configs = [current_config(d) for d in (dir_a, dir_b)]
+    dumped = [c.model_dump(mode="json") if c is not None else None for c in configs]
+    for note in notes(a, b, *dumped):  # on stderr: the JSON on stdout stays a list of rows
+        err_console.print(f"note: {note}", soft_wrap=True)
     if format is ListFormat.json:
         print(dumps_json([asdict(r) for r in rows], indent=2))
         return
-    table = Table(title=f"B − A  (A = {dir_a}, B = {dir_b}); noise: Welch's t-test over seeds, p < 0.05")
-    for col in ("method", "task", "A", "B", "B − A", "seeds A/B", "p", "beyond noise"):
+    headers = ("method", "task", "A", "B", "B − A", "seeds A/B", "p", "p (Holm)", "beyond noise")
+    verdict = {True: "yes", False: "no", None: "n/a"}
+
+    def seeds(n: int, not_done: int) -> str:
+        return f"{n}" + (f" (+{not_done} not done)" if not_done else "")
+
+    cells = [(r.method, r.task, fmt(r.mean_a), fmt(r.mean_b), fmt(r.diff, 2),
+              f"{seeds(r.n_a, r.not_done_a)}/{seeds(r.n_b, r.not_done_b)}", fmt(r.p_value, 4), fmt(r.p_holm, 4),
+              verdict[r.exceeds_noise]) for r in rows]
+    title = (f"B − A  (A = {dir_a}, B = {dir_b}); noise: Welch's t-test over seeds, Holm-adjusted over the "
+             f"{sum(r.p_value is not None for r in rows)} tested cells, p < 0.05")
+    if format is ListFormat.md:
+        print("\n".join([title, "", "| " + " | ".join(headers) + " |",
+                         "|" + "|".join("---" if h in ("method", "task") else "---:" for h in headers) + "|",
+                         *("| " + " | ".join(c) + " |" for c in cells)]))
+        return
+    table = Table(title=title)
+    for col in headers:
         table.add_column(col, justify="left" if col in ("method", "task") else "right")
-    verdict = {True: "yes", False: "no", None: "n/a (<2 seeds)"}
-    for r in rows:
-        table.add_row(r.method, r.task, fmt(r.mean_a), fmt(r.mean_b), fmt(r.diff, 2), f"{r.n_a}/{r.n_b}",
-                      fmt(r.p_value, 3), verdict[r.exceeds_noise])
+    for c in cells:
+        table.add_row(*c)
     print_table(table)
 
 
