@@ -188,6 +188,8 @@ def test_cost_from_a_config_file(cli, tmp_path, monkeypatch):
     assert voted["extra_tflops"] == pytest.approx(2 * base)  # merged LoRA costs nothing, but runs 3 times
     assert_user_error(cli("cost", "--model-config", str(config), "--config", str(grid), "--methods", "lora"),
                       "--methods and --config")
+    md = cli("cost", "--model-config", str(config), "--config", str(grid), "--format", "md").stdout
+    assert "| method | trainable params |" in md and "| pt8 | 1,024 |" in md
 
 
 def test_cost_gives_a_row_to_each_method_that_applies(cli, tmp_path, monkeypatch):

@@ -640,17 +640,23 @@ def cost(
     if format is ListFormat.json:
         print(dumps_json(rows, indent=2))
         return
-    table = Table(title=f"{model_config}: forward of {protocol.flops_batch_size} × {seq_len} tokens")
-    for col in ("method", "trainable params", "base TFLOPs", "extra TFLOPs", "extra TFLOPs unmerged"):
-        table.add_column(col, justify="left" if col == "method" else "right")
-    for row in rows:
-        for entry, label in [(row, row["method"]), *((v, f"  ↳ {v['description']}") for v in row["variants"])]:
-            if "error" in entry:
-                table.add_row(label, "not applicable", "", "", "")
-                continue
-            table.add_row(label, f"{entry['trainable_params']:,}", fmt(entry["base_tflops"], 3),
-                          fmt(entry["extra_tflops"], 4), fmt(entry["extra_tflops_unmerged"], 4))
-    print_table(table)
+    title = f"{model_config}: forward of {protocol.flops_batch_size} × {seq_len} tokens"
+    headers = ("method", "trainable params", "base TFLOPs", "extra TFLOPs", "extra TFLOPs unmerged")
+    lines = [(label, "not applicable", "", "", "") if "error" in entry else
+             (label, f"{entry['trainable_params']:,}", fmt(entry["base_tflops"], 3), fmt(entry["extra_tflops"], 4),
+              fmt(entry["extra_tflops_unmerged"], 4))
+             for row in rows
+             for entry, label in [(row, row["method"]), *((v, f"  ↳ {v['description']}") for v in row["variants"])]]
+    if format is ListFormat.md:
+        print("\n".join([title, "", "| " + " | ".join(headers) + " |", "|---|" + "---:|" * (len(headers) - 1),
+                         *("| " + " | ".join(line) + " |" for line in lines)]))
+    else:
+        table = Table(title=title)
+        for col in headers:
+            table.add_column(col, justify="left" if col == "method" else "right")
+        for line in lines:
+            table.add_row(*line)
+        print_table(table)
     for error in dict.fromkeys(e["error"] for row in rows for e in (row, *row["variants"]) if "error" in e):
         print(f"not applicable: {error}")
 
