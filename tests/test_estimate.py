@@ -4,6 +4,7 @@ real model counts them, and time as FLOPs over the stated throughput."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 from conftest import run_cli
@@ -68,8 +69,8 @@ def test_hours_are_counted_flops_over_the_stated_throughput_by_hand():
 
 def test_dry_run_estimates_before_any_run_and_writes_nothing(tmp_path):
     result = run_cli("quickstart", "--dry-run", "--out", str(tmp_path / "q"))
-    assert "run-minutes of training for the 54 pending runs without finished runs, from counted training FLOPs" \
-        in " ".join(result.stdout.split())
+    assert re.search(r"≈ [\d.]+ run-(seconds|minutes|hours) of training for the 54 pending runs without finished "
+                     r"runs, from counted training FLOPs", " ".join(result.stdout.split()))  # the unit that reads best
     assert not (tmp_path / "q").exists()
 
 
@@ -91,3 +92,21 @@ def test_few_shot_and_multitask_runs_are_priced_by_their_own_rows():
     assert shots.hours == pytest.approx(3 * per_step, rel=1e-12)
     assert mixed.hours == pytest.approx(20 * per_step, rel=1e-12)
     assert zero.hours == 0.0 and zero.runs == 1
+
+
+def test_the_estimate_prices_runs_where_the_executor_places_them():
+    """A dry run on a login node without a GPU, for Slurm jobs that each get one, assumes a GPU's
+    rate (it divided by the login node's CPU matmul rate: thousands of times too many hours)."""
+    from peftbench.runner.estimate import runs_on_gpu
+
+    def cfg(**keys):
+        return validate_config({"methods": ["lora"], "tasks": ["qs_sentiment"], **keys})
+
+    assert runs_on_gpu(cfg(executor={"kind": "slurm"}))  # one GPU per job by default
+    assert not runs_on_gpu(cfg(executor={"kind": "slurm", "slurm": {"gpus_per_job": 0}}))
+    assert runs_on_gpu(cfg(executor={"kind": "ray", "ray": {"num_gpus": 1}}))
+    assert not runs_on_gpu(cfg(executor={"kind": "ray"}))
+    assert not runs_on_gpu(cfg(executor={"kind": "slurm"}, runtime={"device": "cpu"}))
+    import torch
+
+    assert runs_on_gpu(cfg()) == torch.cuda.is_available()

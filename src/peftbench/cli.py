@@ -276,6 +276,20 @@ def _print_data_notes(cfg: BenchConfig) -> None:
         err_console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
 
 
+def _duration(seconds: float, units: tuple[str, str, str] = ("s", "min", "h")) -> str:
+    """Seconds, minutes or hours, whichever reads best (a tiny model's 2 s run is not "0.0 min")."""
+    from peftbench.report.aggregate import fmt
+
+    if seconds < 60:
+        return f"{fmt(seconds)} {units[0]}"
+    return f"{fmt(seconds / 60)} {units[1]}" if seconds < 3600 else f"{fmt(seconds / 3600, 2)} {units[2]}"
+
+
+def _run_time(seconds: float) -> str:
+    """A sum of runs' times: run-seconds, run-minutes or run-hours."""
+    return _duration(seconds, ("run-seconds", "run-minutes", "run-hours"))
+
+
 def _flops_estimate(cfg: BenchConfig, runs: list[RunSpec], tflops: float | None) -> str:
     """Pending runs of methods without a finished run, from counted training FLOPs (`estimate.py`)."""
     from peftbench.runner.estimate import estimate_training
@@ -284,8 +298,8 @@ def _flops_estimate(cfg: BenchConfig, runs: list[RunSpec], tflops: float | None)
     if found is None:
         return (f"no time estimate for the {len(runs)} runs of methods without finished runs: the configuration of "
                 f"{cfg.model.name} is not available here")
-    span = f"{found.hours:.2f} run-hours" if found.hours >= 1 else f"{found.hours * 60:.1f} run-minutes"
-    text = (f"≈ {span} of training for the {found.runs} pending runs without finished runs, from counted training "
+    text = (f"≈ {_run_time(found.hours * 3600)} of training for the {found.runs} pending runs without finished "
+            f"runs, from counted training "
             f"FLOPs at {found.tflops:.3g} TFLOP/s ({found.throughput}; tokens per example: "
             f"{'; '.join(found.lengths.values())}; evaluation, cost measurement and the overheads that dominate "
             f"a small model's runs not included)")
@@ -307,13 +321,13 @@ def _print_plan(cfg: BenchConfig, out: Path, tflops: float | None = None) -> Non
         table.add_column(column, justify="left" if column == "method" else "right", overflow="fold")
     for r in rows:
         table.add_row(r.method, str(r.runs), str(r.done), str(r.failed), str(r.pending),
-                      f"{fmt(r.mean_run_s / 60)} min" if r.mean_run_s else "–",
+                      _duration(r.mean_run_s) if r.mean_run_s else "–",
                       f"{fmt(r.peak_train_mem_gb, 3)} GB" if r.peak_train_mem_gb else "–")
     print_table(table)
     pending = sum(r.pending for r in rows)
     known = [r for r in rows if r.pending and r.mean_run_s]
     seconds = sum(r.pending * r.mean_run_s for r in known)
-    estimate = (f"≈ {seconds / 3600:.2f} run-hours for the {sum(r.pending for r in known)} pending runs of methods "
+    estimate = (f"≈ {_run_time(seconds)} for the {sum(r.pending for r in known)} pending runs of methods "
                 f"with finished runs (their measured times)" if known else "")
     unmeasured = {r.method for r in rows if r.pending and not r.mean_run_s}
     if unmeasured:

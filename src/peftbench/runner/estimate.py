@@ -58,6 +58,18 @@ def cpu_tflops(threads: int, size: int = 768, repeats: int = 6) -> float:
         torch.set_num_threads(previous)
 
 
+def runs_on_gpu(cfg: BenchConfig) -> bool:
+    """Whether the runs train on a GPU: where the executor places them (a Slurm job or Ray task that
+    asks for GPUs, whatever the machine planning them has), else this machine's device."""
+    if cfg.runtime.device == "cpu":
+        return False
+    if cfg.executor.kind == "slurm":
+        return cfg.executor.slurm.gpus_per_job > 0
+    if cfg.executor.kind == "ray":
+        return cfg.executor.ray.num_gpus > 0
+    return cfg.runtime.device == "cuda" or torch.cuda.is_available()
+
+
 def estimate_training(cfg: BenchConfig, pending: list[RunSpec], tflops: float | None = None) -> Estimate | None:
     """Training hours of `pending` runs, or None where the model's configuration is not available here."""
     from peftbench.modeling import ModelUnavailable, load_tokenizer, resolve_model
@@ -70,7 +82,7 @@ def estimate_training(cfg: BenchConfig, pending: list[RunSpec], tflops: float | 
                                             trust_remote_code=cfg.model.trust_remote_code)
     except (ModelUnavailable, OSError, ValueError):
         return None
-    gpu = cfg.runtime.device == "cuda" or (cfg.runtime.device == "auto" and torch.cuda.is_available())
+    gpu = runs_on_gpu(cfg)
     rate = tflops or (GPU_TFLOPS if gpu else cpu_tflops(cfg.runtime.threads))
     how = ("--tflops" if tflops else f"assumed for one GPU ({GPU_TFLOPS:g} TFLOP/s ≈ 40 % of an H100's bf16 peak)"
            if gpu else f"measured float32 matmul rate of this machine with {cfg.runtime.threads} thread(s)")
