@@ -301,8 +301,8 @@ def _flops_estimate(cfg: BenchConfig, runs: list[RunSpec], tflops: float | None)
     text = (f"≈ {_run_time(found.hours * 3600)} of training for the {found.runs} pending runs without finished "
             f"runs, from counted training "
             f"FLOPs at {found.tflops:.3g} TFLOP/s ({found.throughput}; tokens per example: "
-            f"{'; '.join(found.lengths.values())}; evaluation, cost measurement and the overheads that dominate "
-            f"a small model's runs not included)")
+            f"{'; '.join(found.lengths.values())}, unpadded, where a batch is padded to its longest example: a few "
+            f"% low; evaluation, cost measurement and the overheads that dominate a small model's runs not included)")
     if found.unknown:
         text += f", not counting {', '.join(found.unknown)} (training rows not available here)"
     return text
