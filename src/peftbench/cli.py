@@ -415,6 +415,7 @@ def compare(
     from peftbench.report.aggregate import fmt
     from peftbench.report.compare import compare as compare_summaries
     from peftbench.report.compare import notes
+    from peftbench.report.tables import md_table
 
     a, b = build_report(dir_a).summary, build_report(dir_b).summary
     rows = compare_summaries(a, b)
@@ -439,9 +440,7 @@ def compare(
     title = (f"B − A  (A = {dir_a}, B = {dir_b}); noise: Welch's t-test over seeds, Holm-adjusted over the "
              f"{sum(r.p_value is not None for r in rows)} tested cells, p < 0.05")
     if format is ListFormat.md:
-        print("\n".join([title, "", "| " + " | ".join(headers) + " |",
-                         "|" + "|".join("---" if h in ("method", "task") else "---:" for h in headers) + "|",
-                         *("| " + " | ".join(c) + " |" for c in cells)]))
+        print("\n".join([title, "", *md_table(headers, cells, labels=2)]))
         return
     table = Table(title=title)
     for col in headers:
@@ -619,6 +618,7 @@ def cost(
     from peftbench.costs.from_config import config_counts, cost_from_config, load_model_config, voted_row
     from peftbench.methods import paper_methods, resolve_method
     from peftbench.report.aggregate import fmt
+    from peftbench.report.tables import md_table
     from peftbench.utils import quiet_libraries
 
     quiet_libraries()
@@ -662,8 +662,7 @@ def cost(
              for row in rows
              for entry, label in [(row, row["method"]), *((v, f"  ↳ {v['description']}") for v in row["variants"])]]
     if format is ListFormat.md:
-        print("\n".join([title, "", "| " + " | ".join(headers) + " |", "|---|" + "---:|" * (len(headers) - 1),
-                         *("| " + " | ".join(line) + " |" for line in lines)]))
+        print("\n".join([title, "", *md_table(headers, lines)]))
     else:
         table = Table(title=title)
         for col in headers:

@@ -145,7 +145,8 @@ def ci_texts(cell: Cell) -> tuple[str, str]:
     return half, f"{fmt(low)}–{fmt(high)}" + (" (clipped)" if clipped else "")
 
 
-def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]], labels: int = 1) -> list[str]:
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[str]], labels: int = 1) -> list[str]:
+    """A markdown table's lines: `labels` left-aligned columns first, the rest right-aligned numbers."""
     return ["| " + " | ".join(headers) + " |", "|" + "---|" * labels + "---:|" * (len(headers) - labels),
             *("| " + " | ".join(row) + " |" for row in rows)]
 
@@ -156,10 +157,10 @@ def markdown(summary: Summary, notes: Sequence[str] = ()) -> str:
     lines += ["| " + " | ".join(board_row(s)) + " |" for s in summary.summaries]
     lines += ["", *(f"{line}\n" for line in explanation(summary))]
     lines += ["## Score by method × task (mean ± sd over seeds, the task's primary metric)", "",
-              *_md_table(*score_grid(summary))]
+              *md_table(*score_grid(summary))]
     sens = pscp_sensitivity(summary)
     lines += ["", "## PSCP sensitivity (* = the ranking changes)", "",
-              *_md_table(["method", *sensitivity_headers(summary)],
+              *md_table(["method", *sensitivity_headers(summary)],
                          [[s.method, *(fmt(r.pscp[s.method], 2) for r in sens)] for s in summary.summaries
                           if s.pscp is not None])]
     lines += ["", "## Every metric (mean over seeds)", "", "| method | task | metrics |", "|---|---|---|"]
