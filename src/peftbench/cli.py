@@ -617,6 +617,7 @@ def cost(
     from peftbench.config import CostsConfig, load_config
     from peftbench.costs.from_config import config_counts, cost_from_config, load_model_config, voted_row
     from peftbench.methods import paper_methods, resolve_method
+    from peftbench.plan import resolve_methods
     from peftbench.report.aggregate import fmt
     from peftbench.report.tables import md_table
     from peftbench.utils import quiet_libraries
@@ -627,11 +628,7 @@ def cost(
         if methods is not None:
             raise PeftbenchError("--methods and --config: give one of them (--config costs the config's methods)")
         cfg = load_config(grid, [])
-        for i, m in enumerate(cfg.methods):  # a bad name or argument: a one-line error naming its key
-            try:
-                resolve_method(m.name, m.args)
-            except PeftbenchError as exc:
-                raise PeftbenchError(f"{cfg.method_key(i)}: {exc}") from None
+        _, training = resolve_methods(cfg)  # the grid's methods only: its tasks are not costed
         protocol = cfg.costs
         entries: list[str | tuple[str, dict]] = [(m.name, m.args) for m in cfg.methods]
     else:
@@ -646,7 +643,7 @@ def cost(
     rows = cost_from_config(config, entries, batch_size=protocol.flops_batch_size, seq_len=seq_len, count=counts,
                             variants=grid is None)
     if grid is not None:  # the grid's labels, and its voting strategies' K models, as its runs store them
-        rows = [{**row, "method": m.id, **voted_row(row, (m.mitigation or cfg.training.mitigation).votes)}
+        rows = [{**row, "method": m.id, **voted_row(row, training[m.id].mitigation.votes)}
                 for m, row in zip(cfg.methods, rows, strict=True)]
     counts.save()
     if all("error" in row for row in rows):

@@ -74,8 +74,9 @@ class Resolved:
     """Per method id, its training protocol (the config's, with the method's own mitigation if it has one)."""
 
 
-def resolve(cfg: BenchConfig) -> Resolved:
-    """Every method and task of the config, or a one-line error naming the config key."""
+def resolve_methods(cfg: BenchConfig) -> tuple[dict[str, tuple[Method, float]], dict[str, TrainingConfig]]:
+    """Per method id, the method with its learning rate, and its training protocol; a bad name or
+    argument is a one-line error naming the config key."""
     methods, training = {}, {}
     for i, m in enumerate(cfg.methods):
         try:
@@ -84,6 +85,12 @@ def resolve(cfg: BenchConfig) -> Resolved:
             raise PeftbenchError(f"{cfg.method_key(i)}: {exc}") from None
         methods[m.id] = (method, m.learning_rate if m.learning_rate is not None else method.default_lr)
         training[m.id] = cfg.training.model_copy(update={"mitigation": m.mitigation}) if m.mitigation else cfg.training
+    return methods, training
+
+
+def resolve(cfg: BenchConfig) -> Resolved:
+    """Every method and task of the config, or a one-line error naming the config key."""
+    methods, training = resolve_methods(cfg)
     try:
         known = catalog(cfg.tasks_dir)
     except PeftbenchError as exc:
