@@ -408,14 +408,15 @@ def train_ensemble(spec: RunSpec, ctx: RunContext, training: Any, train_ex: list
     model's do."""
     members = []
     fixed = training.fixed_seeds
-    for k in range(1, training.mitigation.members):
-        def seed_of(pinned: int | None, k: int = k) -> int:
-            return (spec.seed if pinned is None else pinned) + ENSEMBLE_SEED_STRIDE * k
 
-        seed_everything(seed_of(fixed.init))
+    def seed_of(pinned: int | None, k: int) -> int:
+        return (spec.seed if pinned is None else pinned) + ENSEMBLE_SEED_STRIDE * k
+
+    for k in range(1, training.mitigation.members):
+        seed_everything(seed_of(fixed.init, k))
         other = spec.method.apply(ctx.fresh_model())
         done = train(other, ctx.tokenizer, train_ex, val_ex, training, learning_rate=spec.learning_rate,
-                     seed=seed_of(fixed.model), data_seed=seed_of(fixed.data_order),
+                     seed=seed_of(fixed.model, k), data_seed=seed_of(fixed.data_order, k),
                      device=ctx.device, workdir=workdir / f"member-{k}",
                      log_dir=tensorboard_dir(ctx.out_dir, spec.run_id) / f"member-{k}")
         result.model_steps += done.steps
