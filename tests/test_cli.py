@@ -227,3 +227,11 @@ def test_compare_on_the_command_line(cli, tmp_path):
     assert "|---|---|---:|" in md.stdout
     (row,) = json.loads(cli("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--format", "json").stdout)
     assert row["diff"] == pytest.approx(9.5) and row["p_value"] == pytest.approx(p, rel=1e-12) == row["p_holm"]
+
+
+def test_plan_durations_read_in_the_unit_that_fits():
+    """The dry run's times, by hand: a tiny model's 2.3 s run is not "0.0 min" (it printed that)."""
+    from peftbench.cli import _duration, _run_time
+
+    assert [_duration(s) for s in (2.3, 59.94, 90, 3599, 7200)] == ["2.3 s", "59.9 s", "1.5 min", "60.0 min", "2.00 h"]
+    assert [_run_time(s) for s in (0.5, 120, 5400)] == ["0.5 run-seconds", "2.0 run-minutes", "1.50 run-hours"]
